@@ -1,0 +1,139 @@
+//! Every error the API returns, mapped to a status and a JSON body, in one place.
+//!
+//! `/api/v1` errors are `{"error": {"code", "message"}}`. The compatible routes of the older
+//! relay service keep its `{"error": "..."}` body, because operators' scripts parse it.
+
+use std::convert::Infallible;
+
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::relay::registry::RegistryError;
+use crate::relay::RelayError;
+
+/// An `/api/v1` error.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "relay_not_found",
+            format!("no relay with id {id:?}"),
+        )
+    }
+
+    pub fn bad_body(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let (status, code) = match &e {
+            RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_relay"),
+            RegistryError::DuplicateId(_) => (StatusCode::CONFLICT, "relay_exists"),
+            RegistryError::DuplicateKey { .. } => (StatusCode::CONFLICT, "stream_key_in_use"),
+            RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "relay_not_found"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<RelayError> for ApiError {
+    fn from(e: RelayError) -> Self {
+        let (status, code) = match &e {
+            RelayError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_relay"),
+            RelayError::NotRunning { .. }
+            | RelayError::AlreadyPublishing { .. }
+            | RelayError::NotPush { .. } => (StatusCode::CONFLICT, "relay_state"),
+            RelayError::Pipeline { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "pipeline"),
+            RelayError::Gone { .. } => (StatusCode::NOT_FOUND, "relay_not_found"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+/// An error on the compatible routes: the old service's `{"error": "..."}` body.
+#[derive(Debug)]
+pub struct CompatError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl CompatError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl Reply for CompatError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+/// Maps warp's own rejections (no route, wrong method, body too large) to JSON.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if rejection
+        .find::<warp::reject::PayloadTooLarge>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {} bytes", super::MAX_BODY_BYTES),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+    } else if rejection
+        .find::<warp::reject::MethodNotAllowed>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    } else {
+        tracing::warn!(rejection = ?rejection, "unhandled rejection");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unhandled request error",
+        )
+    };
+    Ok(error.into_response())
+}

@@ -1,0 +1,180 @@
+//! Request handlers: parse the body, talk to relays through their handles, shape the reply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+use super::error::{ApiError, CompatError};
+use super::wire::RelayView;
+use crate::relay::registry::{Registry, RegistryError};
+use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, RelaySpec};
+
+/// The name of the destination the compatible `/start_stream` creates.
+pub const COMPAT_OUTPUT_ID: &str = "youtube";
+
+/// Parses a JSON body, with a message that says what is wrong and where.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    if body.is_empty() {
+        return Err("the request body is empty; send JSON".to_owned());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+pub async fn healthz() -> Result<Response, ApiError> {
+    Ok(json_reply(StatusCode::OK, &json!({ "status": "ok" })))
+}
+
+pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let mut views = Vec::new();
+    for handle in registry.list() {
+        // A relay deleted meanwhile is simply left out.
+        if let Ok(status) = handle.status().await {
+            views.push(RelayView::from(status));
+        }
+    }
+    Ok(json_reply(StatusCode::OK, &views))
+}
+
+pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Response, ApiError> {
+    let spec: RelaySpec = parse(&body).map_err(ApiError::bad_body)?;
+    let handle = registry.create(spec)?;
+    let status = handle.status().await?;
+    Ok(json_reply(StatusCode::CREATED, &RelayView::from(status)))
+}
+
+pub async fn get_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.status().await?)))
+}
+
+pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    registry.remove(&id).await.map_err(|e| match e {
+        RegistryError::NotFound(_) => ApiError::not_found(&id),
+        other => other.into(),
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn start_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.start().await?)))
+}
+
+pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.stop().await?)))
+}
+
+// The compatible routes of the older relay service.
+
+#[derive(Deserialize)]
+struct StartStream {
+    youtube_url: Option<String>,
+    stream_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StopStream {
+    stream_name: Option<String>,
+}
+
+fn required(field: Option<String>, name: &str) -> Result<String, CompatError> {
+    match field {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(CompatError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Missing required field: {name}"),
+        )),
+    }
+}
+
+/// `POST /start_stream`: a relay named after the stream key, pushing to one URL, started.
+pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
+    let req: StartStream =
+        parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
+    let youtube_url = required(req.youtube_url, "youtube_url")?;
+    let name = required(req.stream_name, "stream_name")?;
+    let spec = RelaySpec {
+        id: name.clone(),
+        ingest: IngestSpec {
+            stream_key: Some(name.clone()),
+            url: None,
+        },
+        overlay: None,
+        hls: HlsSpec::default(),
+        outputs: vec![OutputSpec {
+            id: COMPAT_OUTPUT_ID.to_owned(),
+            url: youtube_url.clone(),
+        }],
+    };
+    let handle = registry.create(spec).map_err(|e| match e {
+        RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. } => CompatError::new(
+            StatusCode::CONFLICT,
+            format!("Stream {name} is already active"),
+        ),
+        other => CompatError::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    if let Err(e) = handle.start().await {
+        let _ = registry.remove(&name).await;
+        return Err(CompatError::new(StatusCode::BAD_REQUEST, e.to_string()));
+    }
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "message": format!("Stream {name} started successfully"),
+            "youtube_url": youtube_url,
+        }),
+    ))
+}
+
+/// `POST /stop_stream`: stops and removes the relay that owns the stream key.
+pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
+    let req: StopStream =
+        parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
+    let name = required(req.stream_name, "stream_name")?;
+    let handle = registry.by_stream_key(&name).ok_or_else(|| {
+        CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))
+    })?;
+    registry
+        .remove(handle.id())
+        .await
+        .map_err(|e| CompatError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({ "message": format!("Stream {name} stopped successfully") }),
+    ))
+}
+
+/// `GET /list_streams`: every running push relay by stream key.
+pub async fn list_streams(registry: Arc<Registry>) -> Result<Response, CompatError> {
+    let mut streams = BTreeMap::new();
+    for handle in registry.list() {
+        let Ok(status) = handle.status().await else {
+            continue;
+        };
+        let (Some(key), Some(started)) = (status.spec.ingest.stream_key.clone(), status.started_at)
+        else {
+            continue;
+        };
+        let youtube_url = status
+            .spec
+            .outputs
+            .first()
+            .map(|o| o.url.clone())
+            .unwrap_or_default();
+        let uptime = started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        streams.insert(key, json!({ "youtube_url": youtube_url, "uptime": uptime }));
+    }
+    Ok(json_reply(StatusCode::OK, &streams))
+}

@@ -1,0 +1,139 @@
+//! The HTTP API (warp): routes here, handlers in [`handlers`], JSON shapes in [`wire`], every
+//! error mapped in [`error`], HLS files in [`hls`].
+//!
+//! Owns HTTP only. It talks to relays through the registry and their handles and must not
+//! touch pipelines.
+
+pub mod error;
+pub mod handlers;
+pub mod hls;
+pub mod wire;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::relay::registry::Registry;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// Turns a handler's `Result` into a response, whichever error type it maps to.
+async fn finish<E: Reply>(result: Result<Response, E>) -> Result<Response, Infallible> {
+    Ok(result.unwrap_or_else(Reply::into_response))
+}
+
+/// Every route of the API.
+pub fn routes(
+    registry: Arc<Registry>,
+    hls_root: PathBuf,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_registry = warp::any().map(move || registry.clone());
+    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .then(handlers::healthz)
+        .and_then(finish);
+
+    let relays = warp::path!("api" / "v1" / "relays");
+    let list = relays
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::list_relays)
+        .and_then(finish);
+    let create = relays
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::create_relay)
+        .and_then(finish);
+    let relay = warp::path!("api" / "v1" / "relays" / String);
+    let get = relay
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::get_relay)
+        .and_then(finish);
+    let delete = relay
+        .and(warp::delete())
+        .and(with_registry.clone())
+        .then(handlers::delete_relay)
+        .and_then(finish);
+    let start = warp::path!("api" / "v1" / "relays" / String / "start")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .then(handlers::start_relay)
+        .and_then(finish);
+    let stop = warp::path!("api" / "v1" / "relays" / String / "stop")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .then(handlers::stop_relay)
+        .and_then(finish);
+
+    let start_stream = warp::path!("start_stream")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::start_stream)
+        .and_then(finish);
+    let stop_stream = warp::path!("stop_stream")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body)
+        .then(handlers::stop_stream)
+        .and_then(finish);
+    let list_streams = warp::path!("list_streams")
+        .and(warp::get())
+        .and(with_registry)
+        .then(handlers::list_streams)
+        .and_then(finish);
+
+    let hls = warp::path("hls")
+        .and(warp::get())
+        .and(warp::path::tail())
+        .then(move |tail: warp::path::Tail| hls::serve(hls_root.clone(), tail.as_str().to_owned()))
+        .and_then(finish);
+
+    healthz
+        .or(list)
+        .unify()
+        .or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(start)
+        .unify()
+        .or(stop)
+        .unify()
+        .or(start_stream)
+        .unify()
+        .or(stop_stream)
+        .unify()
+        .or(list_streams)
+        .unify()
+        .or(hls)
+        .unify()
+        .recover(error::recover)
+        .unify()
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    hls_root: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(registry, hls_root))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

@@ -1,0 +1,134 @@
+//! The API's JSON shapes. Kept apart from the relay's internal state: these are what clients
+//! parse, and they change only deliberately.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::relay::spec::{IngestSpec, OverlaySpec};
+use crate::relay::state::OutputState;
+use crate::relay::{RelayPhase, RelayStatus};
+
+#[derive(Debug, Serialize)]
+pub struct RelayView {
+    pub id: String,
+    pub ingest: IngestSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlaySpec>,
+    pub hls: HlsView,
+    pub outputs: Vec<OutputView>,
+    /// `stopped`, `waiting` (for a publisher), `starting`, `live` or `retrying`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryView>,
+    pub last_error: Option<String>,
+    /// Seconds since the relay was started, while it runs.
+    pub uptime: Option<f64>,
+    pub publisher: Option<PublisherView>,
+    pub frames_encoded: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HlsView {
+    pub renditions: Vec<String>,
+    /// Path of the master playlist on this server.
+    pub master: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RetryView {
+    pub attempt: u32,
+    /// Seconds until the next attempt.
+    pub next_in: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublisherView {
+    pub peer: String,
+    /// Seconds since the publisher connected.
+    pub connected_for: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputView {
+    pub id: String,
+    pub url: String,
+    /// `stopped`, `connecting`, `live` or `retrying`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryView>,
+    pub last_error: Option<String>,
+    pub bytes_sent: u64,
+    /// Seconds since the destination went live, while it is.
+    pub uptime: Option<f64>,
+}
+
+fn seconds_since(t: SystemTime) -> f64 {
+    t.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn retry_view(attempt: u32, next_at: Instant, reason: &str) -> RetryView {
+    RetryView {
+        attempt,
+        next_in: next_at
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64(),
+        reason: reason.to_owned(),
+    }
+}
+
+impl From<RelayStatus> for RelayView {
+    fn from(s: RelayStatus) -> Self {
+        let retry = match &s.phase {
+            RelayPhase::Retrying {
+                attempt,
+                next_at,
+                reason,
+            } => Some(retry_view(*attempt, *next_at, reason)),
+            _ => None,
+        };
+        Self {
+            hls: HlsView {
+                renditions: s.spec.hls.renditions.clone(),
+                master: format!("/hls/{}/master.m3u8", s.spec.id),
+            },
+            outputs: s
+                .outputs
+                .into_iter()
+                .map(|o| OutputView {
+                    state: o.state.name(),
+                    retry: match &o.state {
+                        OutputState::Retrying {
+                            attempt,
+                            next_at,
+                            reason,
+                        } => Some(retry_view(*attempt, *next_at, reason)),
+                        _ => None,
+                    },
+                    uptime: match o.state {
+                        OutputState::Live { since } => Some(since.elapsed().as_secs_f64()),
+                        _ => None,
+                    },
+                    id: o.spec.id,
+                    url: o.spec.url,
+                    last_error: o.last_error,
+                    bytes_sent: o.bytes_sent,
+                })
+                .collect(),
+            state: s.phase.name(),
+            retry,
+            last_error: s.last_error,
+            uptime: s.started_at.map(seconds_since),
+            publisher: s.publisher.map(|p| PublisherView {
+                connected_for: seconds_since(p.since),
+                peer: p.peer,
+            }),
+            frames_encoded: s.frames_encoded,
+            id: s.spec.id,
+            ingest: s.spec.ingest,
+            overlay: s.spec.overlay,
+        }
+    }
+}

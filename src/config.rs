@@ -1,0 +1,313 @@
+//! The config file: TOML, typed, validated with the offending key named.
+//!
+//! Owns the daemon's settings and the startup relays. It must not start anything: the daemon
+//! reads a [`Config`] and acts on it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::relay::spec::{RelaySpec, SpecError};
+
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
+pub const DEFAULT_DATA_DIR: &str = "data";
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+pub const DEFAULT_FPS: u32 = 30;
+pub const DEFAULT_AUDIO_RATE: u32 = 48_000;
+pub const DEFAULT_AUDIO_CHANNELS: u32 = 2;
+pub const DEFAULT_VIDEO_KBPS: u32 = 3_000;
+pub const DEFAULT_AUDIO_KBPS: u32 = 128;
+pub const DEFAULT_GOP_SECONDS: u32 = 2;
+pub const DEFAULT_X264_PRESET: &str = "veryfast";
+pub const DEFAULT_SEGMENT_SECONDS: u32 = 4;
+pub const DEFAULT_PLAYLIST_LENGTH: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Everything the daemon was asked to do.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub program: ProgramSettings,
+    pub hls: HlsSettings,
+    #[serde(rename = "relay")]
+    pub relays: Vec<RelaySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address of the HTTP API and HLS server.
+    pub api_listen: SocketAddr,
+    /// Address of the RTMP ingest server.
+    pub rtmp_listen: SocketAddr,
+    /// Where HLS segments (and, later, relay state) are written.
+    pub data_dir: PathBuf,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            api_listen: DEFAULT_API_LISTEN.parse().expect("valid default address"),
+            rtmp_listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+/// The program format: what every relay normalises its input to before the overlay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgramSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub audio_rate: u32,
+    pub audio_channels: u32,
+    pub video_kbps: u32,
+    pub audio_kbps: u32,
+    pub gop_seconds: u32,
+    /// x264 speed preset (`ultrafast` … `medium`).
+    pub x264_preset: String,
+}
+
+impl Default for ProgramSettings {
+    fn default() -> Self {
+        Self {
+            width: DEFAULT_WIDTH,
+            height: DEFAULT_HEIGHT,
+            fps: DEFAULT_FPS,
+            audio_rate: DEFAULT_AUDIO_RATE,
+            audio_channels: DEFAULT_AUDIO_CHANNELS,
+            video_kbps: DEFAULT_VIDEO_KBPS,
+            audio_kbps: DEFAULT_AUDIO_KBPS,
+            gop_seconds: DEFAULT_GOP_SECONDS,
+            x264_preset: DEFAULT_X264_PRESET.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsSettings {
+    /// Segment duration in seconds; a multiple of the GOP so every segment starts on a keyframe.
+    pub segment_seconds: u32,
+    /// Segments listed in each media playlist (the live window).
+    pub playlist_length: u32,
+}
+
+impl Default for HlsSettings {
+    fn default() -> Self {
+        Self {
+            segment_seconds: DEFAULT_SEGMENT_SECONDS,
+            playlist_length: DEFAULT_PLAYLIST_LENGTH,
+        }
+    }
+}
+
+const X264_PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+];
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: ranges, relations between keys, and every relay.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.program;
+        let positive = [
+            ("program.width", p.width),
+            ("program.height", p.height),
+            ("program.fps", p.fps),
+            ("program.audio_rate", p.audio_rate),
+            ("program.audio_channels", p.audio_channels),
+            ("program.video_kbps", p.video_kbps),
+            ("program.audio_kbps", p.audio_kbps),
+            ("program.gop_seconds", p.gop_seconds),
+            ("hls.segment_seconds", self.hls.segment_seconds),
+            ("hls.playlist_length", self.hls.playlist_length),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        if p.width % 2 != 0 || p.height % 2 != 0 {
+            return Err((
+                "program.width".to_owned(),
+                format!("{}x{} must have even dimensions", p.width, p.height),
+            ));
+        }
+        if p.fps > 120 {
+            return Err(("program.fps".to_owned(), "must be at most 120".to_owned()));
+        }
+        if p.audio_channels > 2 {
+            return Err((
+                "program.audio_channels".to_owned(),
+                "must be 1 or 2".to_owned(),
+            ));
+        }
+        if !X264_PRESETS.contains(&p.x264_preset.as_str()) {
+            return Err((
+                "program.x264_preset".to_owned(),
+                format!("must be one of {}", X264_PRESETS.join(", ")),
+            ));
+        }
+        if self.hls.segment_seconds % p.gop_seconds != 0 {
+            return Err((
+                "hls.segment_seconds".to_owned(),
+                format!(
+                    "must be a multiple of program.gop_seconds ({})",
+                    p.gop_seconds
+                ),
+            ));
+        }
+        if self.hls.playlist_length < 6 {
+            return Err((
+                "hls.playlist_length".to_owned(),
+                "must be at least 6".to_owned(),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for (i, relay) in self.relays.iter().enumerate() {
+            relay.validate().map_err(|SpecError { field, message }| {
+                (format!("relay[{i}].{field}"), message)
+            })?;
+            if !ids.insert(relay.id.as_str()) {
+                return Err((
+                    format!("relay[{i}].id"),
+                    format!("duplicate relay id {:?}", relay.id),
+                ));
+            }
+            if let Some(key) = relay.ingest.stream_key() {
+                if !keys.insert(key) {
+                    return Err((
+                        format!("relay[{i}].ingest.stream_key"),
+                        "another relay already uses this stream key".to_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.server.api_listen.port(), 8080);
+        assert_eq!(config.server.rtmp_listen.port(), 1935);
+        assert_eq!(config.program, ProgramSettings::default());
+        assert!(config.relays.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[program]\nwidht = 640\n").unwrap_err().to_string();
+        assert!(err.contains("widht"), "{err}");
+    }
+
+    #[test]
+    fn unknown_relay_key_is_named() {
+        let text = r#"
+            [[relay]]
+            id = "final"
+            ingest = { stream_key = "k" }
+            outptus = []
+        "#;
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("outptus"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = parse("[hls]\nsegment_seconds = 3\n").unwrap_err().to_string();
+        assert!(err.contains("hls.segment_seconds"), "{err}");
+        let err = parse("[[relay]]\nid = \"a b\"\ningest = { stream_key = \"k\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relay[0].id"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_stream_keys_are_refused() {
+        let text = r#"
+            [[relay]]
+            id = "a"
+            ingest = { stream_key = "same" }
+            [[relay]]
+            id = "b"
+            ingest = { stream_key = "same" }
+        "#;
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("relay[1].ingest.stream_key"), "{err}");
+    }
+
+    #[test]
+    fn relay_tables_take_the_api_shape() {
+        let text = r#"
+            [[relay]]
+            id = "final"
+            ingest = { stream_key = "final-key" }
+            hls = { renditions = ["720p"] }
+            outputs = [ { id = "youtube", url = "rtmp://127.0.0.1/live2/KEY" } ]
+        "#;
+        let config = parse(text).expect("valid");
+        assert_eq!(config.relays[0].outputs[0].id, "youtube");
+    }
+}

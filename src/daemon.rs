@@ -1,0 +1,99 @@
+//! The daemon: checks GStreamer, builds the registry and the configured relays, runs the RTMP
+//! and HTTP servers until shutdown, then stops every relay.
+//!
+//! Owns start-up order and shutdown. Listeners are passed in already bound, so tests can bind
+//! `127.0.0.1:0` and read the ports back.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::api;
+use crate::config::Config;
+use crate::ingest;
+use crate::pipeline::{self, PipelineError};
+use crate::relay::registry::{Registry, RegistryError};
+use crate::relay::{RelayContext, RelayError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("GStreamer elements missing: {}; install the packages listed in the README", .0.join(", "))]
+    MissingElements(Vec<&'static str>),
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("relay from the config: {0}")]
+    Relay(#[from] RegistryError),
+    #[error("relay from the config: {0}")]
+    Start(#[from] RelayError),
+}
+
+/// Runs the daemon on bound listeners until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    api_listener: TcpListener,
+    rtmp_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    pipeline::init()?;
+    let missing = pipeline::missing_elements();
+    if !missing.is_empty() {
+        return Err(DaemonError::MissingElements(missing));
+    }
+    let hls_root = config.server.data_dir.join("hls");
+    std::fs::create_dir_all(&hls_root).map_err(|source| DaemonError::DataDir {
+        path: hls_root.display().to_string(),
+        source,
+    })?;
+    let hls_root = std::fs::canonicalize(&hls_root).map_err(|source| DaemonError::DataDir {
+        path: hls_root.display().to_string(),
+        source,
+    })?;
+
+    let registry = Arc::new(Registry::new(RelayContext {
+        program: config.program.clone(),
+        hls: config.hls.clone(),
+        hls_root: hls_root.clone(),
+    }));
+    for spec in config.relays {
+        let id = spec.id.clone();
+        let handle = registry.create(spec)?;
+        handle.start().await?;
+        info!(relay = %id, "relay from the config started");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rtmp_addr = rtmp_listener.local_addr().ok();
+    let api_addr = api_listener.local_addr().ok();
+    let ingest_task = tokio::spawn(ingest::serve(rtmp_listener, registry.clone(), stop_rx.clone()));
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        registry.clone(),
+        hls_root,
+        async move {
+            let _ = api_stop.changed().await;
+        },
+    ));
+    info!(api = ?api_addr, rtmp = ?rtmp_addr, "scorecast ready");
+
+    shutdown.await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    registry.shutdown_all().await;
+    if let Err(e) = ingest_task.await {
+        error!(error = %e, "rtmp server task failed");
+    }
+    if let Err(e) = api_task.await {
+        error!(error = %e, "api server task failed");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! FLV framing: RTMP audio and video message payloads are FLV tag bodies, so a published
+//! stream becomes an FLV byte stream by adding the file header and tag headers.
+//!
+//! Pure byte work; no I/O.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const TAG_AUDIO: u8 = 8;
+pub const TAG_VIDEO: u8 = 9;
+
+/// The FLV file header (audio and video flagged) and the first PreviousTagSize.
+pub fn header() -> Bytes {
+    Bytes::from_static(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00")
+}
+
+/// One FLV tag: header, body, and the PreviousTagSize that follows it.
+pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Bytes {
+    let size = body.len() as u32;
+    let mut out = BytesMut::with_capacity(11 + body.len() + 4);
+    out.put_u8(kind);
+    out.put_uint(u64::from(size & 0x00ff_ffff), 3);
+    out.put_uint(u64::from(timestamp_ms & 0x00ff_ffff), 3);
+    out.put_u8((timestamp_ms >> 24) as u8);
+    out.put_uint(0, 3);
+    out.put_slice(body);
+    out.put_u32(11 + size);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_layout() {
+        let t = tag(TAG_VIDEO, 0x0102_0304, &[0xaa, 0xbb]);
+        assert_eq!(
+            &t[..],
+            &[9, 0, 0, 2, 0x02, 0x03, 0x04, 0x01, 0, 0, 0, 0xaa, 0xbb, 0, 0, 0, 13]
+        );
+    }
+}

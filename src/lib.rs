@@ -1,0 +1,22 @@
+//! scorecast: a live relay daemon for esports and sports broadcasts.
+//!
+//! Map of the modules:
+//! - [`config`]: the TOML config file and its validation (the settings the operator asked for).
+//! - [`relay`]: one actor per relay owning its GStreamer pipelines, the relay spec (the JSON
+//!   shape shared by the config file and the API), and the registry that maps ids and stream
+//!   keys to actors.
+//! - [`pipeline`]: builds the media graphs (ingest → program → HLS, and one pipeline per RTMP
+//!   destination) and turns bus errors into owned errors. Only relay actors call it.
+//! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.
+//! - [`api`]: the HTTP API (warp): filters, handlers, wire types, error mapping, HLS serving.
+//! - [`telemetry`]: `tracing` set-up and the bridge that routes GStreamer's log into it.
+//! - [`daemon`]: wires everything together; `run(listeners, shutdown)` is what `main` and the
+//!   tests call.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod ingest;
+pub mod pipeline;
+pub mod relay;
+pub mod telemetry;

@@ -1,0 +1,148 @@
+//! The media graphs. [`program`] builds a relay's main pipeline (ingest → decode → normalise →
+//! overlay slot → encode → HLS, plus an FLV feed per destination); [`output`] builds one small
+//! pipeline per RTMP destination, fed from that FLV feed.
+//!
+//! Owns element creation, linking and bus-message interpretation. It must not keep state
+//! between calls or decide policy (retries, teardown): the relay actor does that.
+
+pub mod output;
+pub mod program;
+
+use std::sync::Once;
+
+use gst::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("GStreamer could not be initialised: {0}")]
+    Init(String),
+    #[error("cannot create element {factory} ({name}): is its GStreamer plugin installed?")]
+    MissingElement { factory: String, name: String },
+    #[error("cannot link {from} to {to}")]
+    Link { from: String, to: String },
+    #[error("{path}: cannot change state to {state:?}")]
+    State { path: String, state: gst::State },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// An error posted on a bus, owned and naming the element by its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{element}: {message}")]
+pub struct BusError {
+    pub element: String,
+    pub message: String,
+    pub debug: Option<String>,
+}
+
+impl BusError {
+    /// Extracts the owned error from a bus `Error` message.
+    pub fn from_message(err: &gst::message::Error) -> Self {
+        let element = err
+            .src()
+            .map(|s| s.path_string().to_string())
+            .unwrap_or_else(|| "<unknown>".to_owned());
+        Self {
+            element,
+            message: err.error().to_string(),
+            debug: err.debug().map(|d| d.to_string()),
+        }
+    }
+}
+
+static INIT: Once = Once::new();
+
+/// Initialises GStreamer and registers the statically linked gst-plugins-rs elements.
+pub fn init() -> Result<(), PipelineError> {
+    gst::init().map_err(|e| PipelineError::Init(e.to_string()))?;
+    let mut result = Ok(());
+    INIT.call_once(|| {
+        if let Err(e) = gsthlssink3::plugin_register_static() {
+            result = Err(PipelineError::Init(format!("hlssink3: {e}")));
+        }
+    });
+    result
+}
+
+/// The GStreamer elements a relay needs; checked at start-up so a missing plugin is reported
+/// once, by name, instead of as a failed relay later.
+pub const REQUIRED_ELEMENTS: &[&str] = &[
+    "appsrc",
+    "appsink",
+    "rtmp2src",
+    "rtmp2sink",
+    "decodebin",
+    "videoconvert",
+    "videoscale",
+    "videorate",
+    "audioconvert",
+    "audioresample",
+    "audiorate",
+    "x264enc",
+    "h264parse",
+    "avenc_aac",
+    "aacparse",
+    "flvmux",
+    "tee",
+    "queue",
+    "hlssink3",
+];
+
+/// The names of required elements that this GStreamer installation lacks.
+pub fn missing_elements() -> Vec<&'static str> {
+    REQUIRED_ELEMENTS
+        .iter()
+        .copied()
+        .filter(|f| gst::ElementFactory::find(f).is_none())
+        .collect()
+}
+
+/// Creates an element by factory name, naming it by its role.
+pub(crate) fn make(factory: &str, name: &str) -> Result<gst::Element, PipelineError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
+        .build()
+        .map_err(|_| PipelineError::MissingElement {
+            factory: factory.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+/// Links a chain of elements in order.
+pub(crate) fn link_chain(elements: &[&gst::Element]) -> Result<(), PipelineError> {
+    for pair in elements.windows(2) {
+        pair[0].link(pair[1]).map_err(|_| PipelineError::Link {
+            from: pair[0].name().to_string(),
+            to: pair[1].name().to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Links a named request pad of `tee` to `sink`'s static `sink` pad.
+pub(crate) fn link_tee(tee: &gst::Element, sink: &gst::Element) -> Result<(), PipelineError> {
+    let link_error = || PipelineError::Link {
+        from: tee.name().to_string(),
+        to: sink.name().to_string(),
+    };
+    let src = tee.request_pad_simple("src_%u").ok_or_else(link_error)?;
+    let sinkpad = sink.static_pad("sink").ok_or_else(link_error)?;
+    src.link(&sinkpad).map_err(|_| link_error())?;
+    Ok(())
+}
+
+/// Sets a pipeline's state, naming it in the error.
+pub(crate) fn set_state(
+    pipeline: &gst::Pipeline,
+    state: gst::State,
+) -> Result<gst::StateChangeSuccess, PipelineError> {
+    pipeline
+        .set_state(state)
+        .map_err(|_| PipelineError::State {
+            path: pipeline.path_string().to_string(),
+            state,
+        })
+}

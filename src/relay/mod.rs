@@ -1,0 +1,858 @@
+//! Relays: one actor task per relay, owning its pipelines.
+//!
+//! The actor is the only code that touches its `gst::Pipeline`s. Everyone else holds a
+//! [`RelayHandle`] and sends it commands that carry their own reply channel. The actor keeps
+//! what was asked (the spec and whether the relay should run) apart from what is (the
+//! program, the publisher, each destination's state), and computes the status from the latter.
+
+pub mod registry;
+pub mod spec;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use gst::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{HlsSettings, ProgramSettings};
+use crate::pipeline::output::{self, OutputPipeline};
+use crate::pipeline::program::{self, FeedSlot, Rendition, Source};
+use crate::pipeline::{self as pl, BusError, PipelineError};
+use spec::{OutputSpec, RelaySpec};
+use state::{OutputEvent, OutputState};
+
+/// How long a stopping program may take to drain (final playlist) before it is torn down.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the actor samples destination byte counters and due retries.
+const DEFAULT_TICK: Duration = Duration::from_millis(500);
+/// Commands that may queue for one relay.
+const DEFAULT_COMMAND_QUEUE: usize = 64;
+
+/// Daemon-wide settings every relay needs.
+#[derive(Debug, Clone)]
+pub struct RelayContext {
+    pub program: ProgramSettings,
+    pub hls: HlsSettings,
+    /// `<data_dir>/hls`; each relay writes into its own sub-directory.
+    pub hls_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay {id} is not running; start it first")]
+    NotRunning { id: String },
+    #[error("relay {id} already has a publisher ({peer})")]
+    AlreadyPublishing { id: String, peer: String },
+    #[error("relay {id} pulls from a URL and takes no publisher")]
+    NotPush { id: String },
+    #[error("relay {id}: {source}")]
+    Pipeline { id: String, source: PipelineError },
+    #[error("relay {id}: {field}: {message}")]
+    Invalid {
+        id: String,
+        field: String,
+        message: String,
+    },
+    #[error("relay {id} has shut down")]
+    Gone { id: String },
+}
+
+/// The relay's overall state, computed from what is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayPhase {
+    /// Not asked to run.
+    Stopped,
+    /// Asked to run, waiting for a publisher on its stream key.
+    Waiting,
+    /// The program is built and running; no frame has been encoded yet.
+    Starting,
+    /// Frames are flowing through the program.
+    Live,
+    /// The program failed; it is rebuilt at `next_at`.
+    Retrying {
+        attempt: u32,
+        next_at: Instant,
+        reason: String,
+    },
+}
+
+impl RelayPhase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RelayPhase::Stopped => "stopped",
+            RelayPhase::Waiting => "waiting",
+            RelayPhase::Starting => "starting",
+            RelayPhase::Live => "live",
+            RelayPhase::Retrying { .. } => "retrying",
+        }
+    }
+}
+
+/// A snapshot of a relay, for the API.
+#[derive(Debug, Clone)]
+pub struct RelayStatus {
+    pub spec: RelaySpec,
+    pub phase: RelayPhase,
+    pub last_error: Option<String>,
+    /// When the operator last started it (for uptime).
+    pub started_at: Option<SystemTime>,
+    pub publisher: Option<PublisherStatus>,
+    pub frames_encoded: u64,
+    pub outputs: Vec<OutputStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublisherStatus {
+    pub peer: String,
+    pub since: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputStatus {
+    pub spec: OutputSpec,
+    pub state: OutputState,
+    pub last_error: Option<String>,
+    pub bytes_sent: u64,
+}
+
+/// The push side of an accepted publish: the RTMP server writes FLV into it. Dropping it ends
+/// the program's input.
+pub struct IngestFeed {
+    appsrc: gst_app::AppSrc,
+    events: mpsc::UnboundedSender<Event>,
+    generation: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the relay no longer takes this stream")]
+pub struct FeedClosed;
+
+impl IngestFeed {
+    /// Hands FLV bytes to the program; fails once the program is gone.
+    pub fn push(&self, data: bytes::Bytes) -> Result<(), FeedClosed> {
+        self.appsrc
+            .push_buffer(gst::Buffer::from_slice(data))
+            .map(|_| ())
+            .map_err(|_| FeedClosed)
+    }
+}
+
+impl Drop for IngestFeed {
+    fn drop(&mut self) {
+        let _ = self.appsrc.end_of_stream();
+        let _ = self.events.send(Event::PublisherGone {
+            generation: self.generation,
+        });
+    }
+}
+
+enum Command {
+    Start(oneshot::Sender<Result<RelayStatus, RelayError>>),
+    Stop(oneshot::Sender<RelayStatus>),
+    Status(oneshot::Sender<RelayStatus>),
+    Publish {
+        peer: String,
+        reply: oneshot::Sender<Result<IngestFeed, RelayError>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Messages from the relay's own pipelines and publisher.
+enum Event {
+    ProgramBus {
+        generation: u64,
+        message: gst::Message,
+    },
+    OutputBus {
+        output: String,
+        generation: u64,
+        message: gst::Message,
+    },
+    PublisherGone {
+        generation: u64,
+    },
+}
+
+/// A cheap, cloneable way to talk to one relay's actor.
+#[derive(Clone, Debug)]
+pub struct RelayHandle {
+    id: String,
+    tx: mpsc::Sender<Command>,
+}
+
+impl RelayHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RelayError> {
+        let gone = || RelayError::Gone {
+            id: self.id.clone(),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn start(&self) -> Result<RelayStatus, RelayError> {
+        self.ask(Command::Start).await?
+    }
+
+    pub async fn stop(&self) -> Result<RelayStatus, RelayError> {
+        self.ask(Command::Stop).await
+    }
+
+    pub async fn status(&self) -> Result<RelayStatus, RelayError> {
+        self.ask(Command::Status).await
+    }
+
+    /// Asks the relay to take a publisher from `peer`.
+    pub async fn publish(&self, peer: String) -> Result<IngestFeed, RelayError> {
+        self.ask(|reply| Command::Publish { peer, reply }).await?
+    }
+
+    /// Stops everything and ends the actor.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+/// Spawns the actor for `spec` and returns its handle.
+pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
+    let (tx, rx) = mpsc::channel(DEFAULT_COMMAND_QUEUE);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let handle = RelayHandle {
+        id: spec.id.clone(),
+        tx,
+    };
+    let outputs = spec
+        .outputs
+        .iter()
+        .map(|o| (o.id.clone(), Output::new(o.clone())))
+        .collect();
+    let actor = Actor {
+        spec,
+        ctx,
+        want_running: false,
+        started_at: None,
+        program: None,
+        publisher: None,
+        retry: None,
+        last_error: None,
+        outputs,
+        generation: 0,
+        events_tx,
+        events_rx,
+    };
+    tokio::spawn(actor.run(rx));
+    handle
+}
+
+/// A running program pipeline.
+struct RunningProgram {
+    pipeline: gst::Pipeline,
+    generation: u64,
+    bus_task: JoinHandle<()>,
+    frames: Arc<std::sync::atomic::AtomicU64>,
+    feeds: BTreeMap<String, Arc<FeedSlot>>,
+}
+
+struct Retry {
+    attempt: u32,
+    next_at: Instant,
+    reason: String,
+}
+
+/// A destination: its spec, its state, and its push pipeline when it has one.
+struct Output {
+    spec: OutputSpec,
+    state: OutputState,
+    /// Consecutive failures; reset once bytes flow.
+    failures: u32,
+    last_error: Option<String>,
+    bytes_sent: u64,
+    running: Option<RunningOutput>,
+}
+
+struct RunningOutput {
+    pipeline: OutputPipeline,
+    generation: u64,
+    bus_task: JoinHandle<()>,
+}
+
+impl Output {
+    fn new(spec: OutputSpec) -> Self {
+        Self {
+            spec,
+            state: OutputState::Stopped,
+            failures: 0,
+            last_error: None,
+            bytes_sent: 0,
+            running: None,
+        }
+    }
+}
+
+struct Actor {
+    spec: RelaySpec,
+    ctx: Arc<RelayContext>,
+    want_running: bool,
+    started_at: Option<SystemTime>,
+    program: Option<RunningProgram>,
+    publisher: Option<PublisherStatus>,
+    retry: Option<Retry>,
+    last_error: Option<String>,
+    outputs: BTreeMap<String, Output>,
+    generation: u64,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Actor {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(DEFAULT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        self.stop_program("daemon shutting down").await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command).await,
+                    None => {
+                        self.stop_program("relay deleted").await;
+                        break;
+                    }
+                },
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        info!(relay = %self.spec.id, "relay actor ended");
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start(reply) => {
+                let result = self.start();
+                let _ = reply.send(result.map(|_| self.status()));
+            }
+            Command::Stop(reply) => {
+                if self.want_running {
+                    info!(relay = %self.spec.id, "stop requested");
+                }
+                self.want_running = false;
+                self.started_at = None;
+                self.retry = None;
+                self.stop_program("stopped by operator").await;
+                let _ = reply.send(self.status());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Publish { peer, reply } => {
+                let _ = reply.send(self.accept_publisher(peer));
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn start(&mut self) -> Result<(), RelayError> {
+        let rendition = self.rendition()?;
+        if self.want_running {
+            return Ok(());
+        }
+        self.want_running = true;
+        self.started_at = Some(SystemTime::now());
+        self.last_error = None;
+        info!(relay = %self.spec.id, "start requested");
+        if let Some(url) = self.spec.ingest.url.clone() {
+            if let Err(e) = self.start_program(Source::Pull(url), &rendition) {
+                self.fail_program(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The rendition this relay encodes, checked against the program format.
+    fn rendition(&self) -> Result<Rendition, RelayError> {
+        let name = &self.spec.hls.renditions[0];
+        let height = spec::rendition_height(name).unwrap_or(self.ctx.program.height);
+        Rendition::for_program(name, height, &self.ctx.program).ok_or_else(|| RelayError::Invalid {
+            id: self.spec.id.clone(),
+            field: "hls.renditions[0]".to_owned(),
+            message: format!(
+                "{name} is taller than the program ({}p); renditions never upscale",
+                self.ctx.program.height
+            ),
+        })
+    }
+
+    fn accept_publisher(&mut self, peer: String) -> Result<IngestFeed, RelayError> {
+        let id = self.spec.id.clone();
+        if self.spec.ingest.stream_key.is_none() {
+            return Err(RelayError::NotPush { id });
+        }
+        if !self.want_running {
+            return Err(RelayError::NotRunning { id });
+        }
+        if let Some(p) = &self.publisher {
+            return Err(RelayError::AlreadyPublishing {
+                id,
+                peer: p.peer.clone(),
+            });
+        }
+        // A previous program may still be draining: it gives way to the new publisher.
+        self.teardown_program();
+        let rendition = self.rendition()?;
+        let appsrc = self
+            .start_program(Source::Push, &rendition)
+            .map_err(|source| RelayError::Pipeline {
+                id: id.clone(),
+                source,
+            })?
+            .expect("push programs have an ingest appsrc");
+        info!(relay = %id, peer = %peer, "publisher connected");
+        self.publisher = Some(PublisherStatus {
+            peer,
+            since: SystemTime::now(),
+        });
+        Ok(IngestFeed {
+            appsrc,
+            events: self.events_tx.clone(),
+            generation: self.generation,
+        })
+    }
+
+    /// Builds and plays the program and every destination's pipeline.
+    fn start_program(
+        &mut self,
+        source: Source,
+        rendition: &Rendition,
+    ) -> Result<Option<gst_app::AppSrc>, PipelineError> {
+        self.generation += 1;
+        let generation = self.generation;
+        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
+        // Old segments belong to an earlier program; players must not mix them in.
+        let _ = std::fs::remove_dir_all(&hls_dir);
+        let params = program::ProgramParams {
+            relay_id: self.spec.id.clone(),
+            source,
+            program: self.ctx.program.clone(),
+            hls: self.ctx.hls.clone(),
+            rendition: rendition.clone(),
+            hls_dir: hls_dir.clone(),
+            output_ids: self.outputs.keys().cloned().collect(),
+        };
+        let built = program::build(&params)?;
+        program::write_atomic(
+            &hls_dir.join("master.m3u8"),
+            &program::master_playlist(std::slice::from_ref(rendition), &self.ctx.program),
+        )?;
+        let frames = count_frames(&built.pipeline, "video-tee");
+        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |message| {
+            Event::ProgramBus {
+                generation,
+                message,
+            }
+        });
+        if let Err(e) = pl::set_state(&built.pipeline, gst::State::Playing) {
+            bus_task.abort();
+            abandon(built.pipeline, format!("relay {}", self.spec.id));
+            return Err(e);
+        }
+        info!(relay = %self.spec.id, generation, rendition = %rendition.name, "program playing");
+        self.program = Some(RunningProgram {
+            pipeline: built.pipeline,
+            generation,
+            bus_task,
+            frames,
+            feeds: built.feeds.into_iter().collect(),
+        });
+        let ids: Vec<String> = self.outputs.keys().cloned().collect();
+        for id in ids {
+            self.start_output(&id);
+        }
+        Ok(built.ingest)
+    }
+
+    /// Starts one destination's push pipeline, attached to the program's feed.
+    fn start_output(&mut self, output_id: &str) {
+        let Some(program) = &self.program else { return };
+        let Some(feed) = program.feeds.get(output_id).cloned() else {
+            return;
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let relay_id = self.spec.id.clone();
+        let events = self.events_tx.clone();
+        let Some(out) = self.outputs.get_mut(output_id) else {
+            return;
+        };
+        let built = output::build(&relay_id, output_id, &out.spec.url).and_then(|p| {
+            let id = output_id.to_owned();
+            let bus_task = forward_bus(&p.pipeline, events, move |message| Event::OutputBus {
+                output: id.clone(),
+                generation,
+                message,
+            });
+            match pl::set_state(&p.pipeline, gst::State::Playing) {
+                Ok(_) => Ok((p, bus_task)),
+                Err(e) => {
+                    bus_task.abort();
+                    abandon(p.pipeline, format!("relay {relay_id} output {output_id}"));
+                    Err(e)
+                }
+            }
+        });
+        let now = Instant::now();
+        match built {
+            Ok((pipeline, bus_task)) => {
+                feed.attach(pipeline.feed.clone());
+                out.running = Some(RunningOutput {
+                    pipeline,
+                    generation,
+                    bus_task,
+                });
+                let next = out.state.next(OutputEvent::Started, out.failures, now);
+                transition(&relay_id, out, next, "push pipeline started");
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                out.last_error = Some(reason.clone());
+                let next = out.state.next(OutputEvent::Failed(reason.clone()), out.failures, now);
+                out.failures += 1;
+                transition(&relay_id, out, next, &reason);
+            }
+        }
+    }
+
+    fn stop_output(&mut self, output_id: &str, event: OutputEvent, why: &str) {
+        let relay_id = self.spec.id.clone();
+        if let Some(feed) = self.program.as_ref().and_then(|p| p.feeds.get(output_id)) {
+            feed.detach();
+        }
+        let Some(out) = self.outputs.get_mut(output_id) else {
+            return;
+        };
+        if let Some(running) = out.running.take() {
+            running.bus_task.abort();
+            out.bytes_sent = running.pipeline.bytes_sent();
+            abandon(
+                running.pipeline.pipeline,
+                format!("relay {relay_id} output {}", out.spec.id),
+            );
+        }
+        if let OutputEvent::Failed(reason) = &event {
+            out.last_error = Some(reason.clone());
+        }
+        let next = out.state.next(event.clone(), out.failures, Instant::now());
+        if matches!(event, OutputEvent::Failed(_)) {
+            out.failures += 1;
+        }
+        transition(&relay_id, out, next, why);
+    }
+
+    /// Ends the program: EOS so the final playlist is written, bounded in time, then teardown.
+    async fn stop_program(&mut self, why: &str) {
+        let Some(generation) = self.program.as_ref().map(|p| p.generation) else {
+            return;
+        };
+        info!(relay = %self.spec.id, reason = why, "stopping program");
+        let ids: Vec<String> = self.outputs.keys().cloned().collect();
+        for id in &ids {
+            self.stop_output(id, OutputEvent::Stopped, why);
+        }
+        if let Some(program) = &self.program {
+            program.pipeline.send_event(gst::event::Eos::new());
+        }
+        // Keep handling events while the program drains, until its EOS (or error) arrives.
+        let deadline = Instant::now() + DEFAULT_DRAIN_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(Event::ProgramBus {
+                    generation: g,
+                    message,
+                })) if g == generation
+                    && matches!(
+                        message.view(),
+                        gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+                    ) =>
+                {
+                    break
+                }
+                Ok(Some(event)) => self.on_event(event),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(relay = %self.spec.id, generation, "program did not drain in time");
+                    break;
+                }
+            }
+            if self.program.as_ref().map(|p| p.generation) != Some(generation) {
+                return;
+            }
+        }
+        self.teardown_program();
+    }
+
+    /// Drops the program at once (no drain); its destinations stop with it.
+    fn teardown_program(&mut self) {
+        let ids: Vec<String> = self.outputs.keys().cloned().collect();
+        for id in &ids {
+            if self.outputs.get(id).is_some_and(|o| o.running.is_some()) {
+                self.stop_output(id, OutputEvent::Stopped, "program stopped");
+            }
+        }
+        if let Some(program) = self.program.take() {
+            program.bus_task.abort();
+            abandon(program.pipeline, format!("relay {}", self.spec.id));
+        }
+        if let Some(p) = self.publisher.take() {
+            info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
+        }
+    }
+
+    /// The program failed: tear it down and, for pull relays, schedule a rebuild.
+    fn fail_program(&mut self, reason: String) {
+        self.teardown_program();
+        self.last_error = Some(reason.clone());
+        if self.spec.ingest.url.is_some() && self.want_running {
+            let attempt = self.retry.as_ref().map_or(0, |r| r.attempt) + 1;
+            let delay = state::backoff(attempt);
+            warn!(relay = %self.spec.id, attempt, delay = ?delay, reason = %reason, "program failed, retrying");
+            self.retry = Some(Retry {
+                attempt,
+                next_at: Instant::now() + delay,
+                reason,
+            });
+        } else {
+            warn!(relay = %self.spec.id, reason = %reason, "program failed; waiting for the publisher to return");
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ProgramBus {
+                generation,
+                message,
+            } => {
+                if self.program.as_ref().map(|p| p.generation) != Some(generation) {
+                    return;
+                }
+                match message.view() {
+                    gst::MessageView::Error(err) => {
+                        let err = BusError::from_message(&err);
+                        error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
+                        self.fail_program(err.to_string());
+                    }
+                    gst::MessageView::Eos(_) => {
+                        info!(relay = %self.spec.id, "program reached end of stream");
+                        if self.spec.ingest.url.is_some() {
+                            self.fail_program("the pulled stream ended".to_owned());
+                        } else {
+                            self.teardown_program();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::OutputBus {
+                output,
+                generation,
+                message,
+            } => {
+                let current = self
+                    .outputs
+                    .get(&output)
+                    .and_then(|o| o.running.as_ref())
+                    .map(|r| r.generation);
+                if current != Some(generation) {
+                    return;
+                }
+                if let gst::MessageView::Error(err) = message.view() {
+                    let err = BusError::from_message(&err);
+                    let reason = err.to_string();
+                    self.stop_output(&output, OutputEvent::Failed(reason.clone()), &reason);
+                }
+            }
+            Event::PublisherGone { generation } => {
+                if self.program.as_ref().map(|p| p.generation) == Some(generation) {
+                    // The appsrc got EOS; the program drains and its EOS tears it down. The
+                    // publisher slot frees at once so a reconnecting caster is not refused.
+                    if let Some(p) = self.publisher.take() {
+                        info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Program retries (pull relays).
+        if let Some(retry) = &self.retry {
+            if self.program.is_none() && self.want_running && retry.next_at <= now {
+                if let (Some(url), Ok(rendition)) = (self.spec.ingest.url.clone(), self.rendition()) {
+                    match self.start_program(Source::Pull(url), &rendition) {
+                        Ok(_) => {}
+                        Err(e) => self.fail_program(e.to_string()),
+                    }
+                }
+            }
+        }
+        if self.program.as_ref().is_some_and(|p| p.frames.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+            self.retry = None;
+        }
+        // Destinations: byte counters and due retries.
+        let relay_id = self.spec.id.clone();
+        let mut due = Vec::new();
+        for (id, out) in self.outputs.iter_mut() {
+            if let Some(running) = &out.running {
+                let bytes = running.pipeline.bytes_sent();
+                if bytes > out.bytes_sent {
+                    out.bytes_sent = bytes;
+                    let next = out.state.next(OutputEvent::BytesFlowing, out.failures, now);
+                    if next != out.state {
+                        out.failures = 0;
+                        transition(&relay_id, out, next, "bytes reaching the destination");
+                    }
+                }
+            } else if let OutputState::Retrying { next_at, .. } = out.state {
+                if next_at <= now && self.program.is_some() {
+                    due.push(id.clone());
+                }
+            }
+        }
+        for id in due {
+            self.start_output(&id);
+        }
+    }
+
+    fn status(&self) -> RelayStatus {
+        let frames = self
+            .program
+            .as_ref()
+            .map_or(0, |p| p.frames.load(std::sync::atomic::Ordering::Relaxed));
+        let phase = if !self.want_running {
+            RelayPhase::Stopped
+        } else if let (None, Some(r)) = (&self.program, &self.retry) {
+            RelayPhase::Retrying {
+                attempt: r.attempt,
+                next_at: r.next_at,
+                reason: r.reason.clone(),
+            }
+        } else if self.program.is_none() {
+            RelayPhase::Waiting
+        } else if frames == 0 {
+            RelayPhase::Starting
+        } else {
+            RelayPhase::Live
+        };
+        RelayStatus {
+            spec: self.spec.clone(),
+            phase,
+            last_error: self.last_error.clone(),
+            started_at: self.started_at,
+            publisher: self.publisher.clone(),
+            frames_encoded: frames,
+            outputs: self
+                .outputs
+                .values()
+                .map(|o| OutputStatus {
+                    spec: o.spec.clone(),
+                    state: o.state.clone(),
+                    last_error: o.last_error.clone(),
+                    bytes_sent: o
+                        .running
+                        .as_ref()
+                        .map_or(o.bytes_sent, |r| r.pipeline.bytes_sent()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Logs a destination's state change once, with its reason.
+fn transition(relay: &str, out: &mut Output, next: OutputState, reason: &str) {
+    if out.state == next {
+        return;
+    }
+    let from = out.state.name();
+    match &next {
+        OutputState::Retrying { attempt, next_at, .. } => {
+            let delay = next_at.saturating_duration_since(Instant::now());
+            warn!(relay, output = %out.spec.id, from, to = "retrying", attempt, delay = ?delay, reason, "output state");
+        }
+        _ => info!(relay, output = %out.spec.id, from, to = next.name(), reason, "output state"),
+    }
+    out.state = next;
+}
+
+/// Forwards a pipeline's bus messages into the actor's event channel until aborted.
+fn forward_bus(
+    pipeline: &gst::Pipeline,
+    events: mpsc::UnboundedSender<Event>,
+    wrap: impl Fn(gst::Message) -> Event + Send + 'static,
+) -> JoinHandle<()> {
+    let bus = pipeline.bus().expect("a pipeline always has a bus");
+    let mut stream = bus.stream();
+    tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            let interesting = matches!(
+                message.view(),
+                gst::MessageView::Error(_) | gst::MessageView::Eos(_)
+            );
+            if interesting && events.send(wrap(message)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Counts buffers entering `element` (the encoded-video tee): the program's progress.
+fn count_frames(pipeline: &gst::Pipeline, element: &str) -> Arc<std::sync::atomic::AtomicU64> {
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(pad) = pipeline
+        .by_name(element)
+        .and_then(|e| e.static_pad("sink"))
+    {
+        let c = counter.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    counter
+}
+
+/// Sets a pipeline to `Null` on a thread of its own. An element that hangs there (as
+/// `rtmp2sink` can on a network timeout in GStreamer 1.22) costs that thread, never the
+/// actor; a watchdog logs it.
+fn abandon(pipeline: gst::Pipeline, what: String) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let name = what.clone();
+    let spawned = std::thread::Builder::new()
+        .name("teardown".to_owned())
+        .spawn(move || {
+            let _ = pipeline.set_state(gst::State::Null);
+            let _ = done_tx.send(());
+        });
+    if spawned.is_err() {
+        error!(what = %name, "cannot spawn teardown thread");
+        return;
+    }
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            error!(what = %name, "pipeline teardown still blocked after 10 s; abandoned");
+        }
+    });
+}
