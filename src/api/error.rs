@@ -99,24 +99,31 @@ impl Reply for CompatError {
     }
 }
 
+/// A request body over the API's limit.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// A request body that broke off while being read.
+#[derive(Debug)]
+pub struct BodyUnreadable;
+impl warp::reject::Reject for BodyUnreadable {}
+
 /// Maps warp's own rejections (no route, wrong method, body too large) to JSON.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-    } else if rejection
-        .find::<warp::reject::PayloadTooLarge>()
-        .is_some()
-    {
+    } else if rejection.find::<BodyTooLarge>().is_some() {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("request bodies are limited to {} bytes", super::MAX_BODY_BYTES),
         )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+    } else if rejection.find::<BodyUnreadable>().is_some() {
         ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "send a Content-Length header",
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the request body could not be read",
         )
     } else if rejection
         .find::<warp::reject::MethodNotAllowed>()

@@ -14,6 +14,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -28,13 +30,46 @@ async fn finish<E: Reply>(result: Result<Response, E>) -> Result<Response, Infal
     Ok(result.unwrap_or_else(Reply::into_response))
 }
 
+/// The request body, read up to [`MAX_BODY_BYTES`]: refused early when Content-Length says it
+/// is larger, and cut off when a chunked body grows past it.
+fn bounded_body() -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(read_bounded)
+}
+
+async fn read_bounded<S, B>(length: Option<u64>, stream: S) -> Result<Bytes, warp::Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if length.is_some_and(|l| l > MAX_BODY_BYTES) {
+        return Err(warp::reject::custom(error::BodyTooLarge));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::custom(error::BodyUnreadable))?;
+        if (body.len() + chunk.remaining()) as u64 > MAX_BODY_BYTES {
+            return Err(warp::reject::custom(error::BodyTooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
 /// Every route of the API.
 pub fn routes(
     registry: Arc<Registry>,
     hls_root: PathBuf,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_registry = warp::any().map(move || registry.clone());
-    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
+    let body = bounded_body();
 
     let healthz = warp::path!("healthz")
         .and(warp::get())

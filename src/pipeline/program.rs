@@ -523,7 +523,7 @@ mod tests {
         assert!(text.starts_with("#EXTM3U\n"));
         assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
         for attr in [
-            "BANDWIDTH=3453800",
+            "BANDWIDTH=3440800",
             "AVERAGE-BANDWIDTH=3128000",
             "RESOLUTION=1280x720",
             "FRAME-RATE=30.000",

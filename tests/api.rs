@@ -1,0 +1,157 @@
+//! The HTTP API over real HTTP, without media: relay CRUD, error bodies, and the routes
+//! compatible with the older relay service.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_crud_and_errors() {
+    let daemon = Daemon::start("").await;
+    let (status, body) = daemon.get("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    assert_eq!(daemon.get("/api/v1/relays").await, (200, serde_json::json!([])));
+
+    let spec = r#"{"id":"final","ingest":{"stream_key":"final-key"},
+                   "outputs":[{"id":"youtube","url":"rtmp://127.0.0.1:1/live2/KEY"}]}"#;
+    let (status, body) = daemon.post("/api/v1/relays", spec).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["state"], "stopped");
+    assert_eq!(body["hls"]["master"], "/hls/final/master.m3u8");
+    assert_eq!(body["outputs"][0]["state"], "stopped");
+
+    // Duplicates conflict, by id and by stream key.
+    let (status, body) = daemon.post("/api/v1/relays", spec).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "relay_exists");
+    let (status, body) = daemon
+        .post("/api/v1/relays", r#"{"id":"other","ingest":{"stream_key":"final-key"}}"#)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "stream_key_in_use");
+
+    // Malformed bodies get a 400 that says what is wrong.
+    let cases = [
+        ("{not json", "invalid_body", "key must be a string"),
+        (r#"{"id":"x","ingest":{"stream_key":"k"},"outptus":[]}"#, "invalid_body", "outptus"),
+        (r#"{"ingest":{"stream_key":"k"}}"#, "invalid_body", "missing field `id`"),
+        (r#"{"id":"a b","ingest":{"stream_key":"k"}}"#, "invalid_relay", "id:"),
+        (r#"{"id":"x","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"http://x"}]}"#, "invalid_relay", "outputs[0].url"),
+        ("", "invalid_body", "empty"),
+    ];
+    for (body, code, needle) in cases {
+        let (status, reply) = daemon.post("/api/v1/relays", body).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        assert_eq!(reply["error"]["code"], code, "{body} -> {reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body} -> {message}");
+    }
+
+    // A body over 1 MiB is refused.
+    let huge = format!(r#"{{"id":"x","ingest":{{"stream_key":"{}"}}}}"#, "k".repeat(2 << 20));
+    let (status, reply) = daemon.post("/api/v1/relays", &huge).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(reply["error"]["code"], "body_too_large");
+
+    // Unknown relays and routes are 404 with a JSON error.
+    let (status, body) = daemon.get("/api/v1/relays/nope").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("relay_not_found")));
+    let (status, body) = daemon.post("/api/v1/relays/nope/start", "").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = daemon.get("/api/v1/nothing").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].is_string());
+
+    // HLS serving cannot leave its directory.
+    let (status, _) = daemon.get("/hls/../../etc/passwd").await;
+    assert_eq!(status, 404);
+
+    // Start, stop, delete.
+    let (status, body) = daemon.post("/api/v1/relays/final/start", "").await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("waiting")));
+    let (status, body) = daemon.post("/api/v1/relays/final/stop", "").await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("stopped")));
+    let r = daemon
+        .http
+        .delete(format!("{}/api/v1/relays/final", daemon.api))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(daemon.get("/api/v1/relays/final").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compatible_routes_behave_as_the_old_service() {
+    let daemon = Daemon::start("").await;
+    let url = "rtmp://127.0.0.1:1/live2/KEY";
+
+    for body in [
+        r#"{"stream_name":"match1"}"#.to_owned(),
+        format!(r#"{{"youtube_url":"{url}"}}"#),
+        "{broken".to_owned(),
+    ] {
+        let (status, reply) = daemon.post("/start_stream", &body).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        assert!(reply["error"].is_string(), "old error body: {reply}");
+    }
+    let (status, reply) = daemon.post("/start_stream", r#"{"stream_name":"match1"}"#).await;
+    assert_eq!(status, 400);
+    assert!(reply["error"].as_str().unwrap_or_default().contains("youtube_url"), "{reply}");
+
+    let start = format!(r#"{{"youtube_url":"{url}","stream_name":"match1"}}"#);
+    let (status, reply) = daemon.post("/start_stream", &start).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["message"], "Stream match1 started successfully");
+    assert_eq!(reply["youtube_url"], url);
+    let (status, reply) = daemon.post("/start_stream", &start).await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(reply["error"].is_string());
+
+    // The relay it made is visible in the v1 API too, running and waiting for the caster.
+    assert_eq!(daemon.relay("match1").await["state"], "waiting");
+
+    let listed = wait_for("uptime to rise", Duration::from_secs(5), || async {
+        let (_, list) = daemon.get("/list_streams").await;
+        (list["match1"]["uptime"].as_f64().unwrap_or(0.0) > 0.0).then_some(list)
+    })
+    .await;
+    assert_eq!(listed["match1"]["youtube_url"], url);
+    assert!(listed["match1"]["uptime"].is_f64());
+
+    let (status, reply) = daemon.post("/stop_stream", r#"{"stream_name":"nope"}"#).await;
+    assert_eq!(status, 404, "{reply}");
+    assert!(reply["error"].is_string());
+    let (status, reply) = daemon.post("/stop_stream", "{}").await;
+    assert_eq!(status, 400, "{reply}");
+    let (status, reply) = daemon.post("/stop_stream", r#"{"stream_name":"match1"}"#).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["message"], "Stream match1 stopped successfully");
+    assert_eq!(daemon.get("/list_streams").await, (200, serde_json::json!({})));
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[program]\nwidht = 1280\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scorecast"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .expect("run scorecast");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("widht"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[[relay]]\nid = \"a\"\ningest = { stream_key = \"k\" }\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scorecast"))
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .expect("run scorecast");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,168 @@
+//! End to end on real parts: publishers (ffmpeg, gst-launch) push into the daemon's RTMP
+//! server, or the daemon pulls from nginx-rtmp; the test reads HLS over HTTP and checks it
+//! against RFC 8216, decodes segments with ffprobe, and decodes what reached the nginx stand-in.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Reads the master and media playlists while they grow, checking each read.
+/// Returns the last media playlist seen once it has `min_segments` segments.
+async fn watch_hls(daemon: &Daemon, relay: &str, min_segments: usize, timeout: Duration) -> MediaPlaylist {
+    let (mime, master) = wait_for("the master playlist", timeout, || async {
+        daemon.get_text(&format!("/hls/{relay}/master.m3u8")).await
+    })
+    .await;
+    assert_eq!(mime, "application/vnd.apple.mpegurl");
+    let variants = check_master_playlist(&master);
+    let media_path = format!("/hls/{relay}/{}", variants[0]);
+    let mut last: Option<MediaPlaylist> = None;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HLS did not reach {min_segments} segments; last read: {last:?}"
+        );
+        let Some((_, text)) = daemon.get_text(&media_path).await else {
+            // Not written before the first segment; once written it must stay served.
+            assert!(last.is_none(), "{media_path} disappeared");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let playlist = check_media_playlist(&text);
+        if let Some(prev) = &last {
+            assert_eq!(prev.target_duration, playlist.target_duration, "TARGETDURATION changed\n{text}");
+            assert!(playlist.media_sequence >= prev.media_sequence, "MEDIA-SEQUENCE went back\n{text}");
+        }
+        let enough = playlist.segments.len() >= min_segments;
+        last = Some(playlist);
+        if enough {
+            return last.expect("set above");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Fetches the newest segment over HTTP and asserts it decodes as H.264 1280x720 + AAC.
+async fn assert_segment_decodes(daemon: &Daemon, relay: &str, playlist: &MediaPlaylist) {
+    let (_, uri) = playlist.segments.last().expect("a segment");
+    let path = format!("/hls/{relay}/720p/{uri}");
+    let bytes = daemon.get_bytes(&path).await.expect("segment served");
+    let file = save(daemon.dir.path(), "segment.ts", &bytes);
+    assert_h264_aac(&probe(&file), 1280, 720, &path);
+    assert!(decode_frames(&file, 30) >= 30, "{path}: fewer than 30 frames decode");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ffmpeg_publish_reaches_hls_and_the_destination() {
+    let nginx = Nginx::start().await;
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
+         outputs = [ {{ id = \"youtube\", url = \"{}\" }} ]\n",
+        nginx.url("yt-key")
+    );
+    let daemon = Daemon::start(&config).await;
+    assert_eq!(daemon.relay("final").await["state"], "waiting");
+
+    let publish_started = std::time::Instant::now();
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    let relay = daemon.wait_state("final", "live", Duration::from_secs(20)).await;
+    assert!(relay["publisher"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
+
+    let first = watch_hls(&daemon, "final", 1, Duration::from_secs(20)).await;
+    eprintln!("first segment listed {:.1?} after the publish started", publish_started.elapsed());
+    assert_segment_decodes(&daemon, "final", &first).await;
+
+    // The destination receives decodable video and audio.
+    let at_nginx = nginx.url("yt-key");
+    assert_h264_aac(&probe(&at_nginx), 1280, 720, "the nginx stand-in");
+    assert!(decode_frames(&at_nginx, 30) >= 30, "the stand-in's stream does not decode");
+    let relay = daemon.relay("final").await;
+    let output = &relay["outputs"][0];
+    assert_eq!(output["state"], "live", "{relay}");
+    assert!(output["bytes_sent"].as_u64().unwrap_or(0) > 0, "{relay}");
+
+    // A full live window of 6 segments, a rising media sequence, and old segments deleted.
+    let full = watch_hls(&daemon, "final", 6, Duration::from_secs(30)).await;
+    assert!(full.segments.len() >= 6);
+    let hls_dir = daemon.hls_dir("final").join("720p");
+    wait_for("old segments to be deleted", Duration::from_secs(30), || async {
+        let (_, text) = daemon.get_text("/hls/final/720p/index.m3u8").await?;
+        let playlist = check_media_playlist(&text);
+        (playlist.media_sequence >= 6 && !hls_dir.join("segment00000.ts").exists()).then_some(())
+    })
+    .await;
+    assert_segment_decodes(&daemon, "final", &full).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gst_launch_publisher_is_taken() {
+    let daemon = Daemon::start(TEST_PROGRAM).await;
+    let (status, body) = daemon
+        .post("/api/v1/relays", r#"{"id":"gst","ingest":{"stream_key":"gst-key"}}"#)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = daemon.post("/api/v1/relays/gst/start", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "waiting");
+
+    let _publisher = gst_publisher(&daemon.publish_url("gst-key"));
+    daemon.wait_state("gst", "live", Duration::from_secs(20)).await;
+    // The 960x540 25 fps input comes out in the program format.
+    let playlist = watch_hls(&daemon, "gst", 2, Duration::from_secs(30)).await;
+    assert_segment_decodes(&daemon, "gst", &playlist).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_ingest_from_nginx_rtmp() {
+    let nginx = Nginx::start().await;
+    let _publisher = ffmpeg_publisher(&nginx.url("upstream"), 60);
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"pulled\"\ningest = {{ url = \"{}\" }}\n",
+        nginx.url("upstream")
+    );
+    let daemon = Daemon::start(&config).await;
+    let relay = daemon.wait_state("pulled", "live", Duration::from_secs(30)).await;
+    assert!(relay["publisher"].is_null(), "a pull relay has no publisher: {relay}");
+    let playlist = watch_hls(&daemon, "pulled", 2, Duration::from_secs(30)).await;
+    assert_segment_decodes(&daemon, "pulled", &playlist).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"right-key\" }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    let mut publisher = ffmpeg_publisher(&daemon.publish_url("wrong-key"), 30);
+    let status = wait_for("ffmpeg to be refused", Duration::from_secs(15), || {
+        let status = publisher.try_wait();
+        async move { status }
+    })
+    .await;
+    assert!(!status.success(), "ffmpeg should fail on a refused key");
+    let relay = daemon.relay("final").await;
+    assert_eq!(relay["state"], "waiting", "{relay}");
+    assert!(relay["publisher"].is_null(), "{relay}");
+    assert_eq!(relay["frames_encoded"], 0, "{relay}");
+    assert!(
+        daemon.log().contains("unknown stream key"),
+        "the refusal is logged:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.hls_dir("final").join("720p/index.m3u8").exists());
+
+    // A relay that exists but is stopped refuses its own key too.
+    let (status, _) = daemon.post("/api/v1/relays/final/stop", "").await;
+    assert_eq!(status, 200);
+    let mut publisher = ffmpeg_publisher(&daemon.publish_url("right-key"), 30);
+    let status = wait_for("ffmpeg to be refused", Duration::from_secs(15), || {
+        let status = publisher.try_wait();
+        async move { status }
+    })
+    .await;
+    assert!(!status.success());
+    assert_eq!(daemon.relay("final").await["state"], "stopped");
+}
