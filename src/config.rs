@@ -150,11 +150,13 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -178,7 +180,7 @@ impl Config {
                 return Err((key.to_owned(), "must be greater than 0".to_owned()));
             }
         }
-        if p.width % 2 != 0 || p.height % 2 != 0 {
+        if !p.width.is_multiple_of(2) || !p.height.is_multiple_of(2) {
             return Err((
                 "program.width".to_owned(),
                 format!("{}x{} must have even dimensions", p.width, p.height),
@@ -199,7 +201,7 @@ impl Config {
                 format!("must be one of {}", X264_PRESETS.join(", ")),
             ));
         }
-        if self.hls.segment_seconds % p.gop_seconds != 0 {
+        if !self.hls.segment_seconds.is_multiple_of(p.gop_seconds) {
             return Err((
                 "hls.segment_seconds".to_owned(),
                 format!(
@@ -217,9 +219,9 @@ impl Config {
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, relay) in self.relays.iter().enumerate() {
-            relay.validate().map_err(|SpecError { field, message }| {
-                (format!("relay[{i}].{field}"), message)
-            })?;
+            relay
+                .validate()
+                .map_err(|SpecError { field, message }| (format!("relay[{i}].{field}"), message))?;
             if !ids.insert(relay.id.as_str()) {
                 return Err((
                     format!("relay[{i}].id"),
@@ -276,7 +278,9 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = parse("[hls]\nsegment_seconds = 3\n").unwrap_err().to_string();
+        let err = parse("[hls]\nsegment_seconds = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hls.segment_seconds"), "{err}");
         let err = parse("[[relay]]\nid = \"a b\"\ningest = { stream_key = \"k\" }\n")
             .unwrap_err()

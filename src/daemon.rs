@@ -72,7 +72,11 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let rtmp_addr = rtmp_listener.local_addr().ok();
     let api_addr = api_listener.local_addr().ok();
-    let ingest_task = tokio::spawn(ingest::serve(rtmp_listener, registry.clone(), stop_rx.clone()));
+    let ingest_task = tokio::spawn(ingest::serve(
+        rtmp_listener,
+        registry.clone(),
+        stop_rx.clone(),
+    ));
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(api::serve(
         api_listener,

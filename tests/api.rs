@@ -12,7 +12,10 @@ async fn relay_crud_and_errors() {
     let daemon = Daemon::start("").await;
     let (status, body) = daemon.get("/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    assert_eq!(daemon.get("/api/v1/relays").await, (200, serde_json::json!([])));
+    assert_eq!(
+        daemon.get("/api/v1/relays").await,
+        (200, serde_json::json!([]))
+    );
 
     let spec = r#"{"id":"final","ingest":{"stream_key":"final-key"},
                    "outputs":[{"id":"youtube","url":"rtmp://127.0.0.1:1/live2/KEY"}]}"#;
@@ -27,7 +30,10 @@ async fn relay_crud_and_errors() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "relay_exists");
     let (status, body) = daemon
-        .post("/api/v1/relays", r#"{"id":"other","ingest":{"stream_key":"final-key"}}"#)
+        .post(
+            "/api/v1/relays",
+            r#"{"id":"other","ingest":{"stream_key":"final-key"}}"#,
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "stream_key_in_use");
@@ -35,10 +41,26 @@ async fn relay_crud_and_errors() {
     // Malformed bodies get a 400 that says what is wrong.
     let cases = [
         ("{not json", "invalid_body", "key must be a string"),
-        (r#"{"id":"x","ingest":{"stream_key":"k"},"outptus":[]}"#, "invalid_body", "outptus"),
-        (r#"{"ingest":{"stream_key":"k"}}"#, "invalid_body", "missing field `id`"),
-        (r#"{"id":"a b","ingest":{"stream_key":"k"}}"#, "invalid_relay", "id:"),
-        (r#"{"id":"x","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"http://x"}]}"#, "invalid_relay", "outputs[0].url"),
+        (
+            r#"{"id":"x","ingest":{"stream_key":"k"},"outptus":[]}"#,
+            "invalid_body",
+            "outptus",
+        ),
+        (
+            r#"{"ingest":{"stream_key":"k"}}"#,
+            "invalid_body",
+            "missing field `id`",
+        ),
+        (
+            r#"{"id":"a b","ingest":{"stream_key":"k"}}"#,
+            "invalid_relay",
+            "id:",
+        ),
+        (
+            r#"{"id":"x","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"http://x"}]}"#,
+            "invalid_relay",
+            "outputs[0].url",
+        ),
         ("", "invalid_body", "empty"),
     ];
     for (body, code, needle) in cases {
@@ -50,14 +72,20 @@ async fn relay_crud_and_errors() {
     }
 
     // A body over 1 MiB is refused.
-    let huge = format!(r#"{{"id":"x","ingest":{{"stream_key":"{}"}}}}"#, "k".repeat(2 << 20));
+    let huge = format!(
+        r#"{{"id":"x","ingest":{{"stream_key":"{}"}}}}"#,
+        "k".repeat(2 << 20)
+    );
     let (status, reply) = daemon.post("/api/v1/relays", &huge).await;
     assert_eq!(status, 413, "{reply}");
     assert_eq!(reply["error"]["code"], "body_too_large");
 
     // Unknown relays and routes are 404 with a JSON error.
     let (status, body) = daemon.get("/api/v1/relays/nope").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("relay_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("relay_not_found"))
+    );
     let (status, body) = daemon.post("/api/v1/relays/nope/start", "").await;
     assert_eq!(status, 404, "{body}");
     let (status, body) = daemon.get("/api/v1/nothing").await;
@@ -97,9 +125,17 @@ async fn compatible_routes_behave_as_the_old_service() {
         assert_eq!(status, 400, "{body} -> {reply}");
         assert!(reply["error"].is_string(), "old error body: {reply}");
     }
-    let (status, reply) = daemon.post("/start_stream", r#"{"stream_name":"match1"}"#).await;
+    let (status, reply) = daemon
+        .post("/start_stream", r#"{"stream_name":"match1"}"#)
+        .await;
     assert_eq!(status, 400);
-    assert!(reply["error"].as_str().unwrap_or_default().contains("youtube_url"), "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("youtube_url"),
+        "{reply}"
+    );
 
     let start = format!(r#"{{"youtube_url":"{url}","stream_name":"match1"}}"#);
     let (status, reply) = daemon.post("/start_stream", &start).await;
@@ -121,15 +157,22 @@ async fn compatible_routes_behave_as_the_old_service() {
     assert_eq!(listed["match1"]["youtube_url"], url);
     assert!(listed["match1"]["uptime"].is_f64());
 
-    let (status, reply) = daemon.post("/stop_stream", r#"{"stream_name":"nope"}"#).await;
+    let (status, reply) = daemon
+        .post("/stop_stream", r#"{"stream_name":"nope"}"#)
+        .await;
     assert_eq!(status, 404, "{reply}");
     assert!(reply["error"].is_string());
     let (status, reply) = daemon.post("/stop_stream", "{}").await;
     assert_eq!(status, 400, "{reply}");
-    let (status, reply) = daemon.post("/stop_stream", r#"{"stream_name":"match1"}"#).await;
+    let (status, reply) = daemon
+        .post("/stop_stream", r#"{"stream_name":"match1"}"#)
+        .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["message"], "Stream match1 stopped successfully");
-    assert_eq!(daemon.get("/list_streams").await, (200, serde_json::json!({})));
+    assert_eq!(
+        daemon.get("/list_streams").await,
+        (200, serde_json::json!({}))
+    );
 }
 
 #[test]
@@ -147,11 +190,19 @@ fn check_config_names_the_bad_key() {
     assert!(stderr.contains("widht"), "{stderr}");
 
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[[relay]]\nid = \"a\"\ningest = { stream_key = \"k\" }\n").expect("write");
+    std::fs::write(
+        &good,
+        "[[relay]]\nid = \"a\"\ningest = { stream_key = \"k\" }\n",
+    )
+    .expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_scorecast"))
         .args(["check-config"])
         .arg(&good)
         .output()
         .expect("run scorecast");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

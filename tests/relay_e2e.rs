@@ -10,7 +10,12 @@ use common::*;
 
 /// Reads the master and media playlists while they grow, checking each read.
 /// Returns the last media playlist seen once it has `min_segments` segments.
-async fn watch_hls(daemon: &Daemon, relay: &str, min_segments: usize, timeout: Duration) -> MediaPlaylist {
+async fn watch_hls(
+    daemon: &Daemon,
+    relay: &str,
+    min_segments: usize,
+    timeout: Duration,
+) -> MediaPlaylist {
     let (mime, master) = wait_for("the master playlist", timeout, || async {
         daemon.get_text(&format!("/hls/{relay}/master.m3u8")).await
     })
@@ -33,8 +38,14 @@ async fn watch_hls(daemon: &Daemon, relay: &str, min_segments: usize, timeout: D
         };
         let playlist = check_media_playlist(&text);
         if let Some(prev) = &last {
-            assert_eq!(prev.target_duration, playlist.target_duration, "TARGETDURATION changed\n{text}");
-            assert!(playlist.media_sequence >= prev.media_sequence, "MEDIA-SEQUENCE went back\n{text}");
+            assert_eq!(
+                prev.target_duration, playlist.target_duration,
+                "TARGETDURATION changed\n{text}"
+            );
+            assert!(
+                playlist.media_sequence >= prev.media_sequence,
+                "MEDIA-SEQUENCE went back\n{text}"
+            );
         }
         let enough = playlist.segments.len() >= min_segments;
         last = Some(playlist);
@@ -52,7 +63,10 @@ async fn assert_segment_decodes(daemon: &Daemon, relay: &str, playlist: &MediaPl
     let bytes = daemon.get_bytes(&path).await.expect("segment served");
     let file = save(daemon.dir.path(), "segment.ts", &bytes);
     assert_h264_aac(&probe(&file), 1280, 720, &path);
-    assert!(decode_frames(&file, 30) >= 30, "{path}: fewer than 30 frames decode");
+    assert!(
+        decode_frames(&file, 30) >= 30,
+        "{path}: fewer than 30 frames decode"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,17 +82,27 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
 
     let publish_started = std::time::Instant::now();
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
-    let relay = daemon.wait_state("final", "live", Duration::from_secs(20)).await;
-    assert!(relay["publisher"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")));
+    let relay = daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    assert!(relay["publisher"]["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
 
     let first = watch_hls(&daemon, "final", 1, Duration::from_secs(20)).await;
-    eprintln!("first segment listed {:.1?} after the publish started", publish_started.elapsed());
+    eprintln!(
+        "first segment listed {:.1?} after the publish started",
+        publish_started.elapsed()
+    );
     assert_segment_decodes(&daemon, "final", &first).await;
 
     // The destination receives decodable video and audio.
     let at_nginx = nginx.url("yt-key");
     assert_h264_aac(&probe(&at_nginx), 1280, 720, "the nginx stand-in");
-    assert!(decode_frames(&at_nginx, 30) >= 30, "the stand-in's stream does not decode");
+    assert!(
+        decode_frames(&at_nginx, 30) >= 30,
+        "the stand-in's stream does not decode"
+    );
     let relay = daemon.relay("final").await;
     let output = &relay["outputs"][0];
     assert_eq!(output["state"], "live", "{relay}");
@@ -88,11 +112,16 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
     let full = watch_hls(&daemon, "final", 6, Duration::from_secs(30)).await;
     assert!(full.segments.len() >= 6);
     let hls_dir = daemon.hls_dir("final").join("720p");
-    wait_for("old segments to be deleted", Duration::from_secs(30), || async {
-        let (_, text) = daemon.get_text("/hls/final/720p/index.m3u8").await?;
-        let playlist = check_media_playlist(&text);
-        (playlist.media_sequence >= 6 && !hls_dir.join("segment00000.ts").exists()).then_some(())
-    })
+    wait_for(
+        "old segments to be deleted",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = daemon.get_text("/hls/final/720p/index.m3u8").await?;
+            let playlist = check_media_playlist(&text);
+            (playlist.media_sequence >= 6 && !hls_dir.join("segment00000.ts").exists())
+                .then_some(())
+        },
+    )
     .await;
     assert_segment_decodes(&daemon, "final", &full).await;
 }
@@ -101,7 +130,10 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
 async fn gst_launch_publisher_is_taken() {
     let daemon = Daemon::start(TEST_PROGRAM).await;
     let (status, body) = daemon
-        .post("/api/v1/relays", r#"{"id":"gst","ingest":{"stream_key":"gst-key"}}"#)
+        .post(
+            "/api/v1/relays",
+            r#"{"id":"gst","ingest":{"stream_key":"gst-key"}}"#,
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = daemon.post("/api/v1/relays/gst/start", "").await;
@@ -109,7 +141,9 @@ async fn gst_launch_publisher_is_taken() {
     assert_eq!(body["state"], "waiting");
 
     let _publisher = gst_publisher(&daemon.publish_url("gst-key"));
-    daemon.wait_state("gst", "live", Duration::from_secs(20)).await;
+    daemon
+        .wait_state("gst", "live", Duration::from_secs(20))
+        .await;
     // The 960x540 25 fps input comes out in the program format.
     let playlist = watch_hls(&daemon, "gst", 2, Duration::from_secs(30)).await;
     assert_segment_decodes(&daemon, "gst", &playlist).await;
@@ -124,8 +158,13 @@ async fn pull_ingest_from_nginx_rtmp() {
         nginx.url("upstream")
     );
     let daemon = Daemon::start(&config).await;
-    let relay = daemon.wait_state("pulled", "live", Duration::from_secs(30)).await;
-    assert!(relay["publisher"].is_null(), "a pull relay has no publisher: {relay}");
+    let relay = daemon
+        .wait_state("pulled", "live", Duration::from_secs(30))
+        .await;
+    assert!(
+        relay["publisher"].is_null(),
+        "a pull relay has no publisher: {relay}"
+    );
     let playlist = watch_hls(&daemon, "pulled", 2, Duration::from_secs(30)).await;
     assert_segment_decodes(&daemon, "pulled", &playlist).await;
 }

@@ -117,7 +117,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request bodies are limited to {} bytes", super::MAX_BODY_BYTES),
+            format!(
+                "request bodies are limited to {} bytes",
+                super::MAX_BODY_BYTES
+            ),
         )
     } else if rejection.find::<BodyUnreadable>().is_some() {
         ApiError::new(
@@ -125,10 +128,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             "invalid_body",
             "the request body could not be read",
         )
-    } else if rejection
-        .find::<warp::reject::MethodNotAllowed>()
-        .is_some()
-    {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

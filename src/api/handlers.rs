@@ -55,7 +55,10 @@ pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Respon
 
 pub async fn get_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.status().await?)))
+    Ok(json_reply(
+        StatusCode::OK,
+        &RelayView::from(handle.status().await?),
+    ))
 }
 
 pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
@@ -68,12 +71,18 @@ pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Respons
 
 pub async fn start_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.start().await?)))
+    Ok(json_reply(
+        StatusCode::OK,
+        &RelayView::from(handle.start().await?),
+    ))
 }
 
 pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    Ok(json_reply(StatusCode::OK, &RelayView::from(handle.stop().await?)))
+    Ok(json_reply(
+        StatusCode::OK,
+        &RelayView::from(handle.stop().await?),
+    ))
 }
 
 // The compatible routes of the older relay service.
@@ -140,8 +149,7 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
 
 /// `POST /stop_stream`: stops and removes the relay that owns the stream key.
 pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
-    let req: StopStream =
-        parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
+    let req: StopStream = parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
     let name = required(req.stream_name, "stream_name")?;
     let handle = registry.by_stream_key(&name).ok_or_else(|| {
         CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))

@@ -47,7 +47,13 @@ pub fn resolve(root: &Path, tail: &str) -> Option<PathBuf> {
 }
 
 pub async fn serve(root: PathBuf, tail: String) -> Result<warp::reply::Response, ApiError> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no HLS file /hls/{tail}"));
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no HLS file /hls/{tail}"),
+        )
+    };
     let path = resolve(&root, &tail).ok_or_else(not_found)?;
     let (mime, cache) = kind(&tail).ok_or_else(not_found)?;
     let data = tokio::fs::read(&path).await.map_err(|_| not_found())?;
@@ -71,14 +77,25 @@ mod tests {
             resolve(root, "final/720p/index.m3u8"),
             Some(PathBuf::from("/data/hls/final/720p/index.m3u8"))
         );
-        for bad in ["../etc/passwd", "final/../../x.ts", "final/.hidden.ts", "", "a//b.ts", "a/b/c/d.ts", "a/b%2f.ts"] {
+        for bad in [
+            "../etc/passwd",
+            "final/../../x.ts",
+            "final/.hidden.ts",
+            "",
+            "a//b.ts",
+            "a/b/c/d.ts",
+            "a/b%2f.ts",
+        ] {
             assert_eq!(resolve(root, bad), None, "{bad}");
         }
     }
 
     #[test]
     fn mime_types() {
-        assert_eq!(kind("master.m3u8").map(|k| k.0), Some("application/vnd.apple.mpegurl"));
+        assert_eq!(
+            kind("master.m3u8").map(|k| k.0),
+            Some("application/vnd.apple.mpegurl")
+        );
         assert_eq!(kind("segment00001.ts").map(|k| k.0), Some("video/mp2t"));
         assert_eq!(kind("index.html"), None);
     }

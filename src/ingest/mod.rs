@@ -46,7 +46,11 @@ pub enum IngestError {
 }
 
 /// Accepts RTMP connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -168,19 +172,21 @@ impl Connection {
                 ServerSessionResult::OutboundResponse(packet) => {
                     stream.write_all(&packet.bytes).await?;
                 }
-                ServerSessionResult::RaisedEvent(event) => match self.on_event(session, event).await? {
-                    Outcome::Continue(more) => queue.extend(more),
-                    Outcome::Refuse { results, reason } => {
-                        // Tell the peer why before closing.
-                        for result in results {
-                            if let ServerSessionResult::OutboundResponse(packet) = result {
-                                stream.write_all(&packet.bytes).await?;
+                ServerSessionResult::RaisedEvent(event) => {
+                    match self.on_event(session, event).await? {
+                        Outcome::Continue(more) => queue.extend(more),
+                        Outcome::Refuse { results, reason } => {
+                            // Tell the peer why before closing.
+                            for result in results {
+                                if let ServerSessionResult::OutboundResponse(packet) = result {
+                                    stream.write_all(&packet.bytes).await?;
+                                }
                             }
+                            let _ = stream.flush().await;
+                            return Err(IngestError::Refused(reason));
                         }
-                        let _ = stream.flush().await;
-                        return Err(IngestError::Refused(reason));
                     }
-                },
+                }
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
             }
         }
@@ -201,14 +207,19 @@ impl Connection {
             Ok(Outcome::Refuse { results, reason })
         };
         match event {
-            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
                 if app_name == APP_NAME {
                     accepted(session.accept_request(request_id))
                 } else {
                     refuse(
                         request_id,
                         "NetConnection.Connect.Rejected",
-                        format!("unknown application {app_name:?}; publish to /{APP_NAME}/<stream_key>"),
+                        format!(
+                            "unknown application {app_name:?}; publish to /{APP_NAME}/<stream_key>"
+                        ),
                     )
                 }
             }
@@ -234,7 +245,8 @@ impl Connection {
                 };
                 match relay.publish(self.peer.to_string()).await {
                     Ok(feed) => {
-                        feed.push(flv::header()).map_err(|e| IngestError::Session(e.to_string()))?;
+                        feed.push(flv::header())
+                            .map_err(|e| IngestError::Session(e.to_string()))?;
                         self.feed = Some(feed);
                         self.stream_key = Some(stream_key);
                         info!(peer = %self.peer, relay = %relay.id(), "publish accepted");
@@ -243,11 +255,15 @@ impl Connection {
                     Err(e) => refuse(request_id, "NetStream.Publish.Denied", e.to_string()),
                 }
             }
-            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => {
                 self.forward(flv::TAG_VIDEO, timestamp.value, &data)?;
                 Ok(Outcome::Continue(Vec::new()))
             }
-            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => {
                 self.forward(flv::TAG_AUDIO, timestamp.value, &data)?;
                 Ok(Outcome::Continue(Vec::new()))
             }

@@ -139,10 +139,8 @@ pub(crate) fn set_state(
     pipeline: &gst::Pipeline,
     state: gst::State,
 ) -> Result<gst::StateChangeSuccess, PipelineError> {
-    pipeline
-        .set_state(state)
-        .map_err(|_| PipelineError::State {
-            path: pipeline.path_string().to_string(),
-            state,
-        })
+    pipeline.set_state(state).map_err(|_| PipelineError::State {
+        path: pipeline.path_string().to_string(),
+        state,
+    })
 }

@@ -57,9 +57,8 @@ impl Rendition {
         if height > program.height {
             return None;
         }
-        let width = (u64::from(program.width) * u64::from(height) / u64::from(program.height))
-            as u32
-            & !1;
+        let width =
+            (u64::from(program.width) * u64::from(height) / u64::from(program.height)) as u32 & !1;
         Some(Self {
             name: name.to_owned(),
             width,

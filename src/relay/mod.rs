@@ -192,7 +192,10 @@ impl RelayHandle {
         &self.id
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RelayError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RelayError> {
         let gone = || RelayError::Gone {
             id: self.id.clone(),
         };
@@ -529,7 +532,9 @@ impl Actor {
             Err(e) => {
                 let reason = e.to_string();
                 out.last_error = Some(reason.clone());
-                let next = out.state.next(OutputEvent::Failed(reason.clone()), out.failures, now);
+                let next = out
+                    .state
+                    .next(OutputEvent::Failed(reason.clone()), out.failures, now);
                 out.failures += 1;
                 transition(&relay_id, out, next, &reason);
             }
@@ -650,7 +655,7 @@ impl Actor {
                 }
                 match message.view() {
                     gst::MessageView::Error(err) => {
-                        let err = BusError::from_message(&err);
+                        let err = BusError::from_message(err);
                         error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
                         self.fail_program(err.to_string());
                     }
@@ -679,7 +684,7 @@ impl Actor {
                     return;
                 }
                 if let gst::MessageView::Error(err) = message.view() {
-                    let err = BusError::from_message(&err);
+                    let err = BusError::from_message(err);
                     let reason = err.to_string();
                     self.stop_output(&output, OutputEvent::Failed(reason.clone()), &reason);
                 }
@@ -701,7 +706,8 @@ impl Actor {
         // Program retries (pull relays).
         if let Some(retry) = &self.retry {
             if self.program.is_none() && self.want_running && retry.next_at <= now {
-                if let (Some(url), Ok(rendition)) = (self.spec.ingest.url.clone(), self.rendition()) {
+                if let (Some(url), Ok(rendition)) = (self.spec.ingest.url.clone(), self.rendition())
+                {
                     match self.start_program(Source::Pull(url), &rendition) {
                         Ok(_) => {}
                         Err(e) => self.fail_program(e.to_string()),
@@ -709,7 +715,11 @@ impl Actor {
                 }
             }
         }
-        if self.program.as_ref().is_some_and(|p| p.frames.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+        if self
+            .program
+            .as_ref()
+            .is_some_and(|p| p.frames.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        {
             self.retry = None;
         }
         // Destinations: byte counters and due retries.
@@ -788,7 +798,9 @@ fn transition(relay: &str, out: &mut Output, next: OutputState, reason: &str) {
     }
     let from = out.state.name();
     match &next {
-        OutputState::Retrying { attempt, next_at, .. } => {
+        OutputState::Retrying {
+            attempt, next_at, ..
+        } => {
             let delay = next_at.saturating_duration_since(Instant::now());
             warn!(relay, output = %out.spec.id, from, to = "retrying", attempt, delay = ?delay, reason, "output state");
         }
@@ -821,10 +833,7 @@ fn forward_bus(
 /// Counts buffers entering `element` (the encoded-video tee): the program's progress.
 fn count_frames(pipeline: &gst::Pipeline, element: &str) -> Arc<std::sync::atomic::AtomicU64> {
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if let Some(pad) = pipeline
-        .by_name(element)
-        .and_then(|e| e.static_pad("sink"))
-    {
+    if let Some(pad) = pipeline.by_name(element).and_then(|e| e.static_pad("sink")) {
         let c = counter.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

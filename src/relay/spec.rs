@@ -132,7 +132,10 @@ impl RelaySpec {
                     let names: Vec<_> = RENDITION_PRESETS.iter().map(|(n, _)| *n).collect();
                     return Err(SpecError::new(
                         "hls.renditions[0]",
-                        format!("unknown rendition {name:?}; expected one of {}", names.join(", ")),
+                        format!(
+                            "unknown rendition {name:?}; expected one of {}",
+                            names.join(", ")
+                        ),
                     ));
                 }
             }
@@ -182,7 +185,9 @@ fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     {
         return Err(SpecError::new(
             field,
-            format!("{value:?} may only hold letters, digits, '-', '_' and '.', and not start with '.'"),
+            format!(
+                "{value:?} may only hold letters, digits, '-', '_' and '.', and not start with '.'"
+            ),
         ));
     }
     Ok(())

@@ -73,7 +73,9 @@ impl OutputState {
 
 /// Delay before retry number `attempt` (1-based): 1 s, 2 s, 4 s … capped at 15 s.
 pub fn backoff(attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
     DEFAULT_RETRY_BASE
         .saturating_mul(factor)
         .min(DEFAULT_RETRY_CAP)

@@ -115,7 +115,8 @@ pub struct Daemon {
 }
 
 /// Settings that keep tests light: ultrafast x264, 2 s segments.
-pub const TEST_PROGRAM: &str = "[program]\nx264_preset = \"ultrafast\"\n[hls]\nsegment_seconds = 2\n";
+pub const TEST_PROGRAM: &str =
+    "[program]\nx264_preset = \"ultrafast\"\n[hls]\nsegment_seconds = 2\n";
 
 impl Daemon {
     /// Starts the daemon with `config` (TOML) and waits for `/healthz`.
@@ -163,7 +164,11 @@ impl Daemon {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "scorecast did not come up:\n{}", daemon.log());
+            assert!(
+                Instant::now() < deadline,
+                "scorecast did not come up:\n{}",
+                daemon.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         daemon
@@ -193,7 +198,12 @@ impl Daemon {
     }
 
     pub async fn get_text(&self, path: &str) -> Option<(String, String)> {
-        let r = self.http.get(format!("{}{path}", self.api)).send().await.ok()?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .ok()?;
         if !r.status().is_success() {
             return None;
         }
@@ -207,7 +217,12 @@ impl Daemon {
     }
 
     pub async fn get_bytes(&self, path: &str) -> Option<Vec<u8>> {
-        let r = self.http.get(format!("{}{path}", self.api)).send().await.ok()?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .ok()?;
         if !r.status().is_success() {
             return None;
         }
@@ -312,8 +327,17 @@ pub fn ffmpeg_publisher(url: &str, seconds: u32) -> Process {
             .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", &seconds.to_string()])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
-            .args(["-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
+            ])
             .args(["-f", "flv", url])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -371,7 +395,15 @@ pub fn probe(input: &str) -> Vec<(String, String, i64, i64)> {
 /// Decodes up to `frames` video frames from `input`; returns how many decoded without error.
 pub fn decode_frames(input: &str, frames: u32) -> u32 {
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-rw_timeout", "10000000", "-i", input])
+        .args([
+            "-v",
+            "error",
+            "-nostdin",
+            "-rw_timeout",
+            "10000000",
+            "-i",
+            input,
+        ])
         .args(["-map", "0:v:0", "-frames:v", &frames.to_string()])
         .args(["-f", "framemd5", "-"])
         .output()
@@ -386,7 +418,12 @@ pub fn decode_frames(input: &str, frames: u32) -> u32 {
 }
 
 /// Asserts a stream is H.264 at `width`x`height` plus AAC.
-pub fn assert_h264_aac(streams: &[(String, String, i64, i64)], width: i64, height: i64, what: &str) {
+pub fn assert_h264_aac(
+    streams: &[(String, String, i64, i64)],
+    width: i64,
+    height: i64,
+    what: &str,
+) {
     assert!(
         streams
             .iter()
@@ -423,14 +460,25 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
             if target.is_some() {
                 fail("EXT-X-TARGETDURATION appears twice");
             }
-            target = Some(v.parse::<u64>().unwrap_or_else(|_| fail("TARGETDURATION not an integer")));
+            target = Some(
+                v.parse::<u64>()
+                    .unwrap_or_else(|_| fail("TARGETDURATION not an integer")),
+            );
         } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
-            sequence = v.parse().unwrap_or_else(|_| fail("MEDIA-SEQUENCE not an integer"));
+            sequence = v
+                .parse()
+                .unwrap_or_else(|_| fail("MEDIA-SEQUENCE not an integer"));
         } else if let Some(v) = line.strip_prefix("#EXTINF:") {
             let duration = v.split(',').next().unwrap_or_default();
-            pending = Some(duration.parse().unwrap_or_else(|_| fail("EXTINF not a number")));
+            pending = Some(
+                duration
+                    .parse()
+                    .unwrap_or_else(|_| fail("EXTINF not a number")),
+            );
         } else if !line.starts_with('#') {
-            let duration = pending.take().unwrap_or_else(|| fail("a URI without EXTINF"));
+            let duration = pending
+                .take()
+                .unwrap_or_else(|| fail("a URI without EXTINF"));
             segments.push((duration, line.to_owned()));
         }
     }
@@ -438,7 +486,9 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
     for (duration, uri) in &segments {
         // RFC 8216 4.3.3.1: EXTINF rounded to the nearest integer must not exceed it.
         if duration.round() as u64 > target {
-            fail(&format!("{uri}: EXTINF {duration} exceeds TARGETDURATION {target}"));
+            fail(&format!(
+                "{uri}: EXTINF {duration} exceeds TARGETDURATION {target}"
+            ));
         }
     }
     MediaPlaylist {
@@ -450,19 +500,31 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
 
 /// Checks a master playlist and returns its variant URIs.
 pub fn check_master_playlist(text: &str) -> Vec<String> {
-    assert!(text.starts_with("#EXTM3U"), "master playlist: no #EXTM3U\n{text}");
+    assert!(
+        text.starts_with("#EXTM3U"),
+        "master playlist: no #EXTM3U\n{text}"
+    );
     let mut variants = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if let Some(attrs) = line.strip_prefix("#EXT-X-STREAM-INF:") {
-            for attr in ["BANDWIDTH=", "AVERAGE-BANDWIDTH=", "RESOLUTION=", "FRAME-RATE=", "CODECS="] {
+            for attr in [
+                "BANDWIDTH=",
+                "AVERAGE-BANDWIDTH=",
+                "RESOLUTION=",
+                "FRAME-RATE=",
+                "CODECS=",
+            ] {
                 assert!(attrs.contains(attr), "variant lacks {attr}: {line}");
             }
             let uri = lines.next().expect("a URI after EXT-X-STREAM-INF");
             variants.push(uri.to_owned());
         }
     }
-    assert!(!variants.is_empty(), "master playlist names no variant\n{text}");
+    assert!(
+        !variants.is_empty(),
+        "master playlist names no variant\n{text}"
+    );
     variants
 }
 
