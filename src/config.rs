@@ -86,7 +86,7 @@ pub struct ProgramSettings {
     pub video_kbps: u32,
     pub audio_kbps: u32,
     pub gop_seconds: u32,
-    /// x264 speed preset (`ultrafast` … `medium`).
+    /// x264 speed preset (`ultrafast` … `slow`).
     pub x264_preset: String,
 }
 
@@ -180,11 +180,10 @@ impl Config {
                 return Err((key.to_owned(), "must be greater than 0".to_owned()));
             }
         }
-        if !p.width.is_multiple_of(2) || !p.height.is_multiple_of(2) {
-            return Err((
-                "program.width".to_owned(),
-                format!("{}x{} must have even dimensions", p.width, p.height),
-            ));
+        for (key, value) in [("program.width", p.width), ("program.height", p.height)] {
+            if !value.is_multiple_of(2) {
+                return Err((key.to_owned(), format!("{value} must be even")));
+            }
         }
         if p.fps > 120 {
             return Err(("program.fps".to_owned(), "must be at most 120".to_owned()));
@@ -222,6 +221,18 @@ impl Config {
             relay
                 .validate()
                 .map_err(|SpecError { field, message }| (format!("relay[{i}].{field}"), message))?;
+            for (j, name) in relay.hls.renditions.iter().enumerate() {
+                let height = crate::relay::spec::rendition_height(name).unwrap_or(0);
+                if height > p.height {
+                    return Err((
+                        format!("relay[{i}].hls.renditions[{j}]"),
+                        format!(
+                            "{name} is taller than the program ({}p); renditions never upscale",
+                            p.height
+                        ),
+                    ));
+                }
+            }
             if !ids.insert(relay.id.as_str()) {
                 return Err((
                     format!("relay[{i}].id"),

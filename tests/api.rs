@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use common::*;
 
+/// Sends raw bytes over HTTP/1.1 and returns everything the server answers.
+async fn raw_http(api: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_crud_and_errors() {
     let daemon = Daemon::start("").await;

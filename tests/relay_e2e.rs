@@ -205,3 +205,77 @@ async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
     assert!(!status.success());
     assert_eq!(daemon.relay("final").await["state"], "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caster_can_drop_and_publish_again() {
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    let mut first = ffmpeg_publisher(&daemon.publish_url("final-key"), 5);
+    daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    wait_for(
+        "the first publisher to finish",
+        Duration::from_secs(20),
+        || {
+            let done = first.try_wait();
+            async move { done }
+        },
+    )
+    .await;
+    let relay = daemon
+        .wait_state("final", "waiting", Duration::from_secs(10))
+        .await;
+    assert!(relay["publisher"].is_null(), "{relay}");
+
+    let _second = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    let playlist = watch_hls(&daemon, "final", 2, Duration::from_secs(30)).await;
+    assert_segment_decodes(&daemon, "final", &playlist).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_destination_retries_and_hls_carries_on() {
+    // Nothing listens on this port: the destination refuses every connection.
+    let dead = format!("rtmp://127.0.0.1:{}/live/x", free_port());
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
+         outputs = [ {{ id = \"dead\", url = \"{dead}\" }} ]\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    let relay = wait_for(
+        "the destination to retry",
+        Duration::from_secs(20),
+        || async {
+            let relay = daemon.relay("final").await;
+            let output = &relay["outputs"][0];
+            (output["state"] == "retrying" && output["retry"]["attempt"].as_u64() >= Some(2))
+                .then_some(relay)
+        },
+    )
+    .await;
+    let output = &relay["outputs"][0];
+    assert!(
+        output["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out-dead")),
+        "{relay}"
+    );
+    assert!(
+        output["retry"]["next_in"]
+            .as_f64()
+            .is_some_and(|s| s <= 15.0),
+        "{relay}"
+    );
+    let playlist = watch_hls(&daemon, "final", 3, Duration::from_secs(30)).await;
+    assert_segment_decodes(&daemon, "final", &playlist).await;
+    assert_eq!(daemon.relay("final").await["state"], "live");
+}

@@ -3,7 +3,7 @@
 //! ```text
 //! ingest (appsrc: FLV from our RTMP server | rtmp2src: pull) ─ decodebin "decode"
 //!   video: queue "video-in" ─ videorate ─ videoscale ─ videoconvert ─ capsfilter "program-video"
-//!          ─ identity "overlay" (the overlay's place) ─ [videoscale+capsfilter "scale-<r>"]
+//!          ─ identity "overlay" (the overlay's place) ─ [videoscale "scale-<r>" ─ capsfilter "size-<r>"]
 //!          ─ x264enc "enc-<r>" ─ capsfilter ─ h264parse ─ tee "video-tee"
 //!   audio: queue "audio-in" ─ audioconvert ─ audiorate ─ audioresample ─ capsfilter "program-audio"
 //!          ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
@@ -25,7 +25,7 @@ use gst::prelude::*;
 use super::{link_chain, link_tee, make, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
 
-/// Appsrc buffering for the pushed FLV byte stream before it is dropped.
+/// Pushed FLV the program may have queued; past it the publisher is dropped.
 const DEFAULT_INGEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// How much program a slow destination may fall behind before its feed drops old data.
 const DEFAULT_OUTPUT_QUEUE_NS: u64 = 3_000_000_000;

@@ -32,6 +32,10 @@ use state::{OutputEvent, OutputState};
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the actor samples destination byte counters and due retries.
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
+/// Bytes a destination session must have sent before it counts as live: more than the RTMP
+/// handshake and the connect/publish commands, so a server that refuses the publish late
+/// never looks live.
+const DEFAULT_LIVE_BYTES: u64 = 64 * 1024;
 /// Commands that may queue for one relay.
 const DEFAULT_COMMAND_QUEUE: usize = 64;
 
@@ -131,12 +135,16 @@ pub struct IngestFeed {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the relay no longer takes this stream")]
+#[error("the relay no longer takes this stream (stopped, failed or not keeping up)")]
 pub struct FeedClosed;
 
 impl IngestFeed {
-    /// Hands FLV bytes to the program; fails once the program is gone.
+    /// Hands FLV bytes to the program; fails once the program is gone, or when it has fallen
+    /// so far behind that its input queue is full (the publisher is then dropped).
     pub fn push(&self, data: bytes::Bytes) -> Result<(), FeedClosed> {
+        if self.appsrc.current_level_bytes() >= self.appsrc.max_bytes() {
+            return Err(FeedClosed);
+        }
         self.appsrc
             .push_buffer(gst::Buffer::from_slice(data))
             .map(|_| ())
@@ -248,6 +256,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         program: None,
         publisher: None,
         retry: None,
+        draining: None,
         last_error: None,
         outputs,
         generation: 0,
@@ -311,6 +320,8 @@ struct Actor {
     program: Option<RunningProgram>,
     publisher: Option<PublisherStatus>,
     retry: Option<Retry>,
+    /// The program whose publisher left, and when it must have drained by.
+    draining: Option<(u64, Instant)>,
     last_error: Option<String>,
     outputs: BTreeMap<String, Output>,
     generation: u64,
@@ -326,7 +337,7 @@ impl Actor {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
-                        self.stop_program("daemon shutting down").await;
+                        self.stop_program("relay shut down").await;
                         let _ = reply.send(());
                         break;
                     }
@@ -388,8 +399,16 @@ impl Actor {
 
     /// The rendition this relay encodes, checked against the program format.
     fn rendition(&self) -> Result<Rendition, RelayError> {
-        let name = &self.spec.hls.renditions[0];
-        let height = spec::rendition_height(name).unwrap_or(self.ctx.program.height);
+        let p = &self.ctx.program;
+        let Some(name) = self.spec.hls.renditions.first() else {
+            // No rendition named: one at the program's own size.
+            return Ok(Rendition {
+                name: format!("{}p", p.height),
+                width: p.width,
+                height: p.height,
+            });
+        };
+        let height = spec::rendition_height(name).unwrap_or(p.height);
         Rendition::for_program(name, height, &self.ctx.program).ok_or_else(|| RelayError::Invalid {
             id: self.spec.id.clone(),
             field: "hls.renditions[0]".to_owned(),
@@ -521,6 +540,7 @@ impl Actor {
         match built {
             Ok((pipeline, bus_task)) => {
                 feed.attach(pipeline.feed.clone());
+                out.bytes_sent = 0;
                 out.running = Some(RunningOutput {
                     pipeline,
                     generation,
@@ -613,10 +633,15 @@ impl Actor {
     fn teardown_program(&mut self) {
         let ids: Vec<String> = self.outputs.keys().cloned().collect();
         for id in &ids {
-            if self.outputs.get(id).is_some_and(|o| o.running.is_some()) {
+            if self
+                .outputs
+                .get(id)
+                .is_some_and(|o| o.running.is_some() || o.state != OutputState::Stopped)
+            {
                 self.stop_output(id, OutputEvent::Stopped, "program stopped");
             }
         }
+        self.draining = None;
         if let Some(program) = self.program.take() {
             program.bus_task.abort();
             abandon(program.pipeline, format!("relay {}", self.spec.id));
@@ -696,6 +721,7 @@ impl Actor {
                     if let Some(p) = self.publisher.take() {
                         info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
                     }
+                    self.draining = Some((generation, Instant::now() + DEFAULT_DRAIN_TIMEOUT));
                 }
             }
         }
@@ -703,6 +729,16 @@ impl Actor {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // A program whose publisher left must drain in bounded time.
+        if let Some((generation, deadline)) = self.draining {
+            let current = self.program.as_ref().map(|p| p.generation);
+            if current != Some(generation) {
+                self.draining = None;
+            } else if deadline <= now {
+                warn!(relay = %self.spec.id, generation, "program did not drain in time");
+                self.teardown_program();
+            }
+        }
         // Program retries (pull relays).
         if let Some(retry) = &self.retry {
             if self.program.is_none() && self.want_running && retry.next_at <= now {
@@ -728,8 +764,8 @@ impl Actor {
         for (id, out) in self.outputs.iter_mut() {
             if let Some(running) = &out.running {
                 let bytes = running.pipeline.bytes_sent();
-                if bytes > out.bytes_sent {
-                    out.bytes_sent = bytes;
+                out.bytes_sent = bytes;
+                if bytes >= DEFAULT_LIVE_BYTES {
                     let next = out.state.next(OutputEvent::BytesFlowing, out.failures, now);
                     if next != out.state {
                         out.failures = 0;

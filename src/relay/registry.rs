@@ -89,7 +89,7 @@ impl Registry {
         relays.values().map(|e| e.handle.clone()).collect()
     }
 
-    /// Removes a relay and waits for its actor to stop its pipelines.
+    /// Removes a relay, waits for its actor to stop its pipelines, and deletes its HLS files.
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
         let entry = {
             let mut relays = self.relays.write().expect("registry lock poisoned");
@@ -97,6 +97,12 @@ impl Registry {
         };
         let entry = entry.ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         entry.handle.shutdown().await;
+        let dir = self.ctx.hls_root.join(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(relay = id, dir = %dir.display(), error = %e, "cannot delete HLS files");
+            }
+        }
         Ok(())
     }
 

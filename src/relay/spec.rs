@@ -78,13 +78,15 @@ pub struct OverlaySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HlsSpec {
+    #[serde(default)]
     pub renditions: Vec<String>,
 }
 
+/// No rendition named means one rendition at the program's own size.
 impl Default for HlsSpec {
     fn default() -> Self {
         Self {
-            renditions: vec!["720p".to_owned()],
+            renditions: Vec::new(),
         }
     }
 }
@@ -139,7 +141,7 @@ impl RelaySpec {
                     ));
                 }
             }
-            [] => return Err(SpecError::new("hls.renditions", "give one rendition")),
+            [] => {}
             _ => {
                 return Err(SpecError::new(
                     "hls.renditions",
@@ -201,7 +203,7 @@ fn check_rtmp_url(field: &str, url: &str) -> Result<(), SpecError> {
         Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(()),
         _ => Err(SpecError::new(
             field,
-            format!("{url:?} is not an rtmp://host[:port]/app/key URL"),
+            format!("{url:?} is not an rtmp://host[:port]/app[/key] URL"),
         )),
     }
 }
