@@ -82,14 +82,15 @@ async fn relay_crud_and_errors() {
         assert!(message.contains(needle), "{body} -> {message}");
     }
 
-    // A body over 1 MiB is refused.
-    let huge = format!(
-        r#"{{"id":"x","ingest":{{"stream_key":"{}"}}}}"#,
-        "k".repeat(2 << 20)
-    );
-    let (status, reply) = daemon.post("/api/v1/relays", &huge).await;
-    assert_eq!(status, 413, "{reply}");
-    assert_eq!(reply["error"]["code"], "body_too_large");
+    // A body announced over 1 MiB is refused before it is read.
+    let reply = raw_http(
+        &daemon.api,
+        "POST /api/v1/relays HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: 2097152\r\nConnection: close\r\n\r\n{",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("body_too_large"), "{reply}");
 
     // Unknown relays and routes are 404 with a JSON error.
     let (status, body) = daemon.get("/api/v1/relays/nope").await;
