@@ -197,16 +197,20 @@ impl Daemon {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get_text(&self, path: &str) -> Option<(String, String)> {
+    /// GETs `path`; `None` unless it answers 2xx.
+    async fn fetch_ok(&self, path: &str) -> Option<reqwest::Response> {
         let r = self
             .http
             .get(format!("{}{path}", self.api))
             .send()
             .await
             .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
+        r.status().is_success().then_some(r)
+    }
+
+    /// A served file's MIME type and text.
+    pub async fn get_text(&self, path: &str) -> Option<(String, String)> {
+        let r = self.fetch_ok(path).await?;
         let mime = r
             .headers()
             .get("content-type")
@@ -217,15 +221,7 @@ impl Daemon {
     }
 
     pub async fn get_bytes(&self, path: &str) -> Option<Vec<u8>> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
+        let r = self.fetch_ok(path).await?;
         Some(r.bytes().await.ok()?.to_vec())
     }
 
