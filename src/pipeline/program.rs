@@ -31,6 +31,8 @@ const DEFAULT_INGEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
 const DEFAULT_OUTPUT_QUEUE_NS: u64 = 3_000_000_000;
 /// Audio timestamp jitter tolerated before audiorate fills or drops samples.
 const DEFAULT_AUDIO_TOLERANCE_NS: u64 = 40_000_000;
+/// How long flvmux waits for the later of audio and video before writing a tag.
+const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
 /// Segments kept on disk beyond the playlist window, for players still fetching them.
 const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
 
@@ -286,6 +288,8 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     let flv_audio_q = make("queue", "flv-audio-q")?;
     let flv = make("flvmux", "flv")?;
     flv.set_property("streamable", true);
+    // A live aggregator: give it time to see both streams so FLV tags stay in DTS order.
+    flv.set_property("latency", DEFAULT_FLV_LATENCY_NS);
     let flv_tee = make("tee", "flv-tee")?;
     flv_tee.set_property("allow-not-linked", true);
 
