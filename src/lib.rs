@@ -9,6 +9,10 @@
 //!   destination) and turns bus errors into owned errors. Only relay actors call it.
 //! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.
 //! - [`api`]: the HTTP API (warp): filters, handlers, wire types, error mapping, HLS serving.
+//! - [`scores`]: the scoreboard model, JSON-Pointer mapping, the manual-vs-API rule, and the
+//!   scores API poller.
+//! - [`render`]: pure scorebug rendering (scoreboard → RGBA image), shared by the pipeline and
+//!   `scorecast render-overlay`.
 //! - [`telemetry`]: `tracing` set-up and the bridge that routes GStreamer's log into it.
 //! - [`daemon`]: wires everything together; `run(listeners, shutdown)` is what `main` and the
 //!   tests call.
@@ -19,4 +23,6 @@ pub mod daemon;
 pub mod ingest;
 pub mod pipeline;
 pub mod relay;
+pub mod render;
+pub mod scores;
 pub mod telemetry;

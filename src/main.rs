@@ -30,6 +30,33 @@ enum Command {
     },
     /// Validate a config file; exits non-zero and names the bad key.
     CheckConfig { file: PathBuf },
+    /// Render the scorebug to a PNG, with no daemon and no video.
+    RenderOverlay {
+        /// A scoreboard in the built-in shape: a JSON file, or the JSON itself.
+        #[arg(long)]
+        score: String,
+        /// The overlay's look: a JSON file with `position` and `margin`, or the JSON itself.
+        #[arg(long)]
+        theme: Option<String>,
+        /// Frame size the bug is drawn for.
+        #[arg(long, default_value_t = 1280)]
+        width: u32,
+        #[arg(long, default_value_t = 720)]
+        height: u32,
+        /// Draw it as stale.
+        #[arg(long)]
+        stale: bool,
+        /// Write the whole frame (transparent, bug in place) instead of the bug alone.
+        #[arg(long)]
+        full_frame: bool,
+        /// Team logos (PNG or JPEG files).
+        #[arg(long)]
+        home_logo: Option<PathBuf>,
+        #[arg(long)]
+        away_logo: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +78,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 file.display(),
                 config.relays.len(),
                 if config.relays.len() == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        Command::RenderOverlay {
+            score,
+            theme,
+            width,
+            height,
+            stale,
+            full_frame,
+            home_logo,
+            away_logo,
+            out,
+        } => {
+            let board: scorecast::scores::Scoreboard =
+                serde_json::from_str(&json_arg(&score)?).context("--score")?;
+            let theme: scorecast::render::Theme = match theme {
+                Some(t) => serde_json::from_str(&json_arg(&t)?).context("--theme")?,
+                None => Default::default(),
+            };
+            let load = |path: Option<PathBuf>| -> anyhow::Result<Option<image::RgbaImage>> {
+                path.map(|p| {
+                    image::open(&p)
+                        .map(|i| i.to_rgba8())
+                        .with_context(|| format!("cannot read logo {}", p.display()))
+                })
+                .transpose()
+            };
+            let (home, away) = (load(home_logo)?, load(away_logo)?);
+            let logos = scorecast::render::Logos {
+                home: home.as_ref(),
+                away: away.as_ref(),
+            };
+            let bug = scorecast::render::render(&board, logos, stale, &theme, width, height);
+            let (bug_w, bug_h) = bug.image.dimensions();
+            let image = if full_frame {
+                let mut frame = image::RgbaImage::new(width, height);
+                image::imageops::overlay(
+                    &mut frame,
+                    &bug.image,
+                    i64::from(bug.x),
+                    i64::from(bug.y),
+                );
+                frame
+            } else {
+                bug.image
+            };
+            image
+                .save(&out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "{}: {}x{} bug at ({}, {}) in a {width}x{height} frame",
+                out.display(),
+                bug_w,
+                bug_h,
+                bug.x,
+                bug.y
             );
             Ok(())
         }
@@ -78,6 +162,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(serve(config))
         }
+    }
+}
+
+/// A JSON argument: the JSON itself when it starts with `{`, else a file holding it.
+fn json_arg(arg: &str) -> anyhow::Result<String> {
+    if arg.trim_start().starts_with('{') {
+        Ok(arg.to_owned())
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))
     }
 }
 

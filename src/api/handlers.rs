@@ -12,9 +12,10 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::error::{ApiError, CompatError};
-use super::wire::RelayView;
+use super::wire::{RelayView, ScoreView};
 use crate::relay::registry::{Registry, RegistryError};
 use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, RelaySpec};
+use crate::scores::Scoreboard;
 
 /// The name of the destination the compatible `/start_stream` creates.
 pub const COMPAT_OUTPUT_ID: &str = "youtube";
@@ -82,6 +83,38 @@ pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response,
     Ok(json_reply(
         StatusCode::OK,
         &RelayView::from(handle.stop().await?),
+    ))
+}
+
+pub async fn get_score(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &ScoreView::from(handle.score().await?),
+    ))
+}
+
+/// `PUT .../score`: the built-in scoreboard shape, set by hand.
+pub async fn put_score(
+    id: String,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let board: Scoreboard = parse(&body).map_err(ApiError::bad_body)?;
+    for (field, text) in [
+        ("home.name", &board.home.name),
+        ("away.name", &board.away.name),
+        ("home.score", &board.home.score),
+        ("away.score", &board.away.score),
+    ] {
+        if text.trim().is_empty() {
+            return Err(ApiError::bad_body(format!("{field} must not be empty")));
+        }
+    }
+    Ok(json_reply(
+        StatusCode::OK,
+        &ScoreView::from(handle.set_score(board).await?),
     ))
 }
 

@@ -110,6 +110,19 @@ pub fn routes(
         .then(handlers::stop_relay)
         .and_then(finish);
 
+    let score = warp::path!("api" / "v1" / "relays" / String / "score");
+    let get_score = score
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::get_score)
+        .and_then(finish);
+    let put_score = score
+        .and(warp::put())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::put_score)
+        .and_then(finish);
+
     let start_stream = warp::path!("start_stream")
         .and(warp::post())
         .and(with_registry.clone())
@@ -146,6 +159,10 @@ pub fn routes(
         .or(start)
         .unify()
         .or(stop)
+        .unify()
+        .or(get_score)
+        .unify()
+        .or(put_score)
         .unify()
         .or(start_stream)
         .unify()

@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use crate::relay::spec::{IngestSpec, OverlaySpec};
 use crate::relay::state::OutputState;
-use crate::relay::{RelayPhase, RelayStatus};
+use crate::relay::{RelayPhase, RelayStatus, ScoreStatus};
+use crate::scores::{Scoreboard, Source};
 
 #[derive(Debug, Serialize)]
 pub struct RelayView {
@@ -129,6 +130,41 @@ impl From<RelayStatus> for RelayView {
             id: s.spec.id,
             ingest: s.spec.ingest,
             overlay: s.spec.overlay,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScoreView {
+    /// The scoreboard on screen (or that would be, for a relay without an overlay).
+    pub scoreboard: Option<Scoreboard>,
+    /// `api` or `manual`.
+    pub source: Option<Source>,
+    /// Unix time (seconds) of the last change of value or source.
+    pub updated_at: Option<f64>,
+    /// Seconds since its source last confirmed it.
+    pub age: Option<f64>,
+    pub stale: bool,
+    pub last_error: Option<String>,
+    pub overlay: bool,
+    pub scores_url: Option<String>,
+}
+
+impl From<ScoreStatus> for ScoreView {
+    fn from(s: ScoreStatus) -> Self {
+        Self {
+            scoreboard: s.scoreboard,
+            source: s.source,
+            updated_at: s.updated_at.and_then(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64())
+            }),
+            age: s.age,
+            stale: s.stale,
+            last_error: s.last_error,
+            overlay: s.overlay,
+            scores_url: s.scores_url,
         }
     }
 }

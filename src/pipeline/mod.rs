@@ -6,6 +6,7 @@
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
 pub mod output;
+pub mod overlay;
 pub mod program;
 
 use std::sync::Once;
@@ -22,6 +23,8 @@ pub enum PipelineError {
     Link { from: String, to: String },
     #[error("{path}: cannot change state to {state:?}")]
     State { path: String, state: gst::State },
+    #[error("overlay: {0}")]
+    Overlay(String),
     #[error("cannot prepare {path}: {source}")]
     Io {
         path: String,
@@ -84,6 +87,7 @@ pub const REQUIRED_ELEMENTS: &[&str] = &[
     "videoconvert",
     "videoscale",
     "videorate",
+    "overlaycomposition",
     "audioconvert",
     "audioresample",
     "audiorate",

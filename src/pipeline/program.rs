@@ -3,7 +3,7 @@
 //! ```text
 //! ingest (appsrc: FLV from our RTMP server | rtmp2src: pull) ─ decodebin "decode"
 //!   video: queue "video-in" ─ videorate ─ videoscale ─ videoconvert ─ capsfilter "program-video"
-//!          ─ identity "overlay" (the overlay's place) ─ [videoscale "scale-<r>" ─ capsfilter "size-<r>"]
+//!          ─ overlaycomposition "overlay" (identity without an overlay) ─ [videoscale "scale-<r>" ─ capsfilter "size-<r>"]
 //!          ─ x264enc "enc-<r>" ─ capsfilter ─ h264parse ─ tee "video-tee"
 //!   audio: queue "audio-in" ─ audioconvert ─ audiorate ─ audioresample ─ capsfilter "program-audio"
 //!          ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
+use super::overlay::OverlaySlot;
 use super::{link_chain, link_tee, make, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
 
@@ -80,6 +81,8 @@ pub struct ProgramParams {
     /// The relay's HLS directory; the rendition writes into a sub-directory of its name.
     pub hls_dir: PathBuf,
     pub output_ids: Vec<String>,
+    /// The score overlay, for relays that have one.
+    pub overlay: Option<Arc<OverlaySlot>>,
 }
 
 /// A built (not yet playing) program pipeline.
@@ -186,8 +189,14 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build(),
     );
-    let overlay = make("identity", "overlay")?;
-    overlay.set_property("silent", true);
+    let overlay = match &params.overlay {
+        Some(slot) => super::overlay::element(slot)?,
+        None => {
+            let identity = make("identity", "overlay")?;
+            identity.set_property("silent", true);
+            identity
+        }
+    };
 
     let r = &params.rendition;
     let mut video_chain = vec![

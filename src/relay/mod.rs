@@ -23,8 +23,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::pipeline::output::{self, OutputPipeline};
+use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::pipeline::program::{self, FeedSlot, Rendition, Source};
 use crate::pipeline::{self as pl, BusError, PipelineError};
+use crate::render::{self, Logos};
+use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
+use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
 use spec::{OutputSpec, RelaySpec};
 use state::{OutputEvent, OutputState};
 
@@ -126,6 +130,22 @@ pub struct OutputStatus {
     pub bytes_sent: u64,
 }
 
+/// The scoreboard as the relay holds it, for the API.
+#[derive(Debug, Clone)]
+pub struct ScoreStatus {
+    pub scoreboard: Option<Scoreboard>,
+    pub source: Option<ScoreSource>,
+    pub updated_at: Option<SystemTime>,
+    /// Seconds since its source last confirmed it.
+    pub age: Option<f64>,
+    pub stale: bool,
+    /// Why the scores API's last answer was not used, if it was not.
+    pub last_error: Option<String>,
+    /// Whether the relay draws an overlay at all.
+    pub overlay: bool,
+    pub scores_url: Option<String>,
+}
+
 /// The push side of an accepted publish: the RTMP server writes FLV into it. Dropping it ends
 /// the program's input.
 pub struct IngestFeed {
@@ -168,6 +188,11 @@ enum Command {
     Publish {
         peer: String,
         reply: oneshot::Sender<Result<IngestFeed, RelayError>>,
+    },
+    Score(oneshot::Sender<ScoreStatus>),
+    SetScore {
+        board: Box<Scoreboard>,
+        reply: oneshot::Sender<ScoreStatus>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -229,6 +254,20 @@ impl RelayHandle {
         self.ask(|reply| Command::Publish { peer, reply }).await?
     }
 
+    /// The scoreboard, its source and age.
+    pub async fn score(&self) -> Result<ScoreStatus, RelayError> {
+        self.ask(Command::Score).await
+    }
+
+    /// Sets the scoreboard by hand (see [`ScoreKeeper`] for how it meets the API's values).
+    pub async fn set_score(&self, board: Scoreboard) -> Result<ScoreStatus, RelayError> {
+        self.ask(|reply| Command::SetScore {
+            board: Box::new(board),
+            reply,
+        })
+        .await
+    }
+
     /// Stops everything and ends the actor.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
@@ -248,7 +287,17 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         .iter()
         .map(|o| (o.id.clone(), Output::new(o.clone())))
         .collect();
+    let overlay = spec
+        .overlay
+        .as_ref()
+        .map(|_| Arc::new(OverlaySlot::default()));
     let actor = Actor {
+        overlay,
+        scores: ScoreKeeper::default(),
+        logos: LogoSet::default(),
+        poller: None,
+        drawn: None,
+        render_seq: 0,
         spec,
         ctx,
         want_running: false,
@@ -313,6 +362,14 @@ impl Output {
 }
 
 struct Actor {
+    /// The overlay's composition slot, when the relay has an overlay.
+    overlay: Option<Arc<OverlaySlot>>,
+    scores: ScoreKeeper,
+    logos: LogoSet,
+    poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<PollUpdate>)>,
+    /// What the overlay last showed: the scoreboard and whether it was stale.
+    drawn: Option<(Option<Scoreboard>, bool)>,
+    render_seq: u64,
     spec: RelaySpec,
     ctx: Arc<RelayContext>,
     want_running: bool,
@@ -337,6 +394,7 @@ impl Actor {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
+                        self.stop_poller();
                         self.stop_program("relay shut down").await;
                         let _ = reply.send(());
                         break;
@@ -348,6 +406,7 @@ impl Actor {
                     }
                 },
                 Some(event) = self.events_rx.recv() => self.on_event(event),
+                Some(update) = next_poll(&mut self.poller) => self.on_poll(update),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -367,6 +426,7 @@ impl Actor {
                 self.want_running = false;
                 self.started_at = None;
                 self.retry = None;
+                self.stop_poller();
                 self.stop_program("stopped by operator").await;
                 let _ = reply.send(self.status());
             }
@@ -375,6 +435,16 @@ impl Actor {
             }
             Command::Publish { peer, reply } => {
                 let _ = reply.send(self.accept_publisher(peer));
+            }
+            Command::Score(reply) => {
+                let _ = reply.send(self.score_status());
+            }
+            Command::SetScore { board, reply } => {
+                if self.scores.on_manual(*board, Instant::now()) {
+                    info!(relay = %self.spec.id, "score set by hand");
+                }
+                self.redraw();
+                let _ = reply.send(self.score_status());
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
@@ -389,6 +459,7 @@ impl Actor {
         self.started_at = Some(SystemTime::now());
         self.last_error = None;
         info!(relay = %self.spec.id, "start requested");
+        self.start_poller();
         if let Some(url) = self.spec.ingest.url.clone() {
             if let Err(e) = self.start_program(Source::Pull(url), &rendition) {
                 self.fail_program(e.to_string());
@@ -474,6 +545,7 @@ impl Actor {
             rendition: rendition.clone(),
             hls_dir: hls_dir.clone(),
             output_ids: self.outputs.keys().cloned().collect(),
+            overlay: self.overlay.clone(),
         };
         let built = program::build(&params)?;
         program::write_atomic(
@@ -727,8 +799,147 @@ impl Actor {
         }
     }
 
+    fn start_poller(&mut self) {
+        let Some(overlay) = &self.spec.overlay else {
+            return;
+        };
+        let Some(url) = overlay.scores_url.clone() else {
+            return;
+        };
+        if self.poller.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let settings = PollerSettings {
+            url,
+            interval: overlay.poll_interval(),
+            mapping: overlay.map.clone(),
+        };
+        info!(relay = %self.spec.id, url = %settings.url, interval = ?settings.interval, "polling the scores API");
+        self.poller = Some((poller::spawn(settings, tx), rx));
+    }
+
+    fn stop_poller(&mut self) {
+        if let Some((task, _)) = self.poller.take() {
+            task.abort();
+        }
+    }
+
+    fn on_poll(&mut self, update: PollUpdate) {
+        let now = Instant::now();
+        let previous_error = self.scores.last_error.clone();
+        match update {
+            PollUpdate::Board(update) => {
+                let poller::BoardUpdate {
+                    board,
+                    logos,
+                    logo_error,
+                } = *update;
+                // A logo that failed keeps the last good one for that side.
+                self.logos.home =
+                    logos
+                        .home
+                        .or(self.logos.home.take().filter(|_| board.home.logo.is_some()));
+                self.logos.away =
+                    logos
+                        .away
+                        .or(self.logos.away.take().filter(|_| board.away.logo.is_some()));
+                if self.scores.on_api(board, now) {
+                    info!(relay = %self.spec.id, "score changed at the scores API");
+                }
+                if let Some(e) = logo_error {
+                    self.scores.on_api_error(e);
+                }
+            }
+            PollUpdate::NotModified => self.scores.on_not_modified(now),
+            PollUpdate::Failed(reason) => self.scores.on_api_error(reason),
+        }
+        if self.scores.last_error != previous_error {
+            match &self.scores.last_error {
+                Some(e) => {
+                    warn!(relay = %self.spec.id, reason = %e, "scores API answer not used; the last good scoreboard stays")
+                }
+                None => info!(relay = %self.spec.id, "scores API answering again"),
+            }
+        }
+        self.redraw();
+    }
+
+    /// Re-renders the overlay when what it should show changed. Rendering runs on a blocking
+    /// task; the slot ignores a render that finishes after a newer one.
+    fn redraw(&mut self) {
+        let Some(slot) = self.overlay.clone() else {
+            return;
+        };
+        let Some(spec) = &self.spec.overlay else {
+            return;
+        };
+        let stale = self.scores.is_stale(Instant::now(), spec.stale_after());
+        let board = self.scores.current().map(|(b, _)| b.clone());
+        let wanted = (board.clone(), stale);
+        if self.drawn.as_ref() == Some(&wanted) {
+            return;
+        }
+        if self.drawn.as_ref().is_some_and(|(_, s)| *s != stale) {
+            info!(relay = %self.spec.id, stale, "overlay staleness changed");
+        }
+        self.drawn = Some(wanted);
+        self.render_seq += 1;
+        let seq = self.render_seq;
+        let theme = spec.theme();
+        let logos = self.logos.clone();
+        let (width, height) = (self.ctx.program.width, self.ctx.program.height);
+        let relay = self.spec.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(board) = board else {
+                slot.show(None, seq);
+                return;
+            };
+            let bug = render::render(
+                &board,
+                Logos {
+                    home: logos.home.as_deref(),
+                    away: logos.away.as_deref(),
+                },
+                stale,
+                &theme,
+                width,
+                height,
+            );
+            match overlay_el::composition(&bug) {
+                Ok(composition) => slot.show(Some(composition), seq),
+                Err(e) => error!(relay = %relay, error = %e, "cannot build the overlay"),
+            }
+        });
+    }
+
+    fn score_status(&self) -> ScoreStatus {
+        let now = Instant::now();
+        let current = self.scores.current();
+        ScoreStatus {
+            scoreboard: current.map(|(b, _)| b.clone()),
+            source: current.map(|(_, s)| s),
+            updated_at: self.scores.updated_at(),
+            age: self.scores.age(now),
+            stale: self
+                .spec
+                .overlay
+                .as_ref()
+                .is_some_and(|o| self.scores.is_stale(now, o.stale_after())),
+            last_error: self.scores.last_error.clone(),
+            overlay: self.overlay.is_some(),
+            scores_url: self
+                .spec
+                .overlay
+                .as_ref()
+                .and_then(|o| o.scores_url.clone()),
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // The stale marker appears (and goes) with time alone.
+        self.redraw();
         // A program whose publisher left must drain in bounded time.
         if let Some((generation, deadline)) = self.draining {
             let current = self.program.as_ref().map(|p| p.generation);
@@ -824,6 +1035,16 @@ impl Actor {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The next update from the scores poller, or never when there is none.
+async fn next_poll(
+    poller: &mut Option<(JoinHandle<()>, mpsc::UnboundedReceiver<PollUpdate>)>,
+) -> Option<PollUpdate> {
+    match poller {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,7 +4,13 @@
 //! Owns parsing-level validation (field names, value shapes). It must not know about running
 //! relays: uniqueness across relays is checked by the config loader and the registry.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::render::{Corner, Theme};
+use crate::scores::poller::parse_duration;
+use crate::scores::{validate_mapping, Mapping};
 
 /// Names of the renditions this version can encode, with their frame heights.
 pub const RENDITION_PRESETS: &[(&str, u32)] = &[
@@ -40,8 +46,7 @@ impl SpecError {
 pub struct RelaySpec {
     pub id: String,
     pub ingest: IngestSpec,
-    /// Accepted and kept so that relay JSON written for the overlay works unchanged; the score
-    /// overlay itself is not drawn by this version.
+    /// The score overlay; absent means the program carries none (the score can still be PUT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlaySpec>,
     #[serde(default)]
@@ -67,12 +72,58 @@ impl IngestSpec {
     }
 }
 
+/// Default poll interval of the scores API.
+pub const DEFAULT_POLL_INTERVAL: &str = "1s";
+/// Default age after which an unconfirmed API scoreboard is marked stale.
+pub const DEFAULT_STALE_AFTER: &str = "10s";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverlaySpec {
-    pub scores_url: String,
+    /// The scores API; absent means the scoreboard comes only from `PUT .../score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores_url: Option<String>,
+    /// How often to poll, e.g. `1s` or `500ms` (default 1 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
+    /// Another API's JSON mapped onto the built-in shape: `"home.score": "/teams/0/score"`.
+    #[serde(default, skip_serializing_if = "Mapping::is_empty")]
+    pub map: Mapping,
+    /// After this long without the API confirming the scoreboard, it is marked stale (10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<String>,
+    #[serde(default)]
+    pub position: Corner,
+    /// Distance from the frame's edges in pixels at 720p (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<u32>,
+}
+
+impl OverlaySpec {
+    pub fn poll_interval(&self) -> Duration {
+        duration_or(self.poll_interval.as_deref(), DEFAULT_POLL_INTERVAL)
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        duration_or(self.stale_after.as_deref(), DEFAULT_STALE_AFTER)
+    }
+
+    pub fn theme(&self) -> Theme {
+        let mut theme = Theme {
+            position: self.position,
+            ..Theme::default()
+        };
+        if let Some(margin) = self.margin {
+            theme.margin = margin;
+        }
+        theme
+    }
+}
+
+fn duration_or(text: Option<&str>, default: &str) -> Duration {
+    text.and_then(parse_duration)
+        .or_else(|| parse_duration(default))
+        .expect("valid default duration")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,14 +170,35 @@ impl RelaySpec {
             }
         }
         if let Some(overlay) = &self.overlay {
-            if !(overlay.scores_url.starts_with("http://")
-                || overlay.scores_url.starts_with("https://"))
-            {
+            if let Some(url) = &overlay.scores_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(SpecError::new(
+                        "overlay.scores_url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            for (field, value) in [
+                ("overlay.poll_interval", &overlay.poll_interval),
+                ("overlay.stale_after", &overlay.stale_after),
+            ] {
+                if let Some(text) = value {
+                    if parse_duration(text).is_none() {
+                        return Err(SpecError::new(
+                            field,
+                            format!("{text:?} is not a duration like \"1s\" or \"500ms\""),
+                        ));
+                    }
+                }
+            }
+            if overlay.poll_interval().as_millis() < 100 {
                 return Err(SpecError::new(
-                    "overlay.scores_url",
-                    "must be an http:// or https:// URL",
+                    "overlay.poll_interval",
+                    "must be at least 100ms",
                 ));
             }
+            validate_mapping(&overlay.map)
+                .map_err(|e| SpecError::new("overlay.map", e.to_string()))?;
         }
         match self.hls.renditions.as_slice() {
             [name] => {

@@ -1,0 +1,335 @@
+//! The scorebug renderer: [`Scoreboard`] + [`Theme`] → an RGBA image and where it goes.
+//!
+//! Pure: no I/O, no GStreamer, no clock. The same inputs give the same pixels, which is what
+//! the golden-image tests and `scorecast render-overlay` rely on. It must not be called on a
+//! streaming thread; the relay renders on a blocking task and hands the pipeline the result.
+//!
+//! Layout, in units of the bar height `H` (6 % of the frame height, at least 24 px):
+//! `[strip][logo][ home name ][ 3 ][ 1 ][ away name ][logo][strip]  [ period · clock · status ]`
+//! A stale scoreboard dims the info box and adds an amber dot at its corner.
+
+use std::sync::LazyLock;
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+use image::{imageops, Rgba, RgbaImage};
+use imageproc::drawing::{draw_filled_circle_mut, draw_filled_rect_mut, draw_text_mut, text_size};
+use imageproc::rect::Rect;
+use serde::{Deserialize, Serialize};
+
+use crate::scores::{Scoreboard, Team};
+
+/// The bundled font (DejaVu Sans Condensed Bold; licence in `fonts/`).
+static FONT: LazyLock<FontRef<'static>> = LazyLock::new(|| {
+    FontRef::try_from_slice(include_bytes!("../../fonts/DejaVuSansCondensed-Bold.ttf"))
+        .expect("the bundled font parses")
+});
+
+/// Bar height as a share of the frame height, and its floor for small frames.
+const BAR_SHARE: f32 = 0.06;
+const MIN_BAR_PX: u32 = 24;
+/// Text size as a share of the bar height.
+const TEXT_SHARE: f32 = 0.62;
+const DEFAULT_MARGIN_720P: u32 = 24;
+
+const BACKGROUND: Rgba<u8> = Rgba([16, 18, 26, 230]);
+const SCORE_BACKGROUND: Rgba<u8> = Rgba([38, 42, 56, 240]);
+const INFO_BACKGROUND: Rgba<u8> = Rgba([28, 31, 42, 230]);
+const TEXT: Rgba<u8> = Rgba([255, 255, 255, 255]);
+const DIM_TEXT: Rgba<u8> = Rgba([170, 174, 186, 255]);
+const STALE: Rgba<u8> = Rgba([255, 176, 0, 255]);
+const DEFAULT_STRIP: Rgba<u8> = Rgba([120, 126, 140, 255]);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Corner {
+    #[default]
+    TopLeft,
+    TopRight,
+    BottomLeft,
+    BottomRight,
+}
+
+/// How the scorebug looks and where it sits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Theme {
+    pub position: Corner,
+    /// Distance from the frame's edges, in pixels at 720p (scaled with the frame).
+    pub margin: u32,
+}
+
+impl Default for Theme {
+    fn default() -> Self {
+        Self {
+            position: Corner::TopLeft,
+            margin: DEFAULT_MARGIN_720P,
+        }
+    }
+}
+
+/// Decoded team logos, when the scores data names them and they loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logos<'a> {
+    pub home: Option<&'a RgbaImage>,
+    pub away: Option<&'a RgbaImage>,
+}
+
+/// A rendered scorebug and its top-left corner in the frame.
+#[derive(Debug, Clone)]
+pub struct Bug {
+    pub image: RgbaImage,
+    pub x: u32,
+    pub y: u32,
+}
+
+/// Renders the scorebug for a `frame_width`x`frame_height` frame.
+pub fn render(
+    board: &Scoreboard,
+    logos: Logos<'_>,
+    stale: bool,
+    theme: &Theme,
+    frame_width: u32,
+    frame_height: u32,
+) -> Bug {
+    let h = ((frame_height as f32 * BAR_SHARE).round() as u32).max(MIN_BAR_PX);
+    let scale = PxScale::from(h as f32 * TEXT_SHARE);
+    let small = PxScale::from(h as f32 * TEXT_SHARE * 0.8);
+    let unit = |share: f32| ((h as f32 * share).round() as u32).max(1);
+    let strip = unit(0.12);
+    let name_w = unit(3.0);
+    let score_w = unit(1.25);
+    let pad = unit(0.25);
+    let gap = unit(0.2);
+
+    let info_text = [&board.period, &board.clock, &board.status]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let info_w = if info_text.is_empty() {
+        0
+    } else {
+        (text_size(small, &*FONT, &info_text).0 + 2 * pad).max(unit(1.5))
+    };
+    let logo_w = |logo: Option<&RgbaImage>| if logo.is_some() { h } else { 0 };
+    let teams_w = 2 * (strip + name_w + score_w) + logo_w(logos.home) + logo_w(logos.away);
+    let width = teams_w + if info_w > 0 { gap + info_w } else { 0 };
+    let mut img = RgbaImage::from_pixel(width, h, Rgba([0, 0, 0, 0]));
+
+    // Home, left to right: strip, logo, name, score.
+    let mut x = 0;
+    fill(&mut img, x, 0, teams_w, h, BACKGROUND);
+    fill(&mut img, x, 0, strip, h, team_color(&board.home));
+    x += strip;
+    x += draw_logo(&mut img, logos.home, x, h);
+    text_in_box(
+        &mut img,
+        &fit_name(&board.home.name, scale, name_w - 2 * pad),
+        scale,
+        x + pad,
+        h,
+        TEXT,
+        Align::Left,
+        name_w - 2 * pad,
+    );
+    x += name_w;
+    fill(&mut img, x, 0, 2 * score_w, h, SCORE_BACKGROUND);
+    text_in_box(
+        &mut img,
+        &board.home.score,
+        scale,
+        x,
+        h,
+        TEXT,
+        Align::Center,
+        score_w,
+    );
+    x += score_w;
+    text_in_box(
+        &mut img,
+        &board.away.score,
+        scale,
+        x,
+        h,
+        TEXT,
+        Align::Center,
+        score_w,
+    );
+    x += score_w;
+    // Away, mirrored: name, logo, strip.
+    text_in_box(
+        &mut img,
+        &fit_name(&board.away.name, scale, name_w - 2 * pad),
+        scale,
+        x + pad,
+        h,
+        TEXT,
+        Align::Right,
+        name_w - 2 * pad,
+    );
+    x += name_w;
+    x += draw_logo(&mut img, logos.away, x, h);
+    fill(&mut img, x, 0, strip, h, team_color(&board.away));
+    x += strip;
+
+    if info_w > 0 {
+        x += gap;
+        fill(&mut img, x, 0, info_w, h, INFO_BACKGROUND);
+        let color = if stale { DIM_TEXT } else { TEXT };
+        text_in_box(
+            &mut img,
+            &info_text,
+            small,
+            x,
+            h,
+            color,
+            Align::Center,
+            info_w,
+        );
+    }
+    if stale {
+        // A discreet amber dot at the bug's top-right corner.
+        let r = unit(0.1) as i32;
+        draw_filled_circle_mut(&mut img, (width as i32 - 2 * r, 2 * r), r, STALE);
+    }
+
+    let margin = (theme.margin as f32 * frame_height as f32 / 720.0).round() as u32;
+    let (x, y) = match theme.position {
+        Corner::TopLeft => (margin, margin),
+        Corner::TopRight => (frame_width.saturating_sub(width + margin), margin),
+        Corner::BottomLeft => (margin, frame_height.saturating_sub(h + margin)),
+        Corner::BottomRight => (
+            frame_width.saturating_sub(width + margin),
+            frame_height.saturating_sub(h + margin),
+        ),
+    };
+    Bug { image: img, x, y }
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Center,
+    Right,
+}
+
+fn fill(img: &mut RgbaImage, x: u32, y: u32, w: u32, h: u32, color: Rgba<u8>) {
+    if w > 0 && h > 0 {
+        draw_filled_rect_mut(img, Rect::at(x as i32, y as i32).of_size(w, h), color);
+    }
+}
+
+/// Draws `text` vertically centred in a bar of height `h`, in a box `box_w` wide at `x`.
+#[allow(clippy::too_many_arguments)]
+fn text_in_box(
+    img: &mut RgbaImage,
+    text: &str,
+    scale: PxScale,
+    x: u32,
+    h: u32,
+    color: Rgba<u8>,
+    align: Align,
+    box_w: u32,
+) {
+    let (w, _) = text_size(scale, &*FONT, text);
+    let scaled = FONT.as_scaled(scale);
+    let glyph_h = scaled.ascent() - scaled.descent();
+    let y = ((h as f32 - glyph_h) / 2.0).round() as i32;
+    let x = match align {
+        Align::Left => x,
+        Align::Center => x + box_w.saturating_sub(w) / 2,
+        Align::Right => x + box_w.saturating_sub(w),
+    };
+    draw_text_mut(img, color, x as i32, y, scale, &*FONT, text);
+}
+
+/// Draws a logo scaled into an `h`x`h` square at `x`; returns the width used.
+fn draw_logo(img: &mut RgbaImage, logo: Option<&RgbaImage>, x: u32, h: u32) -> u32 {
+    let Some(logo) = logo else { return 0 };
+    let inner = (h as f32 * 0.8) as u32;
+    let resized = imageops::resize(logo, inner, inner, imageops::FilterType::Triangle);
+    let offset = (h - inner) / 2;
+    imageops::overlay(img, &resized, i64::from(x + offset), i64::from(offset));
+    h
+}
+
+/// The team's colour (`#RRGGBB`), or a neutral grey.
+fn team_color(team: &Team) -> Rgba<u8> {
+    team.color
+        .as_deref()
+        .and_then(parse_hex_color)
+        .unwrap_or(DEFAULT_STRIP)
+}
+
+pub fn parse_hex_color(s: &str) -> Option<Rgba<u8>> {
+    let hex = s.strip_prefix('#')?;
+    if hex.len() != 6 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
+    Some(Rgba([byte(0)?, byte(2)?, byte(4)?, 255]))
+}
+
+/// The team name as it fits: in full, else abbreviated, else cut.
+pub fn fit_name(name: &str, scale: PxScale, max_width: u32) -> String {
+    let fits = |s: &str| text_size(scale, &*FONT, s).0 <= max_width;
+    if fits(name) {
+        return name.to_owned();
+    }
+    let short = abbreviate(name);
+    if fits(&short) {
+        return short;
+    }
+    let mut cut: String = short.clone();
+    while cut.chars().count() > 1 && !fits(&cut) {
+        cut.pop();
+    }
+    cut
+}
+
+/// "Team Liquid" → "TL", "Fnatic" → "FNA", "Paris Saint-Germain" → "PSG".
+pub fn abbreviate(name: &str) -> String {
+    let words: Vec<&str> = name
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.len() >= 2 {
+        words
+            .iter()
+            .filter_map(|w| w.chars().next())
+            .take(4)
+            .collect::<String>()
+            .to_uppercase()
+    } else {
+        name.chars().take(3).collect::<String>().to_uppercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abbreviations() {
+        assert_eq!(abbreviate("Team Liquid"), "TL");
+        assert_eq!(abbreviate("Fnatic"), "FNA");
+        assert_eq!(abbreviate("Paris Saint-Germain"), "PSG");
+    }
+
+    #[test]
+    fn long_names_are_shortened_to_fit() {
+        let scale = PxScale::from(26.0);
+        assert_eq!(fit_name("G2", scale, 120), "G2");
+        assert_eq!(
+            fit_name("Borussia Mönchengladbach Esports Club", scale, 120),
+            "BMEC"
+        );
+    }
+
+    #[test]
+    fn hex_colors() {
+        assert_eq!(parse_hex_color("#ff0080"), Some(Rgba([255, 0, 128, 255])));
+        assert_eq!(parse_hex_color("red"), None);
+    }
+}
