@@ -394,10 +394,25 @@ fn add_feed(
 }
 
 /// Links decodebin's pads as they appear: raw video to `video_in`, raw audio to `audio_in`.
+///
+/// The publisher's timestamps start on its own clock, which runs ahead of ours by however long
+/// it took to connect. On the first decoded buffer, both streams are shifted by one shared
+/// offset so that buffer maps to the program clock's "now": program-date-time in HLS is then
+/// the time the relay received the picture, and audio and video stay in sync.
 fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in: &gst::Element) {
     let video_in = video_in.downgrade();
     let audio_in = audio_in.downgrade();
+    let offset: Arc<Mutex<Option<i64>>> = Arc::default();
     decode.connect_pad_added(move |decode, pad| {
+        let offset = offset.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(buffer) = info.buffer() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let shift = *offset.lock().expect("offset lock poisoned").get_or_insert_with(|| rebase(pad, buffer));
+            pad.set_offset(shift);
+            gst::PadProbeReturn::Remove
+        });
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(kind) = caps.structure(0).map(|s| s.name().to_string()) else {
             return;
@@ -421,6 +436,23 @@ fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in
             tracing::error!(element = %decode.path_string(), caps = %kind, error = ?e, "cannot link decoded stream");
         }
     });
+}
+
+/// The offset that maps `buffer`'s running time to the pipeline clock's current running time.
+fn rebase(pad: &gst::Pad, buffer: &gst::BufferRef) -> i64 {
+    let element = pad.parent_element();
+    let now = element.as_ref().and_then(|e| {
+        let clock = e.clock()?;
+        Some(clock.time().saturating_sub(e.base_time()?))
+    });
+    let running = pad.sticky_event::<gst::event::Segment>(0).and_then(|ev| {
+        let segment = ev.segment().downcast_ref::<gst::ClockTime>()?.clone();
+        segment.to_running_time(buffer.pts()?)
+    });
+    match (now, running) {
+        (Some(now), Some(running)) => now.nseconds() as i64 - running.nseconds() as i64,
+        _ => 0,
+    }
 }
 
 fn link_request(

@@ -19,7 +19,7 @@ use gst::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::pipeline::output::{self, OutputPipeline};
@@ -907,7 +907,10 @@ impl Actor {
                 height,
             );
             match overlay_el::composition(&bug) {
-                Ok(composition) => slot.show(Some(composition), seq),
+                Ok(composition) => {
+                    slot.show(Some(composition), seq);
+                    debug!(relay = %relay, seq, stale, "overlay updated");
+                }
                 Err(e) => error!(relay = %relay, error = %e, "cannot build the overlay"),
             }
         });

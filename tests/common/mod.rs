@@ -139,7 +139,7 @@ impl Daemon {
                 .arg(format!("127.0.0.1:{rtmp_port}"))
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
-                .env("RUST_LOG", "info")
+                .env("RUST_LOG", "info,scorecast::relay=debug")
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log),
         );

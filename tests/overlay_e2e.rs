@@ -1,0 +1,416 @@
+//! The score overlay end to end: a real HTTP server stands in for the scores API, ffmpeg
+//! publishes, and frames decoded from the daemon's HLS output are compared with the renderer's
+//! own pictures of the expected scoreboards. The server then fails in three ways (500, garbage,
+//! hanging): the last good score stays, the stale marker appears, and HLS never stalls.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use image::RgbaImage;
+use scorecast::render::{render, Bug, Logos, Theme};
+use scorecast::scores::Scoreboard;
+use warp::Filter;
+
+const POLL: Duration = Duration::from_millis(500);
+const STALE_AFTER: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+enum Answer {
+    Score(String),
+    Error500,
+    Garbage,
+    Hang,
+}
+
+/// The scores API stand-in: `GET /match` answers whatever the test sets.
+async fn scores_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
+    let route = warp::path!("match").and(warp::get()).then(move || {
+        let answer = answer.lock().expect("answer lock").clone();
+        async move {
+            use warp::http::StatusCode;
+            use warp::Reply;
+            match answer {
+                Answer::Score(json) => {
+                    warp::reply::with_header(json, "content-type", "application/json")
+                        .into_response()
+                }
+                Answer::Error500 => {
+                    warp::reply::with_status("boom", StatusCode::INTERNAL_SERVER_ERROR)
+                        .into_response()
+                }
+                Answer::Garbage => warp::reply::html("<html>maintenance</html>").into_response(),
+                Answer::Hang => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "too late".into_response()
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
+fn score_json(home: u32) -> String {
+    format!(
+        r#"{{"home":{{"name":"NAVI","score":{home}}},"away":{{"name":"G2","score":0}},"period":"Map 1"}}"#
+    )
+}
+
+fn bug(home: u32, stale: bool) -> Bug {
+    let board: Scoreboard = serde_json::from_str(&score_json(home)).expect("valid");
+    render(
+        &board,
+        Logos::default(),
+        stale,
+        &Theme::default(),
+        1280,
+        720,
+    )
+}
+
+/// The bug region of every frame of a segment, decoded by ffmpeg, as RGBA images.
+fn bug_regions(segment: &str, bug: &Bug) -> Vec<RgbaImage> {
+    let (w, h) = bug.image.dimensions();
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i", segment])
+        // Crop after converting: on subsampled YUV, ffmpeg rounds odd crop sizes.
+        .args([
+            "-vf",
+            &format!("format=rgba,crop={w}:{h}:{}:{}", bug.x, bug.y),
+        ])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgba", "-"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "{segment} does not decode: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact((w * h * 4) as usize)
+        .map(|c| RgbaImage::from_raw(w, h, c.to_vec()).expect("frame"))
+        .collect()
+}
+
+/// Which of two renders a decoded region is closer to, looking only where they differ.
+/// Returns the error against `a` minus the error against `b` (negative: looks like `a`).
+fn closer(region: &RgbaImage, a: &Bug, b: &Bug) -> f64 {
+    let (mut ea, mut eb, mut n) = (0u64, 0u64, 0u64);
+    for (x, y, px) in region.enumerate_pixels() {
+        let (pa, pb) = (a.image.get_pixel(x, y).0, b.image.get_pixel(x, y).0);
+        if !(0..3).any(|c| pa[c].abs_diff(pb[c]) > 64) {
+            continue;
+        }
+        let err = |p: [u8; 4]| {
+            (0..3)
+                .map(|c| u64::from(px.0[c].abs_diff(p[c])))
+                .sum::<u64>()
+        };
+        ea += err(pa);
+        eb += err(pb);
+        n += 1;
+    }
+    assert!(n > 20, "the two renders barely differ ({n} pixels)");
+    (ea as f64 - eb as f64) / n as f64
+}
+
+/// Segments of the media playlist, with their program date-time.
+async fn segments(daemon: &Daemon) -> Vec<(SystemTime, f64, String)> {
+    let Some((_, text)) = daemon.get_text("/hls/final/720p/index.m3u8").await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut pdt, mut dur) = (None, 0.0);
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            pdt = parse_rfc3339(t);
+        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+            dur = d
+                .trim_end_matches(',')
+                .split(',')
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0.0);
+        } else if !line.starts_with('#') && !line.is_empty() {
+            if let Some(t) = pdt.take() {
+                out.push((t, dur, line.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// `2026-11-21T19:41:45.024Z` (what hlssink3 writes) as a SystemTime.
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let t = text.trim().trim_end_matches('Z');
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut h = hms.split(':').map(|p| p.parse::<i64>());
+    let (hh, mm, ss) = (h.next()?.ok()?, h.next()?.ok()?, h.next()?.ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let nanos = format!("{frac:0<9}")[..9].parse::<u64>().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_nanos(nanos))
+}
+
+/// Waits for a segment that starts after `after`, and returns its frames' bug regions with
+/// each frame's wall-clock time (program date-time + position).
+async fn frames_after(
+    daemon: &Daemon,
+    after: SystemTime,
+    bug: &Bug,
+    timeout: Duration,
+) -> Vec<(SystemTime, RgbaImage)> {
+    let (pdt, _, uri) = wait_for("a segment after the change", timeout, || async {
+        segments(daemon)
+            .await
+            .into_iter()
+            .rev()
+            .find(|(t, _, _)| *t >= after)
+    })
+    .await;
+    let bytes = daemon
+        .get_bytes(&format!("/hls/final/720p/{uri}"))
+        .await
+        .expect("segment served");
+    let file = save(daemon.dir.path(), "overlay-segment.ts", &bytes);
+    bug_regions(&file, bug)
+        .into_iter()
+        .enumerate()
+        .map(|(i, img)| (pdt + Duration::from_secs_f64(i as f64 / 30.0), img))
+        .collect()
+}
+
+async fn wait_score_error(daemon: &Daemon, needle: &str) {
+    wait_for(
+        &format!("the score API error to mention {needle:?}"),
+        Duration::from_secs(10),
+        || async {
+            let (_, score) = daemon.get("/api/v1/relays/final/score").await;
+            score["last_error"]
+                .as_str()
+                .filter(|e| e.contains(needle))
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
+    let answer = Arc::new(Mutex::new(Answer::Score(score_json(1))));
+    let api = scores_server(answer.clone()).await;
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
+         overlay = {{ scores_url = \"http://{api}/match\", poll_interval = \"500ms\", stale_after = \"3s\" }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
+    daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    let (_, score) = daemon.get("/api/v1/relays/final/score").await;
+    assert_eq!(score["source"], "api", "{score}");
+    assert_eq!(score["scoreboard"]["home"]["score"], "1", "{score}");
+
+    let (one, two) = (bug(1, false), bug(2, false));
+    let frames = frames_after(
+        &daemon,
+        SystemTime::UNIX_EPOCH,
+        &one,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, last) = frames.last().expect("frames");
+    assert!(
+        closer(last, &one, &two) < -20.0,
+        "the picture does not show 1-0"
+    );
+
+    // The score changes at the API.
+    let changed_at = SystemTime::now();
+    *answer.lock().expect("answer lock") = Answer::Score(score_json(2));
+    let frames = frames_after(&daemon, changed_at, &one, Duration::from_secs(20)).await;
+    assert!(
+        frames
+            .iter()
+            .any(|(_, img)| closer(img, &two, &one) < -20.0),
+        "no frame after the change shows 2-0"
+    );
+    // When the overlay took the new score, from the daemon's log (its clock is the test's).
+    let swapped_at = wait_for(
+        "the overlay to take the new score",
+        Duration::from_secs(5),
+        || async {
+            daemon
+                .log()
+                .lines()
+                .filter(|l| l.contains("overlay updated") && l.contains("seq=3"))
+                .find_map(|l| parse_rfc3339(l.split_whitespace().next()?))
+        },
+    )
+    .await;
+    let reaction = swapped_at.duration_since(changed_at).unwrap_or_default();
+    eprintln!(
+        "score change at the API → overlay swapped after {reaction:?} (poll interval {POLL:?})"
+    );
+    assert!(
+        reaction <= POLL + Duration::from_secs(1),
+        "took {reaction:?}"
+    );
+
+    // The API fails in three ways; each is reported and the last good score stays.
+    let media_sequence = |text: &str| check_media_playlist(text).media_sequence;
+    let before = media_sequence(
+        &daemon
+            .get_text("/hls/final/720p/index.m3u8")
+            .await
+            .expect("playlist")
+            .1,
+    );
+    *answer.lock().expect("answer lock") = Answer::Error500;
+    wait_score_error(&daemon, "HTTP 500").await;
+    *answer.lock().expect("answer lock") = Answer::Garbage;
+    wait_score_error(&daemon, "not JSON").await;
+    *answer.lock().expect("answer lock") = Answer::Hang;
+    wait_score_error(&daemon, "no answer").await;
+    let (_, score) = daemon.get("/api/v1/relays/final/score").await;
+    assert_eq!(
+        score["scoreboard"]["home"]["score"], "2",
+        "the last good score stays: {score}"
+    );
+
+    // After the configured age, the stale marker is on the picture, still showing 2-0.
+    let stale_since = wait_for(
+        "the scoreboard to be stale",
+        STALE_AFTER + Duration::from_secs(5),
+        || async {
+            let (_, score) = daemon.get("/api/v1/relays/final/score").await;
+            (score["stale"] == true).then(SystemTime::now)
+        },
+    )
+    .await;
+    let stale = bug(2, true);
+    let frames = frames_after(&daemon, stale_since, &stale, Duration::from_secs(20)).await;
+    let (_, last) = frames.last().expect("frames");
+    assert!(
+        closer(last, &stale, &two) < -10.0,
+        "no stale marker on the picture"
+    );
+    assert!(
+        closer(last, &stale, &bug(1, true)) < -20.0,
+        "the stale picture lost the last good score"
+    );
+
+    // The stream never stalled.
+    let after = media_sequence(
+        &daemon
+            .get_text("/hls/final/720p/index.m3u8")
+            .await
+            .expect("playlist")
+            .1,
+    );
+    assert!(
+        after > before,
+        "HLS stalled: media sequence {before} → {after}"
+    );
+    let relay = daemon.relay("final").await;
+    assert_eq!(relay["state"], "live", "{relay}");
+    assert!(
+        daemon.log().contains("the last good scoreboard stays"),
+        "the failure is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
+    let answer = Arc::new(Mutex::new(Answer::Score(score_json(1))));
+    let api = scores_server(answer.clone()).await;
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
+         overlay = {{ scores_url = \"http://{api}/match\", poll_interval = \"500ms\" }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
+    daemon
+        .wait_state("final", "live", Duration::from_secs(20))
+        .await;
+    wait_for("the API's score", Duration::from_secs(10), || async {
+        let (_, s) = daemon.get("/api/v1/relays/final/score").await;
+        (s["source"] == "api").then_some(())
+    })
+    .await;
+
+    // The operator corrects the lagging API by hand.
+    let set_at = SystemTime::now();
+    let r = daemon
+        .http
+        .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .body(score_json(2))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status().as_u16(), 200);
+    // The API keeps saying 1-0 for several polls; the manual 2-0 stays.
+    tokio::time::sleep(POLL * 4).await;
+    let (_, score) = daemon.get("/api/v1/relays/final/score").await;
+    assert_eq!(
+        (
+            score["source"].as_str(),
+            score["scoreboard"]["home"]["score"].as_str()
+        ),
+        (Some("manual"), Some("2")),
+        "{score}"
+    );
+    let (one, two) = (bug(1, false), bug(2, false));
+    let frames = frames_after(&daemon, set_at, &two, Duration::from_secs(20)).await;
+    assert!(
+        frames
+            .iter()
+            .all(|(_, img)| closer(img, &two, &one) < -20.0),
+        "a frame after the PUT lacks 2-0"
+    );
+
+    // The API moves on (3-0): it takes over again.
+    *answer.lock().expect("answer lock") = Answer::Score(score_json(3));
+    wait_for("the API to take over", Duration::from_secs(5), || async {
+        let (_, s) = daemon.get("/api/v1/relays/final/score").await;
+        (s["source"] == "api" && s["scoreboard"]["home"]["score"] == "3").then_some(())
+    })
+    .await;
+
+    // Bad PUT bodies are refused with the field named; nothing changes.
+    let r = daemon
+        .http
+        .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .body(r#"{"home":{"name":"A"},"away":{"name":"B","score":1}}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("score"),
+        "{body}"
+    );
+}
