@@ -135,28 +135,10 @@ pub fn render(
     );
     x += name_w;
     fill(&mut img, x, 0, 2 * score_w, h, SCORE_BACKGROUND);
-    text_in_box(
-        &mut img,
-        &board.home.score,
-        scale,
-        x,
-        h,
-        TEXT,
-        Align::Center,
-        score_w,
-    );
-    x += score_w;
-    text_in_box(
-        &mut img,
-        &board.away.score,
-        scale,
-        x,
-        h,
-        TEXT,
-        Align::Center,
-        score_w,
-    );
-    x += score_w;
+    for score in [&board.home.score, &board.away.score] {
+        text_in_box(&mut img, score, scale, x, h, TEXT, Align::Center, score_w);
+        x += score_w;
+    }
     // Away, mirrored: name, logo, strip.
     text_in_box(
         &mut img,
