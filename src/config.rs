@@ -220,19 +220,8 @@ impl Config {
         for (i, relay) in self.relays.iter().enumerate() {
             relay
                 .validate()
+                .and_then(|_| relay.check_fits(p.height))
                 .map_err(|SpecError { field, message }| (format!("relay[{i}].{field}"), message))?;
-            for (j, name) in relay.hls.renditions.iter().enumerate() {
-                let height = crate::relay::spec::rendition_height(name).unwrap_or(0);
-                if height > p.height {
-                    return Err((
-                        format!("relay[{i}].hls.renditions[{j}]"),
-                        format!(
-                            "{name} is taller than the program ({}p); renditions never upscale",
-                            p.height
-                        ),
-                    ));
-                }
-            }
             if !ids.insert(relay.id.as_str()) {
                 return Err((
                     format!("relay[{i}].id"),

@@ -108,6 +108,23 @@ async fn relay_crud_and_errors() {
     let (status, _) = daemon.get("/hls/../../etc/passwd").await;
     assert_eq!(status, 404);
 
+    // A rendition taller than the program is refused at start, with the field named.
+    let (status, _) = daemon
+        .post(
+            "/api/v1/relays",
+            r#"{"id":"big","ingest":{"stream_key":"big-key"},"hls":{"renditions":["1080p"]}}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = daemon.post("/api/v1/relays/big/start", "").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_relay");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("hls.renditions[0]") && message.contains("never upscale"),
+        "{message}"
+    );
+
     // Start, stop, delete.
     let (status, body) = daemon.post("/api/v1/relays/final/start", "").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("waiting")));

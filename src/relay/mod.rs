@@ -471,23 +471,22 @@ impl Actor {
     /// The rendition this relay encodes, checked against the program format.
     fn rendition(&self) -> Result<Rendition, RelayError> {
         let p = &self.ctx.program;
-        let Some(name) = self.spec.hls.renditions.first() else {
-            // No rendition named: one at the program's own size.
-            return Ok(Rendition {
-                name: format!("{}p", p.height),
-                width: p.width,
-                height: p.height,
-            });
-        };
-        let height = spec::rendition_height(name).unwrap_or(p.height);
-        Rendition::for_program(name, height, &self.ctx.program).ok_or_else(|| RelayError::Invalid {
-            id: self.spec.id.clone(),
-            field: "hls.renditions[0]".to_owned(),
-            message: format!(
-                "{name} is taller than the program ({}p); renditions never upscale",
-                self.ctx.program.height
+        self.spec
+            .check_fits(p.height)
+            .map_err(|spec::SpecError { field, message }| RelayError::Invalid {
+                id: self.spec.id.clone(),
+                field,
+                message,
+            })?;
+        // No rendition named: one at the program's own size.
+        let (name, height) = match self.spec.hls.renditions.first() {
+            Some(name) => (
+                name.clone(),
+                spec::rendition_height(name).unwrap_or(p.height),
             ),
-        })
+            None => (format!("{}p", p.height), p.height),
+        };
+        Ok(Rendition::for_program(&name, height, p).expect("check_fits rules out upscaling"))
     }
 
     fn accept_publisher(&mut self, peer: String) -> Result<IngestFeed, RelayError> {

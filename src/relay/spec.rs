@@ -236,6 +236,21 @@ impl RelaySpec {
     }
 }
 
+impl RelaySpec {
+    /// Checks that no rendition is taller than the program: renditions never upscale.
+    pub fn check_fits(&self, program_height: u32) -> Result<(), SpecError> {
+        for (i, name) in self.hls.renditions.iter().enumerate() {
+            if rendition_height(name).is_some_and(|h| h > program_height) {
+                return Err(SpecError::new(
+                    format!("hls.renditions[{i}]"),
+                    format!("{name} is taller than the program ({program_height}p); renditions never upscale"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The frame height of a named rendition preset.
 pub fn rendition_height(name: &str) -> Option<u32> {
     RENDITION_PRESETS
