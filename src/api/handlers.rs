@@ -102,16 +102,9 @@ pub async fn put_score(
 ) -> Result<Response, ApiError> {
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
     let board: Scoreboard = parse(&body).map_err(ApiError::bad_body)?;
-    for (field, text) in [
-        ("home.name", &board.home.name),
-        ("away.name", &board.away.name),
-        ("home.score", &board.home.score),
-        ("away.score", &board.away.score),
-    ] {
-        if text.trim().is_empty() {
-            return Err(ApiError::bad_body(format!("{field} must not be empty")));
-        }
-    }
+    board
+        .check_required()
+        .map_err(|e| ApiError::bad_body(e.to_string()))?;
     Ok(json_reply(
         StatusCode::OK,
         &ScoreView::from(handle.set_score(board).await?),

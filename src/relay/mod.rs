@@ -873,7 +873,7 @@ impl Actor {
         let Some(spec) = &self.spec.overlay else {
             return;
         };
-        let stale = self.scores.is_stale(Instant::now(), spec.stale_after());
+        let stale = self.is_stale(Instant::now());
         let board = self.scores.current().map(|(b, _)| b.clone());
         let wanted = (board.clone(), stale);
         if self.drawn.as_ref() == Some(&wanted) {
@@ -915,6 +915,14 @@ impl Actor {
         });
     }
 
+    /// Whether the overlay should mark the scoreboard stale (relays without one never do).
+    fn is_stale(&self, now: Instant) -> bool {
+        self.spec
+            .overlay
+            .as_ref()
+            .is_some_and(|o| self.scores.is_stale(now, o.stale_after()))
+    }
+
     fn score_status(&self) -> ScoreStatus {
         let now = Instant::now();
         let current = self.scores.current();
@@ -923,11 +931,7 @@ impl Actor {
             source: current.map(|(_, s)| s),
             updated_at: self.scores.updated_at(),
             age: self.scores.age(now),
-            stale: self
-                .spec
-                .overlay
-                .as_ref()
-                .is_some_and(|o| self.scores.is_stale(now, o.stale_after())),
+            stale: self.is_stale(now),
             last_error: self.scores.last_error.clone(),
             overlay: self.overlay.is_some(),
             scores_url: self

@@ -161,6 +161,27 @@ pub fn parse(body: &[u8], mapping: &Mapping) -> Result<Scoreboard, ScoresError> 
     })
 }
 
+impl Scoreboard {
+    /// Checks what the types cannot for a scoreboard set by hand: the fields every scorebug
+    /// draws are not blank. (API bodies get the same rule from [`parse`].)
+    pub fn check_required(&self) -> Result<(), ScoresError> {
+        for (field, text) in [
+            ("home.name", &self.home.name),
+            ("home.score", &self.home.score),
+            ("away.name", &self.away.name),
+            ("away.score", &self.away.score),
+        ] {
+            if text.trim().is_empty() {
+                return Err(ScoresError::Field {
+                    field: field.to_owned(),
+                    message: "must not be empty".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn clip(text: String) -> String {
     if text.chars().count() <= MAX_TEXT_CHARS {
         text
@@ -282,6 +303,17 @@ mod tests {
         let b = board(3, 12);
         assert_eq!((b.home.score.as_str(), b.away.score.as_str()), ("3", "12"));
         assert_eq!(b.period, None);
+    }
+
+    #[test]
+    fn hand_set_scoreboards_need_names_and_scores() {
+        assert_eq!(board(1, 0).check_required(), Ok(()));
+        let mut b = board(1, 0);
+        b.away.score = " ".to_owned();
+        assert_eq!(
+            b.check_required().unwrap_err().to_string(),
+            "away.score: must not be empty"
+        );
     }
 
     #[test]
