@@ -213,19 +213,30 @@ async fn wait_score_error(daemon: &Daemon, needle: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
+/// A live relay `final` whose overlay polls a scores server answering 1-0 every 500 ms.
+/// `overlay_extra` adds fields to the overlay table. Returns the server's answer to change,
+/// the daemon and the publisher (keep it alive).
+async fn live_relay_with_scores(overlay_extra: &str) -> (Arc<Mutex<Answer>>, Daemon, Process) {
     let answer = Arc::new(Mutex::new(Answer::Score(score_json(1))));
     let api = scores_server(answer.clone()).await;
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
-         overlay = {{ scores_url = \"http://{api}/match\", poll_interval = \"500ms\", stale_after = \"3s\" }}\n"
+    let config = relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        &format!(
+            r#"overlay = {{ scores_url = "http://{api}/match", poll_interval = "500ms"{overlay_extra} }}"#
+        ),
     );
     let daemon = Daemon::start(&config).await;
-    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
+    let publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     daemon
         .wait_state("final", "live", Duration::from_secs(20))
         .await;
+    (answer, daemon, publisher)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
+    let (answer, daemon, _publisher) = live_relay_with_scores(r#", stale_after = "3s""#).await;
     let (_, score) = daemon.get("/api/v1/relays/final/score").await;
     assert_eq!(score["source"], "api", "{score}");
     assert_eq!(score["scoreboard"]["home"]["score"], "1", "{score}");
@@ -341,17 +352,7 @@ async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
-    let answer = Arc::new(Mutex::new(Answer::Score(score_json(1))));
-    let api = scores_server(answer.clone()).await;
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
-         overlay = {{ scores_url = \"http://{api}/match\", poll_interval = \"500ms\" }}\n"
-    );
-    let daemon = Daemon::start(&config).await;
-    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
-    daemon
-        .wait_state("final", "live", Duration::from_secs(20))
-        .await;
+    let (answer, daemon, _publisher) = live_relay_with_scores("").await;
     wait_for("the API's score", Duration::from_secs(10), || async {
         let (_, s) = daemon.get("/api/v1/relays/final/score").await;
         (s["source"] == "api").then_some(())

@@ -72,10 +72,13 @@ async fn assert_segment_decodes(daemon: &Daemon, relay: &str, playlist: &MediaPl
 #[tokio::test(flavor = "multi_thread")]
 async fn ffmpeg_publish_reaches_hls_and_the_destination() {
     let nginx = Nginx::start().await;
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
-         outputs = [ {{ id = \"youtube\", url = \"{}\" }} ]\n",
-        nginx.url("yt-key")
+    let config = relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        &format!(
+            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
+            nginx.url("yt-key")
+        ),
     );
     let daemon = Daemon::start(&config).await;
     assert_eq!(daemon.relay("final").await["state"], "waiting");
@@ -153,9 +156,10 @@ async fn gst_launch_publisher_is_taken() {
 async fn pull_ingest_from_nginx_rtmp() {
     let nginx = Nginx::start().await;
     let _publisher = ffmpeg_publisher(&nginx.url("upstream"), 60);
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"pulled\"\ningest = {{ url = \"{}\" }}\n",
-        nginx.url("upstream")
+    let config = relay_config(
+        "pulled",
+        &format!(r#"url = "{}""#, nginx.url("upstream")),
+        "",
     );
     let daemon = Daemon::start(&config).await;
     let relay = daemon
@@ -171,16 +175,12 @@ async fn pull_ingest_from_nginx_rtmp() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"right-key\" }}\n"
-    );
+    let config = relay_config("final", r#"stream_key = "right-key""#, "");
     let daemon = Daemon::start(&config).await;
     let mut publisher = ffmpeg_publisher(&daemon.publish_url("wrong-key"), 30);
-    let status = wait_for("ffmpeg to be refused", Duration::from_secs(15), || {
-        let status = publisher.try_wait();
-        async move { status }
-    })
-    .await;
+    let status = publisher
+        .wait_exit("ffmpeg to be refused", Duration::from_secs(15))
+        .await;
     assert!(!status.success(), "ffmpeg should fail on a refused key");
     let relay = daemon.relay("final").await;
     assert_eq!(relay["state"], "waiting", "{relay}");
@@ -197,34 +197,24 @@ async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
     let (status, _) = daemon.post("/api/v1/relays/final/stop", "").await;
     assert_eq!(status, 200);
     let mut publisher = ffmpeg_publisher(&daemon.publish_url("right-key"), 30);
-    let status = wait_for("ffmpeg to be refused", Duration::from_secs(15), || {
-        let status = publisher.try_wait();
-        async move { status }
-    })
-    .await;
+    let status = publisher
+        .wait_exit("ffmpeg to be refused", Duration::from_secs(15))
+        .await;
     assert!(!status.success());
     assert_eq!(daemon.relay("final").await["state"], "stopped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caster_can_drop_and_publish_again() {
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n"
-    );
+    let config = relay_config("final", r#"stream_key = "final-key""#, "");
     let daemon = Daemon::start(&config).await;
     let mut first = ffmpeg_publisher(&daemon.publish_url("final-key"), 5);
     daemon
         .wait_state("final", "live", Duration::from_secs(20))
         .await;
-    wait_for(
-        "the first publisher to finish",
-        Duration::from_secs(20),
-        || {
-            let done = first.try_wait();
-            async move { done }
-        },
-    )
-    .await;
+    first
+        .wait_exit("the first publisher to finish", Duration::from_secs(20))
+        .await;
     let relay = daemon
         .wait_state("final", "waiting", Duration::from_secs(10))
         .await;
@@ -242,9 +232,10 @@ async fn caster_can_drop_and_publish_again() {
 async fn unreachable_destination_retries_and_hls_carries_on() {
     // Nothing listens on this port: the destination refuses every connection.
     let dead = format!("rtmp://127.0.0.1:{}/live/x", free_port());
-    let config = format!(
-        "{TEST_PROGRAM}\n[[relay]]\nid = \"final\"\ningest = {{ stream_key = \"final-key\" }}\n\
-         outputs = [ {{ id = \"dead\", url = \"{dead}\" }} ]\n"
+    let config = relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        &format!(r#"outputs = [ {{ id = "dead", url = "{dead}" }} ]"#),
     );
     let daemon = Daemon::start(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);

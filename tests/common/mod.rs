@@ -79,6 +79,15 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits for the process to exit on its own; panics naming `what` after `timeout`.
+    pub async fn wait_exit(&mut self, what: &str, timeout: Duration) -> std::process::ExitStatus {
+        wait_for(what, timeout, || {
+            let status = self.try_wait();
+            async move { status }
+        })
+        .await
+    }
+
     /// Sends SIGTERM and waits up to `timeout`; then kills.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
@@ -117,6 +126,12 @@ pub struct Daemon {
 /// Settings that keep tests light: ultrafast x264, 2 s segments.
 pub const TEST_PROGRAM: &str =
     "[program]\nx264_preset = \"ultrafast\"\n[hls]\nsegment_seconds = 2\n";
+
+/// A config with [`TEST_PROGRAM`] and one relay: `ingest` is the inline table's body (e.g.
+/// `stream_key = "k"`), `extra` any further lines of the relay table.
+pub fn relay_config(id: &str, ingest: &str, extra: &str) -> String {
+    format!("{TEST_PROGRAM}\n[[relay]]\nid = \"{id}\"\ningest = {{ {ingest} }}\n{extra}\n")
+}
 
 impl Daemon {
     /// Starts the daemon with `config` (TOML) and waits for `/healthz`.
