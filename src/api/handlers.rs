@@ -103,7 +103,7 @@ pub async fn put_score(
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
     let board: Scoreboard = parse(&body).map_err(ApiError::bad_body)?;
     board
-        .check_required()
+        .check()
         .map_err(|e| ApiError::bad_body(e.to_string()))?;
     Ok(json_reply(
         StatusCode::OK,

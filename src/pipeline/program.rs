@@ -83,6 +83,9 @@ pub struct ProgramParams {
     pub output_ids: Vec<String>,
     /// The score overlay, for relays that have one.
     pub overlay: Option<Arc<OverlaySlot>>,
+    /// The system-clock time the program's timeline starts at: when the publisher connected
+    /// (push) or the program was asked for (pull). See [`connect_decoded_pads`].
+    pub epoch: gst::ClockTime,
 }
 
 /// A built (not yet playing) program pipeline.
@@ -151,6 +154,11 @@ impl FeedSlot {
 pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     let p = &params.program;
     let pipeline = gst::Pipeline::with_name(&format!("relay-{}", params.relay_id));
+    // Running time 0 is the epoch, not the moment the pipeline reached Playing: building it
+    // takes a while, and the publisher's first frames wait for us meanwhile.
+    pipeline.use_clock(Some(&gst::SystemClock::obtain()));
+    pipeline.set_start_time(gst::ClockTime::NONE);
+    pipeline.set_base_time(params.epoch);
 
     let (ingest_el, ingest) = match &params.source {
         Source::Push => {
@@ -395,10 +403,11 @@ fn add_feed(
 
 /// Links decodebin's pads as they appear: raw video to `video_in`, raw audio to `audio_in`.
 ///
-/// The publisher's timestamps start on its own clock, which runs ahead of ours by however long
-/// it took to connect. On the first decoded buffer, both streams are shifted by one shared
-/// offset so that buffer maps to the program clock's "now": program-date-time in HLS is then
-/// the time the relay received the picture, and audio and video stay in sync.
+/// The publisher's timestamps start wherever its own clock was. On the first decoded buffer,
+/// both streams are shifted by one shared offset that maps that buffer to running time 0, the
+/// program's epoch: program-date-time in HLS is then the time the relay received the picture,
+/// and audio and video stay in sync. Frames that queued while the program was being built
+/// are late by that build time, and are processed at once.
 fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in: &gst::Element) {
     let video_in = video_in.downgrade();
     let audio_in = audio_in.downgrade();
@@ -409,7 +418,10 @@ fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in
             let Some(buffer) = info.buffer() else {
                 return gst::PadProbeReturn::Ok;
             };
-            let shift = *offset.lock().expect("offset lock poisoned").get_or_insert_with(|| rebase(pad, buffer));
+            let shift = *offset
+                .lock()
+                .expect("offset lock poisoned")
+                .get_or_insert_with(|| -running_time(pad, buffer).unwrap_or(0));
             pad.set_offset(shift);
             gst::PadProbeReturn::Remove
         });
@@ -438,21 +450,12 @@ fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in
     });
 }
 
-/// The offset that maps `buffer`'s running time to the pipeline clock's current running time.
-fn rebase(pad: &gst::Pad, buffer: &gst::BufferRef) -> i64 {
-    let element = pad.parent_element();
-    let now = element.as_ref().and_then(|e| {
-        let clock = e.clock()?;
-        Some(clock.time().saturating_sub(e.base_time()?))
-    });
-    let running = pad.sticky_event::<gst::event::Segment>(0).and_then(|ev| {
-        let segment = ev.segment().downcast_ref::<gst::ClockTime>()?.clone();
-        segment.to_running_time(buffer.pts()?)
-    });
-    match (now, running) {
-        (Some(now), Some(running)) => now.nseconds() as i64 - running.nseconds() as i64,
-        _ => 0,
-    }
+/// `buffer`'s running time on `pad`, in nanoseconds.
+fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<i64> {
+    let event = pad.sticky_event::<gst::event::Segment>(0)?;
+    let segment = event.segment().downcast_ref::<gst::ClockTime>()?.clone();
+    let running = segment.to_running_time(buffer.pts()?)?;
+    Some(running.nseconds() as i64)
 }
 
 fn link_request(

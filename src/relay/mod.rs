@@ -531,6 +531,7 @@ impl Actor {
         source: Source,
         rendition: &Rendition,
     ) -> Result<Option<gst_app::AppSrc>, PipelineError> {
+        let epoch = gst::SystemClock::obtain().time();
         self.generation += 1;
         let generation = self.generation;
         let hls_dir = self.ctx.hls_root.join(&self.spec.id);
@@ -545,6 +546,7 @@ impl Actor {
             hls_dir: hls_dir.clone(),
             output_ids: self.outputs.keys().cloned().collect(),
             overlay: self.overlay.clone(),
+            epoch,
         };
         let built = program::build(&params)?;
         program::write_atomic(

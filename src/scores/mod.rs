@@ -138,44 +138,60 @@ pub fn parse(body: &[u8], mapping: &Mapping) -> Result<Scoreboard, ScoresError> 
         }
         Ok(clip(text))
     };
-    let optional = |field: &str| {
-        get(field)
-            .and_then(text_of)
-            .filter(|t| !t.is_empty())
-            .map(clip)
-    };
+    let optional = |field: &str| get(field).and_then(text_of).filter(|t| !t.is_empty());
     let team = |side: &str| -> Result<Team, ScoresError> {
         Ok(Team {
             name: required(&format!("{side}.name"))?,
             score: required(&format!("{side}.score"))?,
             logo: optional(&format!("{side}.logo")),
-            color: optional(&format!("{side}.color")),
+            color: optional(&format!("{side}.color")).map(clip),
         })
     };
     Ok(Scoreboard {
         home: team("home")?,
         away: team("away")?,
-        period: optional("period"),
-        clock: optional("clock"),
-        status: optional("status"),
+        period: optional("period").map(clip),
+        clock: optional("clock").map(clip),
+        status: optional("status").map(clip),
     })
 }
 
 impl Scoreboard {
     /// Checks what the types cannot for a scoreboard set by hand: the fields every scorebug
-    /// draws are not blank. (API bodies get the same rule from [`parse`].)
-    pub fn check_required(&self) -> Result<(), ScoresError> {
-        for (field, text) in [
+    /// draws are not blank, and no drawn text is longer than the scorebug can use. An API's
+    /// body is clipped instead by [`parse`]; an operator is told.
+    pub fn check(&self) -> Result<(), ScoresError> {
+        let field = |field: &str, message: String| ScoresError::Field {
+            field: field.to_owned(),
+            message,
+        };
+        for (name, text) in [
             ("home.name", &self.home.name),
             ("home.score", &self.home.score),
             ("away.name", &self.away.name),
             ("away.score", &self.away.score),
         ] {
             if text.trim().is_empty() {
-                return Err(ScoresError::Field {
-                    field: field.to_owned(),
-                    message: "must not be empty".to_owned(),
-                });
+                return Err(field(name, "must not be empty".to_owned()));
+            }
+        }
+        let drawn = [
+            ("home.name", Some(&self.home.name)),
+            ("home.score", Some(&self.home.score)),
+            ("home.color", self.home.color.as_ref()),
+            ("away.name", Some(&self.away.name)),
+            ("away.score", Some(&self.away.score)),
+            ("away.color", self.away.color.as_ref()),
+            ("period", self.period.as_ref()),
+            ("clock", self.clock.as_ref()),
+            ("status", self.status.as_ref()),
+        ];
+        for (name, text) in drawn {
+            if text.is_some_and(|t| t.chars().count() > MAX_TEXT_CHARS) {
+                return Err(field(
+                    name,
+                    format!("longer than {MAX_TEXT_CHARS} characters"),
+                ));
             }
         }
         Ok(())
@@ -307,13 +323,31 @@ mod tests {
 
     #[test]
     fn hand_set_scoreboards_need_names_and_scores() {
-        assert_eq!(board(1, 0).check_required(), Ok(()));
+        assert_eq!(board(1, 0).check(), Ok(()));
         let mut b = board(1, 0);
         b.away.score = " ".to_owned();
         assert_eq!(
-            b.check_required().unwrap_err().to_string(),
+            b.check().unwrap_err().to_string(),
             "away.score: must not be empty"
         );
+        let mut b = board(1, 0);
+        b.period = Some("x".repeat(49));
+        assert_eq!(
+            b.check().unwrap_err().to_string(),
+            "period: longer than 48 characters"
+        );
+    }
+
+    #[test]
+    fn api_text_is_clipped_but_logo_urls_are_kept_whole() {
+        let long = "N".repeat(60);
+        let logo = format!("https://cdn.example/{}.png", "l".repeat(80));
+        let body = format!(
+            r#"{{"home":{{"name":"{long}","score":1,"logo":"{logo}"}},"away":{{"name":"B","score":0}}}}"#
+        );
+        let b = parse(body.as_bytes(), &Mapping::new()).expect("valid");
+        assert_eq!(b.home.name.chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(b.home.logo.as_deref(), Some(logo.as_str()));
     }
 
     #[test]
