@@ -220,7 +220,7 @@ impl Config {
         for (i, relay) in self.relays.iter().enumerate() {
             relay
                 .validate()
-                .and_then(|_| relay.check_fits(p.height))
+                .and_then(|_| relay.check_fits(p.width, p.height))
                 .map_err(|SpecError { field, message }| (format!("relay[{i}].{field}"), message))?;
             if !ids.insert(relay.id.as_str()) {
                 return Err((

@@ -71,6 +71,8 @@ impl From<RelayError> for ApiError {
             | RelayError::NotPush { .. } => (StatusCode::CONFLICT, "relay_state"),
             RelayError::Pipeline { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "pipeline"),
             RelayError::Gone { .. } => (StatusCode::NOT_FOUND, "relay_not_found"),
+            RelayError::OutputExists { .. } => (StatusCode::CONFLICT, "output_exists"),
+            RelayError::NoSuchOutput { .. } => (StatusCode::NOT_FOUND, "output_not_found"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -86,6 +86,31 @@ pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response,
     ))
 }
 
+/// `POST .../outputs`: adds a destination; it goes live at once when the relay is.
+pub async fn add_output(
+    id: String,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let spec: OutputSpec = parse(&body).map_err(ApiError::bad_body)?;
+    Ok(json_reply(
+        StatusCode::CREATED,
+        &RelayView::from(handle.add_output(spec).await?),
+    ))
+}
+
+/// `DELETE .../outputs/{output_id}`: removes a destination; the rest carries on.
+pub async fn remove_output(
+    id: String,
+    output_id: String,
+    registry: Arc<Registry>,
+) -> Result<Response, ApiError> {
+    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    handle.remove_output(output_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub async fn get_score(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
     let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
     Ok(json_reply(
@@ -148,10 +173,8 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
         },
         overlay: None,
         hls: HlsSpec::default(),
-        outputs: vec![OutputSpec {
-            id: COMPAT_OUTPUT_ID.to_owned(),
-            url: youtube_url.clone(),
-        }],
+        outputs: vec![OutputSpec::new(COMPAT_OUTPUT_ID, youtube_url.clone())],
+        transcode: true,
     };
     let handle = registry.create(spec).map_err(|e| match e {
         RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. } => CompatError::new(

@@ -110,6 +110,18 @@ pub fn routes(
         .then(handlers::stop_relay)
         .and_then(finish);
 
+    let add_output = warp::path!("api" / "v1" / "relays" / String / "outputs")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::add_output)
+        .and_then(finish);
+    let remove_output = warp::path!("api" / "v1" / "relays" / String / "outputs" / String)
+        .and(warp::delete())
+        .and(with_registry.clone())
+        .then(handlers::remove_output)
+        .and_then(finish);
+
     let score = warp::path!("api" / "v1" / "relays" / String / "score");
     let get_score = score
         .and(warp::get())
@@ -159,6 +171,10 @@ pub fn routes(
         .or(start)
         .unify()
         .or(stop)
+        .unify()
+        .or(add_output)
+        .unify()
+        .or(remove_output)
         .unify()
         .or(get_score)
         .unify()

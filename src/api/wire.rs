@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::relay::spec::{IngestSpec, OverlaySpec};
+use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, OverlaySpec};
 use crate::relay::state::OutputState;
 use crate::relay::{RelayPhase, RelayStatus, ScoreStatus};
 use crate::scores::{Scoreboard, Source};
@@ -19,6 +19,8 @@ pub struct RelayView {
     pub overlay: Option<OverlaySpec>,
     pub hls: HlsView,
     pub outputs: Vec<OutputView>,
+    /// `false` for a passthrough relay (remux only).
+    pub transcode: bool,
     /// `stopped`, `waiting` (for a publisher), `starting`, `live` or `retrying`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,7 +34,8 @@ pub struct RelayView {
 
 #[derive(Debug, Serialize)]
 pub struct HlsView {
-    pub renditions: Vec<String>,
+    #[serde(flatten)]
+    pub spec: HlsSpec,
     /// Path of the master playlist on this server.
     pub master: String,
 }
@@ -54,9 +57,9 @@ pub struct PublisherView {
 
 #[derive(Debug, Serialize)]
 pub struct OutputView {
-    pub id: String,
-    pub url: String,
-    /// `stopped`, `connecting`, `live` or `retrying`.
+    #[serde(flatten)]
+    pub spec: OutputSpec,
+    /// `stopped`, `connecting`, `live`, `retrying` or `failed`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryView>,
@@ -92,7 +95,7 @@ impl From<RelayStatus> for RelayView {
         };
         Self {
             hls: HlsView {
-                renditions: s.spec.hls.renditions.clone(),
+                spec: s.spec.hls.clone(),
                 master: format!("/hls/{}/master.m3u8", s.spec.id),
             },
             outputs: s
@@ -112,8 +115,7 @@ impl From<RelayStatus> for RelayView {
                         OutputState::Live { since } => Some(since.elapsed().as_secs_f64()),
                         _ => None,
                     },
-                    id: o.spec.id,
-                    url: o.spec.url,
+                    spec: o.spec,
                     last_error: o.last_error,
                     bytes_sent: o.bytes_sent,
                 })
@@ -129,6 +131,7 @@ impl From<RelayStatus> for RelayView {
             frames_encoded: s.frames_encoded,
             id: s.spec.id,
             ingest: s.spec.ingest,
+            transcode: s.spec.transcode,
             overlay: s.spec.overlay,
         }
     }

@@ -13,6 +13,20 @@ pub fn header() -> Bytes {
     Bytes::from_static(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00")
 }
 
+/// Whether an FLV video tag body carries a picture (not a codec header or an end marker):
+/// for AVC, packet type 1; for any other codec, any video tag.
+pub fn is_picture(kind: u8, body: &[u8]) -> bool {
+    const CODEC_AVC: u8 = 7;
+    const AVC_NALU: u8 = 1;
+    match body {
+        [first, packet_type, ..] if kind == TAG_VIDEO && first & 0x0f == CODEC_AVC => {
+            *packet_type == AVC_NALU
+        }
+        [_, ..] => kind == TAG_VIDEO,
+        [] => false,
+    }
+}
+
 /// One FLV tag: header, body, and the PreviousTagSize that follows it.
 pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Bytes {
     let size = body.len() as u32;
@@ -30,6 +44,24 @@ pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pictures_are_told_from_codec_headers() {
+        assert!(
+            !is_picture(TAG_VIDEO, &[0x17, 0x00, 0, 0, 0]),
+            "AVC sequence header"
+        );
+        assert!(
+            is_picture(TAG_VIDEO, &[0x17, 0x01, 0, 0, 0]),
+            "AVC keyframe"
+        );
+        assert!(
+            is_picture(TAG_VIDEO, &[0x27, 0x01, 0, 0, 0]),
+            "AVC inter frame"
+        );
+        assert!(!is_picture(TAG_AUDIO, &[0xaf, 0x01]), "audio");
+        assert!(!is_picture(TAG_VIDEO, &[]), "empty");
+    }
 
     #[test]
     fn tag_layout() {

@@ -286,6 +286,9 @@ impl Connection {
         let Some(feed) = &self.feed else {
             return Ok(());
         };
+        if flv::is_picture(kind, data) {
+            feed.mark_first_frame(timestamp);
+        }
         feed.push(flv::tag(kind, timestamp, data)).map_err(|e| {
             IngestError::Session(format!(
                 "stream {:?}: {e}",

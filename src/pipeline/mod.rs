@@ -5,6 +5,7 @@
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
+pub mod fanout;
 pub mod output;
 pub mod overlay;
 pub mod program;
@@ -132,8 +133,8 @@ pub(crate) fn link_chain(elements: &[&gst::Element]) -> Result<(), PipelineError
     Ok(())
 }
 
-/// Links a named request pad of `tee` to `sink`'s static `sink` pad.
-pub(crate) fn link_tee(tee: &gst::Element, sink: &gst::Element) -> Result<(), PipelineError> {
+/// Links a new request pad of `tee` to `sink`'s static `sink` pad, and returns the tee's pad.
+pub(crate) fn link_tee(tee: &gst::Element, sink: &gst::Element) -> Result<gst::Pad, PipelineError> {
     let link_error = || PipelineError::Link {
         from: tee.name().to_string(),
         to: sink.name().to_string(),
@@ -141,7 +142,7 @@ pub(crate) fn link_tee(tee: &gst::Element, sink: &gst::Element) -> Result<(), Pi
     let src = tee.request_pad_simple("src_%u").ok_or_else(link_error)?;
     let sinkpad = sink.static_pad("sink").ok_or_else(link_error)?;
     src.link(&sinkpad).map_err(|_| link_error())?;
-    Ok(())
+    Ok(src)
 }
 
 /// Sets a pipeline's state, naming it in the error.

@@ -3,39 +3,48 @@
 //! ```text
 //! ingest (appsrc: FLV from our RTMP server | rtmp2src: pull) ─ decodebin "decode"
 //!   video: queue "video-in" ─ videorate ─ videoscale ─ videoconvert ─ capsfilter "program-video"
-//!          ─ overlaycomposition "overlay" (identity without an overlay) ─ [videoscale "scale-<r>" ─ capsfilter "size-<r>"]
-//!          ─ x264enc "enc-<r>" ─ capsfilter ─ h264parse ─ tee "video-tee"
+//!          ─ overlaycomposition "overlay" (identity without an overlay) ─ tee "program-tee"
+//!   program-tee ─ per rendition r: queue ─ [videoscale ─ capsfilter] ─ x264enc "enc-<r>"
+//!          ─ h264parse ─ tee "video-tee-<r>"
 //!   audio: queue "audio-in" ─ audioconvert ─ audiorate ─ audioresample ─ capsfilter "program-audio"
 //!          ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
-//! video-tee, audio-tee ─ queues (+ h264parse: byte-stream) ─ hlssink3 "hls"  (segments, playlist)
-//! video-tee, audio-tee ─ queues (+ h264parse: avc) ─ flvmux "flv" ─ tee "flv-tee"
-//!   flv-tee ─ queue "out-<id>-q" (leaky) ─ appsink "out-<id>-feed"   (one per destination)
+//! video-tee-<r>, audio-tee ─ queues (+ h264parse: byte-stream) ─ hlssink3 "hls-<r>"
+//! per FLV encode e: video (the top rendition's video-tee, or an encoder of its own on
+//!   program-tee) and audio-tee ─ queues ─ flvmux "flv-<e>" ─ appsink "flv-<e>-feed" ─ Fanout
 //! ```
 //!
-//! Each destination's appsink hands FLV buffers to that destination's own pipeline through a
-//! [`FeedSlot`], so a destination that fails or hangs never blocks HLS or another destination.
+//! A passthrough relay (no decoding) has no program-tee and no encoders: `flvdemux` ─
+//! h264parse ─ tee "video-tee-source" and aacparse ─ tee "audio-tee", then the same HLS and
+//! FLV branches.
+//!
+//! Every rendition's encoder sees the same frames from the same tee with the same GOP and no
+//! scenecut, so keyframes (and therefore segment boundaries) line up across renditions.
+//! Each destination's [`FeedSlot`] on a [`Fanout`] hands FLV buffers to that destination's
+//! own pipeline, so a destination that fails or hangs never blocks HLS or another destination.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gst::prelude::*;
 
+use super::fanout::{self, Fanout, FeedSlot};
 use super::overlay::OverlaySlot;
 use super::{link_chain, link_tee, make, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
 
 /// Pushed FLV the program may have queued; past it the publisher is dropped.
 const DEFAULT_INGEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// How much program a slow destination may fall behind before its feed drops old data.
-const DEFAULT_OUTPUT_QUEUE_NS: u64 = 3_000_000_000;
 /// Audio timestamp jitter tolerated before audiorate fills or drops samples.
 const DEFAULT_AUDIO_TOLERANCE_NS: u64 = 40_000_000;
 /// How long flvmux waits for the later of audio and video before writing a tag.
 const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
 /// Segments kept on disk beyond the playlist window, for players still fetching them.
 const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
+/// How long removing a branch waits for its tee pads to go idle.
+const DEFAULT_UNLINK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the program's input comes from.
 #[derive(Debug, Clone)]
@@ -46,27 +55,68 @@ pub enum Source {
     Pull(String),
 }
 
-/// One HLS rendition: its name and frame size.
+/// One HLS rendition: its name, frame size and video bitrate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendition {
     pub name: String,
     pub width: u32,
     pub height: u32,
+    pub video_kbps: u32,
 }
 
 impl Rendition {
-    /// The named preset scaled to the program's aspect ratio, or `None` when it would upscale.
-    pub fn for_program(name: &str, height: u32, program: &ProgramSettings) -> Option<Self> {
+    /// A rendition `height` pixels tall at the program's aspect ratio, or `None` when it would
+    /// upscale.
+    pub fn for_program(
+        name: &str,
+        height: u32,
+        video_kbps: u32,
+        program: &ProgramSettings,
+    ) -> Option<Self> {
         if height > program.height {
             return None;
         }
-        let width =
-            (u64::from(program.width) * u64::from(height) / u64::from(program.height)) as u32 & !1;
         Some(Self {
             name: name.to_owned(),
-            width,
+            width: width_for(height, program),
             height,
+            video_kbps,
         })
+    }
+
+    /// The encode that produces this rendition, with the program's GOP.
+    pub fn encode(&self, p: &ProgramSettings) -> Encode {
+        Encode {
+            width: self.width,
+            height: self.height,
+            video_kbps: self.video_kbps,
+            gop_frames: p.fps * p.gop_seconds,
+        }
+    }
+}
+
+/// The even frame width that keeps the program's aspect ratio at `height`.
+pub fn width_for(height: u32, program: &ProgramSettings) -> u32 {
+    (u64::from(program.width) * u64::from(height) / u64::from(program.height)) as u32 & !1
+}
+
+/// What an x264 encode is, as far as sharing it goes: destinations whose encodes are equal
+/// share one encoder and one FLV mux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Encode {
+    pub width: u32,
+    pub height: u32,
+    pub video_kbps: u32,
+    pub gop_frames: u32,
+}
+
+impl Encode {
+    /// A name for its elements: `1280x720-3000k-g60`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}x{}-{}k-g{}",
+            self.width, self.height, self.video_kbps, self.gop_frames
+        )
     }
 }
 
@@ -77,82 +127,81 @@ pub struct ProgramParams {
     pub source: Source,
     pub program: ProgramSettings,
     pub hls: HlsSettings,
-    pub rendition: Rendition,
-    /// The relay's HLS directory; the rendition writes into a sub-directory of its name.
+    /// Decode, overlay and encode (`true`), or remux the publisher's stream (`false`).
+    pub transcode: bool,
+    /// Every rendition, the top (first) one feeding destinations that share its encode.
+    /// Ignored without transcoding: the publisher's stream is the one rendition.
+    pub renditions: Vec<Rendition>,
+    /// The relay's HLS directory; each rendition writes into a sub-directory of its name.
     pub hls_dir: PathBuf,
-    pub output_ids: Vec<String>,
     /// The score overlay, for relays that have one.
     pub overlay: Option<Arc<OverlaySlot>>,
-    /// The system-clock time the program's timeline starts at: when the publisher connected
-    /// (push) or the program was asked for (pull). See [`connect_decoded_pads`].
+    /// The system-clock time the program's timeline starts at: when it was asked for, before
+    /// anything arrives. See [`connect_demuxed_pads`].
     pub epoch: gst::ClockTime,
+    /// Marked by the RTMP server when the first frame arrives (push relays).
+    pub arrival: Arc<Arrival>,
 }
+
+/// When the publisher's first frame reached our RTMP server, and its timestamp there: the
+/// program dates the stream by it (see [`connect_demuxed_pads`]).
+#[derive(Debug, Default)]
+pub struct Arrival(std::sync::OnceLock<(u64, gst::ClockTime)>);
+
+impl Arrival {
+    /// Notes the first frame's FLV timestamp (ms) and the clock time now; later calls do
+    /// nothing.
+    pub fn mark(&self, timestamp_ms: u32) {
+        self.0.get_or_init(|| {
+            (
+                u64::from(timestamp_ms) * 1_000_000,
+                gst::SystemClock::obtain().time(),
+            )
+        });
+    }
+
+    fn get(&self) -> Option<(u64, gst::ClockTime)> {
+        self.0.get().copied()
+    }
+}
+
+/// The name of a passthrough relay's one rendition.
+pub const SOURCE_RENDITION: &str = "source";
 
 /// A built (not yet playing) program pipeline.
 pub struct Program {
     pub pipeline: gst::Pipeline,
     /// The appsrc the RTMP server pushes into, for push sources.
     pub ingest: Option<gst_app::AppSrc>,
-    /// One feed per destination id.
-    pub feeds: HashMap<String, Arc<FeedSlot>>,
+    /// Encoded video frames so far (the top rendition's): the program's progress.
+    pub frames: Arc<AtomicU64>,
+    program: ProgramSettings,
+    /// The top rendition's encode; destinations asking for it share its encoder.
+    top: Encode,
+    program_tee: Option<gst::Element>,
+    audio_tee: gst::Element,
+    /// The FLV streams, by encode, with the destinations each one feeds.
+    flv: HashMap<Encode, FlvStream>,
+    /// Where each destination is fed from.
+    routes: HashMap<String, Encode>,
+    branches_built: u32,
 }
 
-/// The hand-over point between the program's per-destination appsink and the destination's
-/// own pipeline. The destination attaches its appsrc here; the program never waits on it.
-#[derive(Default)]
-pub struct FeedSlot {
-    target: Mutex<Option<Arc<FeedTarget>>>,
+/// One FLV mux and the destinations it feeds. The top rendition's has no branch of its own
+/// (it lives as long as the program); the others own an encoder that goes with them.
+struct FlvStream {
+    fanout: Arc<Fanout>,
+    branch: Option<Branch>,
 }
 
-struct FeedTarget {
-    appsrc: gst_app::AppSrc,
-    /// Set once the first keyframe has gone through; nothing before it is useful.
-    started: AtomicBool,
-}
-
-impl FeedSlot {
-    /// Routes the feed into `appsrc` from the next keyframe on.
-    pub fn attach(&self, appsrc: gst_app::AppSrc) {
-        let target = Arc::new(FeedTarget {
-            appsrc,
-            started: AtomicBool::new(false),
-        });
-        *self.target.lock().expect("feed lock poisoned") = Some(target);
-    }
-
-    /// Stops routing; later buffers are dropped.
-    pub fn detach(&self) {
-        *self.target.lock().expect("feed lock poisoned") = None;
-    }
-
-    fn offer(&self, sample: &gst::Sample) {
-        // Copy the target out and drop the lock before calling into GStreamer.
-        let target = self.target.lock().expect("feed lock poisoned").clone();
-        let Some(target) = target else { return };
-        let Some(buffer) = sample.buffer_owned() else {
-            return;
-        };
-        if !target.started.load(Ordering::Acquire) {
-            let flags = buffer.flags();
-            if flags.contains(gst::BufferFlags::HEADER)
-                || flags.contains(gst::BufferFlags::DELTA_UNIT)
-            {
-                return;
-            }
-            // The caps carry the FLV header and codec data (streamheader) for rtmp2sink.
-            if let Some(caps) = sample.caps_owned() {
-                target.appsrc.set_caps(Some(&caps));
-            }
-            target.started.store(true, Ordering::Release);
-        }
-        // A failed push means the destination pipeline is going away; its supervisor sees why.
-        let _ = target.appsrc.push_buffer(buffer);
-    }
+/// Elements added to a running pipeline, and the tee pads that feed them.
+struct Branch {
+    elements: Vec<gst::Element>,
+    tee_pads: Vec<(gst::Element, gst::Pad)>,
 }
 
 /// Builds the program pipeline. Nothing runs until the caller sets it to `Playing`.
 pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
-    let p = &params.program;
     let pipeline = gst::Pipeline::with_name(&format!("relay-{}", params.relay_id));
     // Running time 0 is the epoch, not the moment the pipeline reached Playing: building it
     // takes a while, and the publisher's first frames wait for us meanwhile.
@@ -179,9 +228,184 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
             (src, None)
         }
     };
-    let decode = make("decodebin", "decode")?;
+    add(&pipeline, &[&ingest_el])?;
 
-    // Video: normalise to the program format, leave a place for the overlay, encode.
+    let (renditions, program_tee, audio_tee) = if params.transcode {
+        let (program_tee, audio_tee) = build_program(&pipeline, &ingest_el, params)?;
+        let renditions = params.renditions.clone();
+        for r in &renditions {
+            add_encoder(
+                &pipeline,
+                &program_tee,
+                &r.name,
+                &r.encode(&params.program),
+                &params.program,
+            )?;
+        }
+        (renditions, Some(program_tee), audio_tee)
+    } else {
+        let audio_tee = build_remux(&pipeline, &ingest_el, &params.arrival)?;
+        // The publisher's size and bitrate are not known until it sends them.
+        let source = Rendition {
+            name: SOURCE_RENDITION.to_owned(),
+            width: 0,
+            height: 0,
+            video_kbps: 0,
+        };
+        (vec![source], None, audio_tee)
+    };
+
+    for r in &renditions {
+        let video_tee = by_name(&pipeline, &format!("video-tee-{}", r.name))?;
+        add_hls(&pipeline, &video_tee, &audio_tee, r, params)?;
+    }
+    let top_rendition = renditions.first().expect("at least one rendition");
+    let top = top_rendition.encode(&params.program);
+    let top_tee = by_name(&pipeline, &format!("video-tee-{}", top_rendition.name))?;
+    let fanout = Arc::new(Fanout::default());
+    let flv = flv_elements(&top.label(), &fanout)?;
+    add(&pipeline, &flv.iter().collect::<Vec<_>>())?;
+    link_flv(&flv)?;
+    link_tee(&top_tee, &flv[0])?;
+    link_tee(&audio_tee, &flv[3])?;
+
+    let frames = count_buffers(&top_tee);
+    let mut flv = HashMap::new();
+    flv.insert(
+        top,
+        FlvStream {
+            fanout,
+            branch: None,
+        },
+    );
+    Ok(Program {
+        pipeline,
+        ingest,
+        frames,
+        program: params.program.clone(),
+        top,
+        program_tee,
+        audio_tee,
+        flv,
+        routes: HashMap::new(),
+        branches_built: 0,
+    })
+}
+
+impl Program {
+    /// The feed for destination `id`, which wants `encode` (`None`: the top rendition's). An
+    /// encode no stream has yet gets an encoder and FLV mux of its own, added to the running
+    /// pipeline without touching the rest.
+    pub fn add_destination(
+        &mut self,
+        id: &str,
+        encode: Option<Encode>,
+    ) -> Result<Arc<FeedSlot>, PipelineError> {
+        self.remove_destination(id);
+        let encode = encode.unwrap_or(self.top);
+        if !self.flv.contains_key(&encode) {
+            let stream = self.add_flv_stream(&encode)?;
+            self.flv.insert(encode, stream);
+        }
+        let stream = &self.flv[&encode];
+        self.routes.insert(id.to_owned(), encode);
+        Ok(stream.fanout.add(id))
+    }
+
+    /// Stops feeding destination `id`. An encoder that no destination uses any more is
+    /// unlinked (when its tee pads are idle) and dropped, off the caller's thread.
+    pub fn remove_destination(&mut self, id: &str) {
+        let Some(encode) = self.routes.remove(id) else {
+            return;
+        };
+        let Some(stream) = self.flv.get(&encode) else {
+            return;
+        };
+        if stream.fanout.remove(id) || stream.branch.is_none() {
+            return;
+        }
+        let Some(branch) = self.flv.remove(&encode).and_then(|s| s.branch) else {
+            return;
+        };
+        let pipeline = self.pipeline.clone();
+        std::thread::spawn(move || remove_branch(&pipeline, branch));
+    }
+
+    /// Whether destination `id` shares the top rendition's encode.
+    pub fn shares_top(&self, id: &str) -> bool {
+        self.routes.get(id) == Some(&self.top)
+    }
+
+    fn add_flv_stream(&mut self, encode: &Encode) -> Result<FlvStream, PipelineError> {
+        let Some(program_tee) = self.program_tee.clone() else {
+            return Err(PipelineError::Link {
+                from: "the publisher's stream (passthrough)".to_owned(),
+                to: format!("an encode of its own ({})", encode.label()),
+            });
+        };
+        // Numbered: a branch being removed may still hold its names.
+        self.branches_built += 1;
+        let name = format!("{}-{}", encode.label(), self.branches_built);
+        let encoder = encoder_elements(&name, encode, &self.program)?;
+        let fanout = Arc::new(Fanout::default());
+        let flv = flv_elements(&name, &fanout)?;
+        add(
+            &self.pipeline,
+            &encoder.iter().chain(&flv).collect::<Vec<_>>(),
+        )?;
+        link_chain(&encoder.iter().collect::<Vec<_>>())?;
+        link_tee(encoder.last().expect("encoder chain"), &flv[0])?;
+        link_flv(&flv)?;
+        // Playing before it is fed, so the tees never push into a stopped element.
+        for el in encoder.iter().chain(&flv).rev() {
+            let _ = el.sync_state_with_parent();
+        }
+        let tee_pads = vec![
+            (program_tee.clone(), link_tee(&program_tee, &encoder[0])?),
+            (self.audio_tee.clone(), link_tee(&self.audio_tee, &flv[3])?),
+        ];
+        tracing::info!(pipeline = %self.pipeline.name(), encode = %encode.label(), "destination encoder added");
+        Ok(FlvStream {
+            fanout,
+            branch: Some(Branch {
+                elements: encoder.into_iter().chain(flv).collect(),
+                tee_pads,
+            }),
+        })
+    }
+}
+
+/// Unlinks a branch from its tees once their pads are idle, then drops its elements.
+fn remove_branch(pipeline: &gst::Pipeline, branch: Branch) {
+    for (tee, pad) in branch.tee_pads {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
+            if let Some(peer) = pad.peer() {
+                let _ = pad.unlink(&peer);
+            }
+            let _ = done_tx.send(());
+            gst::PadProbeReturn::Remove
+        });
+        if done_rx.recv_timeout(DEFAULT_UNLINK_TIMEOUT).is_err() {
+            tracing::warn!(pipeline = %pipeline.name(), pad = %pad.name(), "tee pad never went idle");
+        }
+        tee.release_request_pad(&pad);
+    }
+    for el in &branch.elements {
+        let _ = el.set_state(gst::State::Null);
+        let _ = pipeline.remove(el);
+    }
+    tracing::info!(pipeline = %pipeline.name(), "destination encoder removed");
+}
+
+/// Decoding, normalising and the overlay: returns the program tee and the audio tee.
+fn build_program(
+    pipeline: &gst::Pipeline,
+    ingest: &gst::Element,
+    params: &ProgramParams,
+) -> Result<(gst::Element, gst::Element), PipelineError> {
+    let p = &params.program;
+    let decode = make("decodebin", "decode")?;
     let video_in = make("queue", "video-in")?;
     let video_rate = make("videorate", "video-rate")?;
     let video_scale = make("videoscale", "video-scale")?;
@@ -205,44 +429,17 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
             identity
         }
     };
-
-    let r = &params.rendition;
-    let mut video_chain = vec![
+    let program_tee = make("tee", "program-tee")?;
+    let video_chain = [
         video_in.clone(),
         video_rate,
         video_scale,
         video_convert,
         program_video,
         overlay,
+        program_tee.clone(),
     ];
-    if r.height != p.height {
-        let scale = make("videoscale", &format!("scale-{}", r.name))?;
-        let caps = make("capsfilter", &format!("size-{}", r.name))?;
-        caps.set_property(
-            "caps",
-            gst::Caps::builder("video/x-raw")
-                .field("width", r.width as i32)
-                .field("height", r.height as i32)
-                .build(),
-        );
-        video_chain.extend([scale, caps]);
-    }
-    let encoder = make_x264(&format!("enc-{}", r.name), p, p.video_kbps)?;
-    let encoded = make("capsfilter", &format!("enc-caps-{}", r.name))?;
-    encoded.set_property(
-        "caps",
-        gst::Caps::builder("video/x-h264")
-            .field("profile", "high")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build(),
-    );
-    let video_parse = make("h264parse", "video-parse")?;
-    video_parse.set_property("config-interval", -1i32);
-    let video_tee = make("tee", "video-tee")?;
-    video_chain.extend([encoder, encoded, video_parse, video_tee.clone()]);
 
-    // Audio: normalise, encode once.
     let audio_in = make("queue", "audio-in")?;
     let audio_convert = make("audioconvert", "audio-convert")?;
     // FLV timestamps are whole milliseconds: make the audio timeline continuous again.
@@ -272,20 +469,120 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         audio_tee.clone(),
     ];
 
-    // HLS.
-    let rendition_dir = params.hls_dir.join(&r.name);
-    std::fs::create_dir_all(&rendition_dir).map_err(|source| PipelineError::Io {
-        path: rendition_dir.display().to_string(),
+    add(pipeline, &[&decode])?;
+    add(pipeline, &video_chain.iter().collect::<Vec<_>>())?;
+    add(pipeline, &audio_chain.iter().collect::<Vec<_>>())?;
+    link_chain(&[ingest, &decode])?;
+    link_chain(&video_chain.iter().collect::<Vec<_>>())?;
+    link_chain(&audio_chain.iter().collect::<Vec<_>>())?;
+    connect_demuxed_pads(&decode, &video_in, &audio_in, &params.arrival);
+    Ok((program_tee, audio_tee))
+}
+
+/// Passthrough: demux and parse the publisher's H.264 and AAC. Returns the audio tee; the
+/// video tee is `video-tee-source`.
+fn build_remux(
+    pipeline: &gst::Pipeline,
+    ingest: &gst::Element,
+    arrival: &Arc<Arrival>,
+) -> Result<gst::Element, PipelineError> {
+    let demux = make("flvdemux", "demux")?;
+    let video_in = make("queue", "video-in")?;
+    let video_parse = make("h264parse", "video-parse")?;
+    video_parse.set_property("config-interval", -1i32);
+    let video_tee = make("tee", &format!("video-tee-{SOURCE_RENDITION}"))?;
+    let audio_in = make("queue", "audio-in")?;
+    let audio_parse = make("aacparse", "audio-parse")?;
+    let audio_tee = make("tee", "audio-tee")?;
+    add(
+        pipeline,
+        &[
+            &demux,
+            &video_in,
+            &video_parse,
+            &video_tee,
+            &audio_in,
+            &audio_parse,
+            &audio_tee,
+        ],
+    )?;
+    link_chain(&[ingest, &demux])?;
+    link_chain(&[&video_in, &video_parse, &video_tee])?;
+    link_chain(&[&audio_in, &audio_parse, &audio_tee])?;
+    connect_demuxed_pads(&demux, &video_in, &audio_in, arrival);
+    Ok(audio_tee)
+}
+
+/// queue ─ [videoscale ─ capsfilter] ─ x264enc ─ capsfilter ─ h264parse ─ tee "video-tee-<name>",
+/// named after `name`; the last element is the tee.
+fn encoder_elements(
+    name: &str,
+    encode: &Encode,
+    p: &ProgramSettings,
+) -> Result<Vec<gst::Element>, PipelineError> {
+    let mut chain = vec![make("queue", &format!("enc-q-{name}"))?];
+    if (encode.width, encode.height) != (p.width, p.height) {
+        let scale = make("videoscale", &format!("scale-{name}"))?;
+        let caps = make("capsfilter", &format!("size-{name}"))?;
+        caps.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("width", encode.width as i32)
+                .field("height", encode.height as i32)
+                .build(),
+        );
+        chain.extend([scale, caps]);
+    }
+    let encoder = make_x264(&format!("enc-{name}"), p, encode)?;
+    let encoded = make("capsfilter", &format!("enc-caps-{name}"))?;
+    encoded.set_property(
+        "caps",
+        gst::Caps::builder("video/x-h264")
+            .field("profile", "high")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build(),
+    );
+    let parse = make("h264parse", &format!("parse-{name}"))?;
+    parse.set_property("config-interval", -1i32);
+    let tee = make("tee", &format!("video-tee-{name}"))?;
+    chain.extend([encoder, encoded, parse, tee]);
+    Ok(chain)
+}
+
+/// Adds an encoder for `encode` on `program_tee`; returns its output tee.
+fn add_encoder(
+    pipeline: &gst::Pipeline,
+    program_tee: &gst::Element,
+    name: &str,
+    encode: &Encode,
+    p: &ProgramSettings,
+) -> Result<gst::Element, PipelineError> {
+    let chain = encoder_elements(name, encode, p)?;
+    add(pipeline, &chain.iter().collect::<Vec<_>>())?;
+    link_chain(&chain.iter().collect::<Vec<_>>())?;
+    link_tee(program_tee, &chain[0])?;
+    Ok(chain.last().expect("encoder chain").clone())
+}
+
+/// One rendition's HLS sink, fed from its video tee and the shared audio tee.
+fn add_hls(
+    pipeline: &gst::Pipeline,
+    video_tee: &gst::Element,
+    audio_tee: &gst::Element,
+    r: &Rendition,
+    params: &ProgramParams,
+) -> Result<(), PipelineError> {
+    let dir = params.hls_dir.join(&r.name);
+    std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
+        path: dir.display().to_string(),
         source,
     })?;
-    let hls = make("hlssink3", "hls")?;
-    hls.set_property(
-        "location",
-        rendition_dir.join("segment%05d.ts").display().to_string(),
-    );
+    let hls = make("hlssink3", &format!("hls-{}", r.name))?;
+    hls.set_property("location", dir.join("segment%05d.ts").display().to_string());
     hls.set_property(
         "playlist-location",
-        rendition_dir.join("index.m3u8").display().to_string(),
+        dir.join("index.m3u8").display().to_string(),
     );
     hls.set_property("target-duration", params.hls.segment_seconds);
     hls.set_property("playlist-length", params.hls.playlist_length);
@@ -294,126 +591,98 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES,
     );
     hls.set_property("enable-program-date-time", true);
-    let hls_video_q = make("queue", "hls-video-q")?;
+    let video_q = make("queue", &format!("hls-video-q-{}", r.name))?;
     // Each branch converts the H.264 stream format it needs (byte-stream for TS, avc for FLV).
-    let hls_video_parse = make("h264parse", "hls-video-parse")?;
-    let hls_audio_q = make("queue", "hls-audio-q")?;
+    let video_parse = make("h264parse", &format!("hls-video-parse-{}", r.name))?;
+    let audio_q = make("queue", &format!("hls-audio-q-{}", r.name))?;
+    add(pipeline, &[&hls, &video_q, &video_parse, &audio_q])?;
+    link_tee(video_tee, &video_q)?;
+    link_chain(&[&video_q, &video_parse])?;
+    link_request(&video_parse, &hls, "video")?;
+    link_tee(audio_tee, &audio_q)?;
+    link_request(&audio_q, &hls, "audio")?;
+    Ok(())
+}
 
-    // One FLV mux shared by every destination.
-    let flv_video_q = make("queue", "flv-video-q")?;
-    let flv_video_parse = make("h264parse", "flv-video-parse")?;
-    let flv_audio_q = make("queue", "flv-audio-q")?;
-    let flv = make("flvmux", "flv")?;
-    flv.set_property("streamable", true);
+/// video queue ─ h264parse (avc) ─ flvmux ← audio queue; flvmux ─ appsink → `fanout`.
+/// In order: video queue, parse, mux, audio queue, appsink.
+fn flv_elements(name: &str, fanout: &Arc<Fanout>) -> Result<Vec<gst::Element>, PipelineError> {
+    let video_q = make("queue", &format!("flv-video-q-{name}"))?;
+    let parse = make("h264parse", &format!("flv-video-parse-{name}"))?;
+    let mux = make("flvmux", &format!("flv-{name}"))?;
+    mux.set_property("streamable", true);
     // A live aggregator: give it time to see both streams so FLV tags stay in DTS order.
-    flv.set_property("latency", DEFAULT_FLV_LATENCY_NS);
-    let flv_tee = make("tee", "flv-tee")?;
-    flv_tee.set_property("allow-not-linked", true);
+    mux.set_property("latency", DEFAULT_FLV_LATENCY_NS);
+    let audio_q = make("queue", &format!("flv-audio-q-{name}"))?;
+    let sink = fanout::appsink(&format!("flv-{name}-feed"), fanout);
+    Ok(vec![video_q, parse, mux, audio_q, sink])
+}
 
+/// Links the elements of [`flv_elements`] among themselves; their queues' inputs stay free.
+fn link_flv(elements: &[gst::Element]) -> Result<(), PipelineError> {
+    let [video_q, parse, mux, audio_q, sink] = elements else {
+        unreachable!("flv elements come from flv_elements");
+    };
+    link_chain(&[video_q, parse])?;
+    link_request(parse, mux, "video")?;
+    link_request(audio_q, mux, "audio")?;
+    link_chain(&[mux, sink])
+}
+
+fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), PipelineError> {
     pipeline
-        .add_many([&ingest_el, &decode])
-        .and_then(|_| pipeline.add_many(&video_chain))
-        .and_then(|_| pipeline.add_many(&audio_chain))
-        .and_then(|_| {
-            pipeline.add_many([
-                &hls,
-                &hls_video_q,
-                &hls_video_parse,
-                &flv_video_parse,
-                &hls_audio_q,
-                &flv_video_q,
-                &flv_audio_q,
-                &flv,
-                &flv_tee,
-            ])
-        })
+        .add_many(elements.iter().copied())
         .map_err(|_| PipelineError::Link {
-            from: "pipeline".to_owned(),
-            to: "elements".to_owned(),
-        })?;
+            from: pipeline.name().to_string(),
+            to: elements
+                .iter()
+                .map(|e| e.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
 
-    link_chain(&[&ingest_el, &decode])?;
-    link_chain(&video_chain.iter().collect::<Vec<_>>())?;
-    link_chain(&audio_chain.iter().collect::<Vec<_>>())?;
-    link_tee(&video_tee, &hls_video_q)?;
-    link_tee(&audio_tee, &hls_audio_q)?;
-    link_chain(&[&hls_video_q, &hls_video_parse])?;
-    link_request(&hls_video_parse, &hls, "video")?;
-    link_request(&hls_audio_q, &hls, "audio")?;
-    link_tee(&video_tee, &flv_video_q)?;
-    link_tee(&audio_tee, &flv_audio_q)?;
-    link_chain(&[&flv_video_q, &flv_video_parse])?;
-    link_request(&flv_video_parse, &flv, "video")?;
-    link_request(&flv_audio_q, &flv, "audio")?;
-    link_chain(&[&flv, &flv_tee])?;
-
-    connect_decoded_pads(&decode, &video_in, &audio_in);
-
-    let mut feeds = HashMap::new();
-    for id in &params.output_ids {
-        feeds.insert(id.clone(), add_feed(&pipeline, &flv_tee, id)?);
-    }
-
-    Ok(Program {
-        pipeline,
-        ingest,
-        feeds,
+fn by_name(pipeline: &gst::Pipeline, name: &str) -> Result<gst::Element, PipelineError> {
+    pipeline.by_name(name).ok_or_else(|| PipelineError::Link {
+        from: pipeline.name().to_string(),
+        to: name.to_owned(),
     })
 }
 
-/// Adds a destination feed branch to `flv-tee`.
-fn add_feed(
-    pipeline: &gst::Pipeline,
-    flv_tee: &gst::Element,
-    id: &str,
-) -> Result<Arc<FeedSlot>, PipelineError> {
-    let queue = make("queue", &format!("out-{id}-q"))?;
-    queue.set_property_from_str("leaky", "downstream");
-    queue.set_property("max-size-time", DEFAULT_OUTPUT_QUEUE_NS);
-    queue.set_property("max-size-buffers", 0u32);
-    queue.set_property("max-size-bytes", 0u32);
-    let sink = gst_app::AppSink::builder()
-        .name(format!("out-{id}-feed"))
-        .sync(false)
-        .build();
-    let slot = Arc::new(FeedSlot::default());
-    let weak = Arc::downgrade(&slot);
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if let Some(slot) = weak.upgrade() {
-                    slot.offer(&sample);
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    let sink = sink.upcast::<gst::Element>();
-    pipeline
-        .add_many([&queue, &sink])
-        .map_err(|_| PipelineError::Link {
-            from: "pipeline".to_owned(),
-            to: queue.name().to_string(),
-        })?;
-    link_chain(&[&queue, &sink])?;
-    link_tee(flv_tee, &queue)?;
-    Ok(slot)
+/// Counts buffers entering `element`.
+fn count_buffers(element: &gst::Element) -> Arc<AtomicU64> {
+    let counter = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = element.static_pad("sink") {
+        let c = counter.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            c.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    counter
 }
 
-/// Links decodebin's pads as they appear: raw video to `video_in`, raw audio to `audio_in`.
+/// Links a demuxer's (or decodebin's) pads as they appear: video to `video_in`, audio to
+/// `audio_in`.
 ///
-/// The publisher's timestamps start wherever its own clock was. On the first decoded buffer,
-/// both streams are shifted by one shared offset that maps that buffer to running time 0, the
-/// program's epoch: program-date-time in HLS is then the time the relay received the picture,
-/// and audio and video stay in sync. Frames that queued while the program was being built
-/// are late by that build time, and are processed at once.
-fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in: &gst::Element) {
+/// The publisher's timestamps start wherever its own clock was. On the first buffer, both
+/// streams are shifted by one shared offset, so audio and video stay in sync, that dates
+/// the stream by when its first frame reached our RTMP server (`arrival`): program-date-time
+/// in HLS is then the time the relay received each picture, however long decoding took to
+/// start. A pulled stream has no such mark; its first buffer is dated "now".
+fn connect_demuxed_pads(
+    decode: &gst::Element,
+    video_in: &gst::Element,
+    audio_in: &gst::Element,
+    arrival: &Arc<Arrival>,
+) {
     let video_in = video_in.downgrade();
     let audio_in = audio_in.downgrade();
     let offset: Arc<Mutex<Option<i64>>> = Arc::default();
+    let arrival = arrival.clone();
     decode.connect_pad_added(move |decode, pad| {
         let offset = offset.clone();
+        let arrival = arrival.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             let Some(buffer) = info.buffer() else {
                 return gst::PadProbeReturn::Ok;
@@ -421,7 +690,7 @@ fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in
             let shift = *offset
                 .lock()
                 .expect("offset lock poisoned")
-                .get_or_insert_with(|| -running_time(pad, buffer).unwrap_or(0));
+                .get_or_insert_with(|| date_stream(pad, buffer, &arrival));
             pad.set_offset(shift);
             gst::PadProbeReturn::Remove
         });
@@ -450,6 +719,21 @@ fn connect_decoded_pads(decode: &gst::Element, video_in: &gst::Element, audio_in
     });
 }
 
+/// The offset that dates the stream: its first frame's timestamp maps to the running time
+/// at which it arrived, or (without an arrival mark) `buffer` maps to now.
+fn date_stream(pad: &gst::Pad, buffer: &gst::BufferRef, arrival: &Arrival) -> i64 {
+    let base = pad.parent_element().and_then(|e| e.base_time());
+    let Some(base) = base else { return 0 };
+    let base = base.nseconds() as i64;
+    match arrival.get() {
+        Some((timestamp, at)) => at.nseconds() as i64 - base - timestamp as i64,
+        None => {
+            let now = gst::SystemClock::obtain().time().nseconds() as i64;
+            now - base - running_time(pad, buffer).unwrap_or(0)
+        }
+    }
+}
+
 /// `buffer`'s running time on `pad`, in nanoseconds.
 fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<i64> {
     let event = pad.sticky_event::<gst::event::Segment>(0)?;
@@ -475,14 +759,14 @@ fn link_request(
 
 /// An x264 encoder with the program's broadcast settings: fixed GOP, no scenecut, zero
 /// latency, CBR with a VBV buffer. Identical across renditions so keyframes line up.
-pub(crate) fn make_x264(
+fn make_x264(
     name: &str,
     p: &ProgramSettings,
-    kbps: u32,
+    encode: &Encode,
 ) -> Result<gst::Element, PipelineError> {
     let enc = make("x264enc", name)?;
-    enc.set_property("bitrate", kbps);
-    enc.set_property("key-int-max", p.fps * p.gop_seconds);
+    enc.set_property("bitrate", encode.video_kbps);
+    enc.set_property("key-int-max", encode.gop_frames);
     enc.set_property_from_str("tune", "zerolatency");
     enc.set_property_from_str("speed-preset", &p.x264_preset);
     enc.set_property("vbv-buf-capacity", 1000u32);
@@ -490,9 +774,10 @@ pub(crate) fn make_x264(
     Ok(enc)
 }
 
-/// The `CODECS` value of a rendition: H.264 High at the lowest level that fits, and AAC-LC.
-pub fn codecs(r: &Rendition, fps: u32) -> String {
-    let macroblocks = u64::from(r.width.div_ceil(16)) * u64::from(r.height.div_ceil(16));
+/// The `CODECS` value of H.264 High at the lowest level that fits `width`x`height` at `fps`,
+/// with AAC-LC.
+pub fn codecs(width: u32, height: u32, fps: u32) -> String {
+    let macroblocks = u64::from(width.div_ceil(16)) * u64::from(height.div_ceil(16));
     let per_second = macroblocks * u64::from(fps);
     // (level_idc, MaxFS, MaxMBPS) from H.264 table A-1.
     const LEVELS: &[(u32, u64, u64)] = &[
@@ -512,20 +797,112 @@ pub fn codecs(r: &Rendition, fps: u32) -> String {
     format!("avc1.6400{level:02x},mp4a.40.2")
 }
 
-/// The master playlist naming every rendition's media playlist.
-pub fn master_playlist(renditions: &[Rendition], p: &ProgramSettings) -> String {
+/// One `EXT-X-STREAM-INF` entry of the master playlist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub codecs: String,
+    /// Bits per second, MPEG-TS overhead included.
+    pub average: u64,
+    pub peak: u64,
+}
+
+impl Variant {
+    /// A transcoded rendition: its bitrates follow from the CBR settings. MPEG-TS adds about
+    /// 2 % to video (4-byte headers per 184 bytes) plus a padded packet per frame, and about
+    /// 12 % to AAC (each ~360-byte frame takes two 188-byte packets).
+    pub fn for_rendition(r: &Rendition, p: &ProgramSettings) -> Self {
+        let video = u64::from(r.video_kbps) * 1000;
+        let audio = u64::from(p.audio_kbps) * 1000;
+        let per_frame_padding = 110 * 8 * u64::from(p.fps);
+        let average = video * 102 / 100 + per_frame_padding + audio * 112 / 100;
+        Self {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            fps: f64::from(p.fps),
+            codecs: codecs(r.width, r.height, p.fps),
+            average,
+            // CBR with a one-second VBV: a segment can carry up to a second's extra bits.
+            peak: average * 5 / 4,
+        }
+    }
+}
+
+/// The element message hlssink3 posts when it adds a segment to its playlist.
+pub const SEGMENT_ADDED: &str = "hls-segment-added";
+
+/// A passthrough relay's variant, from the publisher's H.264 caps and the size of its first
+/// segment (`segment`: hlssink3's [`SEGMENT_ADDED`] message). `None` until both are known.
+pub fn source_variant(pipeline: &gst::Pipeline, segment: &gst::StructureRef) -> Option<Variant> {
+    let tee = pipeline.by_name(&format!("video-tee-{SOURCE_RENDITION}"))?;
+    let caps = tee.static_pad("sink")?.current_caps()?;
+    let s = caps.structure(0)?;
+    let (width, height) = (s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?);
+    let fps = s
+        .get::<gst::Fraction>("framerate")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(0.0, |f| f64::from(f.numer()) / f64::from(f.denom()));
+    let codecs = format!(
+        "{},mp4a.40.2",
+        avc1(s.get::<&str>("profile").ok()?, s.get::<&str>("level").ok()?)?
+    );
+    let location = segment.get::<&str>("location").ok()?;
+    let duration = segment.get::<gst::ClockTime>("duration").ok()?;
+    let bytes = std::fs::metadata(location).ok()?.len();
+    let seconds = duration.seconds_f64();
+    if seconds <= 0.0 {
+        return None;
+    }
+    let average = (bytes as f64 * 8.0 / seconds) as u64;
+    Some(Variant {
+        name: SOURCE_RENDITION.to_owned(),
+        width: width as u32,
+        height: height as u32,
+        fps,
+        codecs,
+        // One segment is a small sample of a stream whose encoder we do not control.
+        average: average * 6 / 5,
+        peak: average * 3 / 2,
+    })
+}
+
+/// The RFC 6381 name of an H.264 stream from h264parse's `profile` and `level` caps fields.
+fn avc1(profile: &str, level: &str) -> Option<String> {
+    let (profile_idc, constraints) = match profile {
+        "constrained-baseline" => (0x42, 0xe0),
+        "baseline" => (0x42, 0x00),
+        "main" => (0x4d, 0x40),
+        "extended" => (0x58, 0x00),
+        "high" => (0x64, 0x00),
+        "high-10" => (0x6e, 0x00),
+        "high-4:2:2" => (0x7a, 0x00),
+        "high-4:4:4" => (0xf4, 0x00),
+        _ => return None,
+    };
+    let level_idc = match level {
+        "1b" => 11,
+        _ => {
+            let (major, minor) = level.split_once('.').unwrap_or((level, "0"));
+            major.parse::<u32>().ok()? * 10 + minor.parse::<u32>().ok()?
+        }
+    };
+    Some(format!(
+        "avc1.{profile_idc:02x}{constraints:02x}{level_idc:02x}"
+    ))
+}
+
+/// The master playlist naming every variant's media playlist.
+pub fn master_playlist(variants: &[Variant]) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-    for r in renditions {
-        let average = (u64::from(p.video_kbps) + u64::from(p.audio_kbps)) * 1000;
-        // Peak: CBR with a one-second VBV buffer stays close to the average; allow 10 %.
-        let peak = average * 11 / 10;
+    for v in variants {
         out.push_str(&format!(
-            "#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},RESOLUTION={}x{},FRAME-RATE={}.000,CODECS=\"{}\"\n{}/index.m3u8\n",
-            r.width,
-            r.height,
-            p.fps,
-            codecs(r, p.fps),
-            r.name
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{}\"\n{}/index.m3u8\n",
+            v.peak, v.average, v.width, v.height, v.fps, v.codecs, v.name
         ));
     }
     out
@@ -547,7 +924,7 @@ mod tests {
     use super::*;
 
     fn rendition(name: &str, height: u32) -> Rendition {
-        Rendition::for_program(name, height, &ProgramSettings::default()).expect("no upscale")
+        Rendition::for_program(name, height, 3000, &ProgramSettings::default()).expect("no upscale")
     }
 
     #[test]
@@ -555,29 +932,46 @@ mod tests {
         assert_eq!(rendition("720p", 720).width, 1280);
         assert_eq!(rendition("360p", 360).width, 640);
         assert_eq!(rendition("480p", 480).width, 852);
-        assert!(Rendition::for_program("1080p", 1080, &ProgramSettings::default()).is_none());
+        assert!(Rendition::for_program("1080p", 1080, 6000, &ProgramSettings::default()).is_none());
     }
 
     #[test]
     fn codecs_follow_the_h264_level_table() {
-        assert_eq!(codecs(&rendition("720p", 720), 30), "avc1.64001f,mp4a.40.2");
-        assert_eq!(codecs(&rendition("360p", 360), 30), "avc1.64001e,mp4a.40.2");
+        assert_eq!(codecs(1280, 720, 30), "avc1.64001f,mp4a.40.2");
+        assert_eq!(codecs(640, 360, 30), "avc1.64001e,mp4a.40.2");
+        assert_eq!(codecs(1920, 1080, 30), "avc1.640028,mp4a.40.2");
     }
 
     #[test]
     fn master_playlist_names_every_attribute() {
-        let text = master_playlist(&[rendition("720p", 720)], &ProgramSettings::default());
+        let p = ProgramSettings::default();
+        let text = master_playlist(&[
+            Variant::for_rendition(&rendition("720p", 720), &p),
+            Variant::for_rendition(&rendition("360p", 360), &p),
+        ]);
         assert!(text.starts_with("#EXTM3U\n"));
         assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
         for attr in [
-            "BANDWIDTH=3440800",
-            "AVERAGE-BANDWIDTH=3128000",
+            "BANDWIDTH=4037200",
+            "AVERAGE-BANDWIDTH=3229760",
             "RESOLUTION=1280x720",
+            "RESOLUTION=640x360",
             "FRAME-RATE=30.000",
             "CODECS=\"avc1.64001f,mp4a.40.2\"",
         ] {
             assert!(text.contains(attr), "{attr} missing from\n{text}");
         }
-        assert!(text.ends_with("720p/index.m3u8\n"));
+        assert!(text.ends_with("360p/index.m3u8\n"));
+    }
+
+    #[test]
+    fn publisher_codecs_are_named_as_rfc_6381_wants() {
+        assert_eq!(avc1("high", "3.1").as_deref(), Some("avc1.64001f"));
+        assert_eq!(avc1("main", "4").as_deref(), Some("avc1.4d4028"));
+        assert_eq!(
+            avc1("constrained-baseline", "3").as_deref(),
+            Some("avc1.42e01e")
+        );
+        assert_eq!(avc1("unknown", "3"), None);
     }
 }

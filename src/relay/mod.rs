@@ -22,14 +22,15 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
+use crate::pipeline::fanout::FeedSlot;
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
-use crate::pipeline::program::{self, FeedSlot, Rendition, Source};
+use crate::pipeline::program::{self, Encode, Program, Rendition, Source, Variant};
 use crate::pipeline::{self as pl, BusError, PipelineError};
 use crate::render::{self, Logos};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
-use spec::{OutputSpec, RelaySpec};
+use spec::{OutputSpec, RelaySpec, RenditionSpec};
 use state::{OutputEvent, OutputState};
 
 /// How long a stopping program may take to drain (final playlist) before it is torn down.
@@ -70,6 +71,10 @@ pub enum RelayError {
     },
     #[error("relay {id} has shut down")]
     Gone { id: String },
+    #[error("relay {id} already has an output {output:?}")]
+    OutputExists { id: String, output: String },
+    #[error("relay {id} has no output {output:?}")]
+    NoSuchOutput { id: String, output: String },
 }
 
 /// The relay's overall state, computed from what is.
@@ -150,6 +155,7 @@ pub struct ScoreStatus {
 /// the program's input.
 pub struct IngestFeed {
     appsrc: gst_app::AppSrc,
+    arrival: Arc<program::Arrival>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
 }
@@ -159,6 +165,11 @@ pub struct IngestFeed {
 pub struct FeedClosed;
 
 impl IngestFeed {
+    /// Notes that the publisher's first frame (FLV timestamp in ms) arrived now.
+    pub fn mark_first_frame(&self, timestamp_ms: u32) {
+        self.arrival.mark(timestamp_ms);
+    }
+
     /// Hands FLV bytes to the program; fails once the program is gone, or when it has fallen
     /// so far behind that its input queue is full (the publisher is then dropped).
     pub fn push(&self, data: bytes::Bytes) -> Result<(), FeedClosed> {
@@ -188,6 +199,14 @@ enum Command {
     Publish {
         peer: String,
         reply: oneshot::Sender<Result<IngestFeed, RelayError>>,
+    },
+    AddOutput {
+        spec: OutputSpec,
+        reply: oneshot::Sender<Result<RelayStatus, RelayError>>,
+    },
+    RemoveOutput {
+        id: String,
+        reply: oneshot::Sender<Result<RelayStatus, RelayError>>,
     },
     Score(oneshot::Sender<ScoreStatus>),
     SetScore {
@@ -254,6 +273,17 @@ impl RelayHandle {
         self.ask(|reply| Command::Publish { peer, reply }).await?
     }
 
+    /// Adds an RTMP destination; it goes live at once when the relay is.
+    pub async fn add_output(&self, spec: OutputSpec) -> Result<RelayStatus, RelayError> {
+        self.ask(|reply| Command::AddOutput { spec, reply }).await?
+    }
+
+    /// Removes an RTMP destination; HLS and the other destinations carry on.
+    pub async fn remove_output(&self, id: String) -> Result<RelayStatus, RelayError> {
+        self.ask(|reply| Command::RemoveOutput { id, reply })
+            .await?
+    }
+
     /// The scoreboard, its source and age.
     pub async fn score(&self) -> Result<ScoreStatus, RelayError> {
         self.ask(Command::Score).await
@@ -318,11 +348,12 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
 
 /// A running program pipeline.
 struct RunningProgram {
-    pipeline: gst::Pipeline,
+    program: Program,
     generation: u64,
     bus_task: JoinHandle<()>,
-    frames: Arc<std::sync::atomic::AtomicU64>,
     feeds: BTreeMap<String, Arc<FeedSlot>>,
+    /// Written once the publisher's stream is known (passthrough relays).
+    master_written: bool,
 }
 
 struct Retry {
@@ -349,6 +380,11 @@ struct RunningOutput {
 }
 
 impl Output {
+    fn next_state(&self, event: OutputEvent, now: Instant) -> OutputState {
+        self.state
+            .next(event, self.failures, self.spec.max_retries, now)
+    }
+
     fn new(spec: OutputSpec) -> Self {
         Self {
             spec,
@@ -436,6 +472,14 @@ impl Actor {
             Command::Publish { peer, reply } => {
                 let _ = reply.send(self.accept_publisher(peer));
             }
+            Command::AddOutput { spec, reply } => {
+                let result = self.add_output(spec);
+                let _ = reply.send(result.map(|_| self.status()));
+            }
+            Command::RemoveOutput { id, reply } => {
+                let result = self.remove_output(&id);
+                let _ = reply.send(result.map(|_| self.status()));
+            }
             Command::Score(reply) => {
                 let _ = reply.send(self.score_status());
             }
@@ -451,7 +495,7 @@ impl Actor {
     }
 
     fn start(&mut self) -> Result<(), RelayError> {
-        let rendition = self.rendition()?;
+        self.renditions()?;
         if self.want_running {
             return Ok(());
         }
@@ -461,32 +505,70 @@ impl Actor {
         info!(relay = %self.spec.id, "start requested");
         self.start_poller();
         if let Some(url) = self.spec.ingest.url.clone() {
-            if let Err(e) = self.start_program(Source::Pull(url), &rendition) {
+            if let Err(e) = self.start_program(Source::Pull(url)) {
                 self.fail_program(e.to_string());
             }
         }
         Ok(())
     }
 
-    /// The rendition this relay encodes, checked against the program format.
-    fn rendition(&self) -> Result<Rendition, RelayError> {
+    /// The renditions this relay encodes, tallest first, checked against the program format.
+    fn renditions(&self) -> Result<Vec<Rendition>, RelayError> {
         let p = &self.ctx.program;
         self.spec
-            .check_fits(p.height)
+            .check_fits(p.width, p.height)
             .map_err(|spec::SpecError { field, message }| RelayError::Invalid {
                 id: self.spec.id.clone(),
                 field,
                 message,
             })?;
-        // No rendition named: one at the program's own size.
-        let (name, height) = match self.spec.hls.renditions.first() {
-            Some(name) => (
-                name.clone(),
-                spec::rendition_height(name).unwrap_or(p.height),
-            ),
-            None => (format!("{}p", p.height), p.height),
+        let mut renditions: Vec<Rendition> = self
+            .spec
+            .hls
+            .renditions
+            .iter()
+            .map(|r| match r {
+                RenditionSpec::Custom(c) => Rendition {
+                    name: c.name.clone(),
+                    width: c.width,
+                    height: c.height,
+                    video_kbps: c.video_kbps,
+                },
+                preset => {
+                    let (height, kbps) = preset.height_and_kbps().expect("validated preset");
+                    Rendition::for_program(preset.name(), height, kbps, p)
+                        .expect("check_fits rules out upscaling")
+                }
+            })
+            .collect();
+        // No rendition named: one at the program's own size and bitrate.
+        if renditions.is_empty() {
+            renditions.push(
+                Rendition::for_program(&format!("{}p", p.height), p.height, p.video_kbps, p)
+                    .expect("the program's own size"),
+            );
+        }
+        renditions.sort_by_key(|r| std::cmp::Reverse((r.height, r.video_kbps)));
+        Ok(renditions)
+    }
+
+    /// The encode destination `spec` needs, or `None` when the top rendition's serves: the
+    /// same size and bitrate, and the preset's GOP.
+    fn output_encode(&self, spec: &OutputSpec, top: &Rendition) -> Option<Encode> {
+        let p = &self.ctx.program;
+        let max = spec.preset_max_kbps().unwrap_or(u32::MAX);
+        let height = spec.height.unwrap_or(top.height);
+        let encode = Encode {
+            width: if height == top.height {
+                top.width
+            } else {
+                program::width_for(height, p)
+            },
+            height,
+            video_kbps: spec.video_kbps.unwrap_or(top.video_kbps).min(max),
+            gop_frames: p.fps * spec::OUTPUT_GOP_SECONDS,
         };
-        Ok(Rendition::for_program(&name, height, p).expect("check_fits rules out upscaling"))
+        (self.spec.transcode && encode != top.encode(p)).then_some(encode)
     }
 
     fn accept_publisher(&mut self, peer: String) -> Result<IngestFeed, RelayError> {
@@ -505,14 +587,8 @@ impl Actor {
         }
         // A previous program may still be draining: it gives way to the new publisher.
         self.teardown_program();
-        let rendition = self.rendition()?;
-        let appsrc = self
-            .start_program(Source::Push, &rendition)
-            .map_err(|source| RelayError::Pipeline {
-                id: id.clone(),
-                source,
-            })?
-            .expect("push programs have an ingest appsrc");
+        let (appsrc, arrival) = self.start_program(Source::Push)?;
+        let appsrc = appsrc.expect("push programs have an ingest appsrc");
         info!(relay = %id, peer = %peer, "publisher connected");
         self.publisher = Some(PublisherStatus {
             peer,
@@ -520,18 +596,24 @@ impl Actor {
         });
         Ok(IngestFeed {
             appsrc,
+            arrival,
             events: self.events_tx.clone(),
             generation: self.generation,
         })
     }
 
-    /// Builds and plays the program and every destination's pipeline.
+    /// Builds and plays the program and every destination's pipeline. Returns the ingest
+    /// appsrc (push relays) and the mark the RTMP server sets when the first frame arrives.
     fn start_program(
         &mut self,
         source: Source,
-        rendition: &Rendition,
-    ) -> Result<Option<gst_app::AppSrc>, PipelineError> {
+    ) -> Result<(Option<gst_app::AppSrc>, Arc<program::Arrival>), RelayError> {
         let epoch = gst::SystemClock::obtain().time();
+        let renditions = self.renditions()?;
+        let pipeline_error = |source| RelayError::Pipeline {
+            id: self.spec.id.clone(),
+            source,
+        };
         self.generation += 1;
         let generation = self.generation;
         let hls_dir = self.ctx.hls_root.join(&self.spec.id);
@@ -542,18 +624,33 @@ impl Actor {
             source,
             program: self.ctx.program.clone(),
             hls: self.ctx.hls.clone(),
-            rendition: rendition.clone(),
+            transcode: self.spec.transcode,
+            renditions: renditions.clone(),
             hls_dir: hls_dir.clone(),
-            output_ids: self.outputs.keys().cloned().collect(),
             overlay: self.overlay.clone(),
             epoch,
+            arrival: Arc::default(),
         };
-        let built = program::build(&params)?;
-        program::write_atomic(
-            &hls_dir.join("master.m3u8"),
-            &program::master_playlist(std::slice::from_ref(rendition), &self.ctx.program),
-        )?;
-        let frames = count_frames(&built.pipeline, "video-tee");
+        let mut built = program::build(&params).map_err(pipeline_error)?;
+        let mut feeds = BTreeMap::new();
+        for out in self.outputs.values() {
+            let encode = self.output_encode(&out.spec, &renditions[0]);
+            let feed = built
+                .add_destination(&out.spec.id, encode)
+                .map_err(pipeline_error)?;
+            feeds.insert(out.spec.id.clone(), feed);
+        }
+        if self.spec.transcode {
+            let variants: Vec<Variant> = renditions
+                .iter()
+                .map(|r| Variant::for_rendition(r, &self.ctx.program))
+                .collect();
+            program::write_atomic(
+                &hls_dir.join("master.m3u8"),
+                &program::master_playlist(&variants),
+            )
+            .map_err(pipeline_error)?;
+        }
         let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |message| {
             Event::ProgramBus {
                 generation,
@@ -562,22 +659,84 @@ impl Actor {
         });
         if let Err(e) = pl::set_state(&built.pipeline, gst::State::Playing) {
             bus_task.abort();
-            abandon(built.pipeline, format!("relay {}", self.spec.id));
-            return Err(e);
+            abandon(built.pipeline.clone(), format!("relay {}", self.spec.id));
+            return Err(pipeline_error(e));
         }
-        info!(relay = %self.spec.id, generation, rendition = %rendition.name, "program playing");
+        let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+        info!(relay = %self.spec.id, generation, renditions = ?names, transcode = self.spec.transcode, "program playing");
+        let ingest = built.ingest.clone();
         self.program = Some(RunningProgram {
-            pipeline: built.pipeline,
+            program: built,
             generation,
             bus_task,
-            frames,
-            feeds: built.feeds.into_iter().collect(),
+            feeds,
+            master_written: self.spec.transcode,
         });
         let ids: Vec<String> = self.outputs.keys().cloned().collect();
         for id in ids {
             self.start_output(&id);
         }
-        Ok(built.ingest)
+        Ok((ingest, params.arrival))
+    }
+
+    /// Adds a destination; while the program runs it goes live at once, and nothing else is
+    /// touched.
+    fn add_output(&mut self, spec: OutputSpec) -> Result<(), RelayError> {
+        let id = self.spec.id.clone();
+        let invalid = |field: String, message: String| RelayError::Invalid {
+            id: id.clone(),
+            field,
+            message,
+        };
+        spec.validate("").map_err(|e| invalid(e.field, e.message))?;
+        if self.outputs.contains_key(&spec.id) {
+            return Err(RelayError::OutputExists {
+                id: id.clone(),
+                output: spec.id.clone(),
+            });
+        }
+        let mut next = self.spec.clone();
+        next.outputs.push(spec.clone());
+        next.validate()
+            .and_then(|_| next.check_fits(self.ctx.program.width, self.ctx.program.height))
+            .map_err(|e| invalid(e.field, e.message))?;
+        let top = self.renditions()?.remove(0);
+        let encode = self.output_encode(&spec, &top);
+        if let Some(running) = &mut self.program {
+            let feed = running
+                .program
+                .add_destination(&spec.id, encode)
+                .map_err(|source| RelayError::Pipeline {
+                    id: id.clone(),
+                    source,
+                })?;
+            running.feeds.insert(spec.id.clone(), feed);
+        }
+        info!(relay = %id, output = %spec.id, "destination added");
+        self.spec = next;
+        self.outputs
+            .insert(spec.id.clone(), Output::new(spec.clone()));
+        self.start_output(&spec.id);
+        Ok(())
+    }
+
+    /// Removes a destination: its push pipeline ends, and its encoder if no one else uses it.
+    fn remove_output(&mut self, output_id: &str) -> Result<(), RelayError> {
+        if !self.outputs.contains_key(output_id) {
+            return Err(RelayError::NoSuchOutput {
+                id: self.spec.id.clone(),
+                output: output_id.to_owned(),
+            });
+        }
+        self.stop_output(output_id, OutputEvent::Stopped, "removed by operator");
+        if let Some(running) = &mut self.program {
+            running.feeds.remove(output_id);
+            running.program.remove_destination(output_id);
+        }
+        self.outputs.remove(output_id);
+        self.spec.outputs.retain(|o| o.id != output_id);
+        info!(relay = %self.spec.id, output = %output_id, "destination removed");
+        Ok(())
     }
 
     /// Starts one destination's push pipeline, attached to the program's feed.
@@ -619,15 +778,13 @@ impl Actor {
                     generation,
                     bus_task,
                 });
-                let next = out.state.next(OutputEvent::Started, out.failures, now);
+                let next = out.next_state(OutputEvent::Started, now);
                 transition(&relay_id, out, next, "push pipeline started");
             }
             Err(e) => {
                 let reason = e.to_string();
                 out.last_error = Some(reason.clone());
-                let next = out
-                    .state
-                    .next(OutputEvent::Failed(reason.clone()), out.failures, now);
+                let next = out.next_state(OutputEvent::Failed(reason.clone()), now);
                 out.failures += 1;
                 transition(&relay_id, out, next, &reason);
             }
@@ -653,7 +810,7 @@ impl Actor {
         if let OutputEvent::Failed(reason) = &event {
             out.last_error = Some(reason.clone());
         }
-        let next = out.state.next(event.clone(), out.failures, Instant::now());
+        let next = out.next_state(event.clone(), Instant::now());
         if matches!(event, OutputEvent::Failed(_)) {
             out.failures += 1;
         }
@@ -671,7 +828,7 @@ impl Actor {
             self.stop_output(id, OutputEvent::Stopped, why);
         }
         if let Some(program) = &self.program {
-            program.pipeline.send_event(gst::event::Eos::new());
+            program.program.pipeline.send_event(gst::event::Eos::new());
         }
         // Keep handling events while the program drains, until its EOS (or error) arrives.
         let deadline = Instant::now() + DEFAULT_DRAIN_TIMEOUT;
@@ -717,7 +874,7 @@ impl Actor {
         self.draining = None;
         if let Some(program) = self.program.take() {
             program.bus_task.abort();
-            abandon(program.pipeline, format!("relay {}", self.spec.id));
+            abandon(program.program.pipeline, format!("relay {}", self.spec.id));
         }
         if let Some(p) = self.publisher.take() {
             info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
@@ -756,6 +913,11 @@ impl Actor {
                         let err = BusError::from_message(err);
                         error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
                         self.fail_program(err.to_string());
+                    }
+                    gst::MessageView::Element(e) => {
+                        if let Some(s) = e.structure() {
+                            self.on_segment_added(s);
+                        }
                     }
                     gst::MessageView::Eos(_) => {
                         info!(relay = %self.spec.id, "program reached end of stream");
@@ -797,6 +959,32 @@ impl Actor {
                     self.draining = Some((generation, Instant::now() + DEFAULT_DRAIN_TIMEOUT));
                 }
             }
+        }
+    }
+
+    /// A passthrough relay learns its stream's size and bitrate from its first segment, and
+    /// writes the master playlist then.
+    fn on_segment_added(&mut self, segment: &gst::StructureRef) {
+        let Some(running) = &mut self.program else {
+            return;
+        };
+        if running.master_written {
+            return;
+        }
+        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
+        match program::source_variant(&running.program.pipeline, segment) {
+            Some(variant) => {
+                if let Err(e) = program::write_atomic(
+                    &hls_dir.join("master.m3u8"),
+                    &program::master_playlist(&[variant]),
+                ) {
+                    warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
+                    return;
+                }
+                running.master_written = true;
+                info!(relay = %self.spec.id, "master playlist written from the publisher's stream");
+            }
+            None => debug!(relay = %self.spec.id, "publisher's stream not described yet"),
         }
     }
 
@@ -961,11 +1149,9 @@ impl Actor {
         // Program retries (pull relays).
         if let Some(retry) = &self.retry {
             if self.program.is_none() && self.want_running && retry.next_at <= now {
-                if let (Some(url), Ok(rendition)) = (self.spec.ingest.url.clone(), self.rendition())
-                {
-                    match self.start_program(Source::Pull(url), &rendition) {
-                        Ok(_) => {}
-                        Err(e) => self.fail_program(e.to_string()),
+                if let Some(url) = self.spec.ingest.url.clone() {
+                    if let Err(e) = self.start_program(Source::Pull(url)) {
+                        self.fail_program(e.to_string());
                     }
                 }
             }
@@ -973,7 +1159,7 @@ impl Actor {
         if self
             .program
             .as_ref()
-            .is_some_and(|p| p.frames.load(std::sync::atomic::Ordering::Relaxed) > 0)
+            .is_some_and(|p| p.program.frames.load(std::sync::atomic::Ordering::Relaxed) > 0)
         {
             self.retry = None;
         }
@@ -985,7 +1171,7 @@ impl Actor {
                 let bytes = running.pipeline.bytes_sent();
                 out.bytes_sent = bytes;
                 if bytes >= DEFAULT_LIVE_BYTES {
-                    let next = out.state.next(OutputEvent::BytesFlowing, out.failures, now);
+                    let next = out.next_state(OutputEvent::BytesFlowing, now);
                     if next != out.state {
                         out.failures = 0;
                         transition(&relay_id, out, next, "bytes reaching the destination");
@@ -1003,10 +1189,9 @@ impl Actor {
     }
 
     fn status(&self) -> RelayStatus {
-        let frames = self
-            .program
-            .as_ref()
-            .map_or(0, |p| p.frames.load(std::sync::atomic::Ordering::Relaxed));
+        let frames = self.program.as_ref().map_or(0, |p| {
+            p.program.frames.load(std::sync::atomic::Ordering::Relaxed)
+        });
         let phase = if !self.want_running {
             RelayPhase::Stopped
         } else if let (None, Some(r)) = (&self.program, &self.retry) {
@@ -1084,28 +1269,18 @@ fn forward_bus(
     let mut stream = bus.stream();
     tokio::spawn(async move {
         while let Some(message) = stream.next().await {
-            let interesting = matches!(
-                message.view(),
-                gst::MessageView::Error(_) | gst::MessageView::Eos(_)
-            );
+            let interesting = match message.view() {
+                gst::MessageView::Error(_) | gst::MessageView::Eos(_) => true,
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .is_some_and(|s| s.name() == program::SEGMENT_ADDED),
+                _ => false,
+            };
             if interesting && events.send(wrap(message)).is_err() {
                 break;
             }
         }
     })
-}
-
-/// Counts buffers entering `element` (the encoded-video tee): the program's progress.
-fn count_frames(pipeline: &gst::Pipeline, element: &str) -> Arc<std::sync::atomic::AtomicU64> {
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if let Some(pad) = pipeline.by_name(element).and_then(|e| e.static_pad("sink")) {
-        let c = counter.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
-    }
-    counter
 }
 
 /// Sets a pipeline to `Null` on a thread of its own. An element that hangs there (as

@@ -12,14 +12,23 @@ use crate::render::{Corner, Theme};
 use crate::scores::poller::parse_duration;
 use crate::scores::{validate_mapping, Mapping};
 
-/// Names of the renditions this version can encode, with their frame heights.
-pub const RENDITION_PRESETS: &[(&str, u32)] = &[
-    ("1080p", 1080),
-    ("720p", 720),
-    ("480p", 480),
-    ("360p", 360),
-    ("240p", 240),
+/// The named rendition presets: frame height and video bitrate (kb/s) at 30 fps. The bitrates
+/// follow Apple's HLS authoring ladder for H.264 (6000 at 1080p, 3000 at 720p, 730 at
+/// 432p, 365 at 360p), taken at the upper end where a height falls between its rungs,
+/// because `veryfast` x264 needs more bits than Apple's reference encodes.
+pub const RENDITION_PRESETS: &[(&str, u32, u32)] = &[
+    ("1080p", 1080, 6000),
+    ("720p", 720, 3000),
+    ("480p", 480, 1400),
+    ("360p", 360, 800),
+    ("240p", 240, 400),
 ];
+
+/// Destination presets. Each is H.264 High, CBR, a 2 s GOP, AAC-LC from the program's audio
+/// (128 kb/s at 48 kHz by default); they differ in their bitrate ceiling (kb/s).
+pub const OUTPUT_PRESETS: &[(&str, u32)] = &[("youtube", 51_000), ("twitch", 6000)];
+/// The GOP every destination preset asks for.
+pub const OUTPUT_GOP_SECONDS: u32 = 2;
 
 /// The longest id or stream key we accept; they end up in paths and URLs.
 const MAX_NAME_LEN: usize = 64;
@@ -53,6 +62,17 @@ pub struct RelaySpec {
     pub hls: HlsSpec,
     #[serde(default)]
     pub outputs: Vec<OutputSpec>,
+    /// `false`: remux the publisher's stream without decoding (no overlay, no ladder).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub transcode: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 /// Where the relay's input comes from: exactly one of `stream_key` (push to our RTMP server)
@@ -126,27 +146,155 @@ fn duration_or(text: Option<&str>, default: &str) -> Duration {
         .expect("valid default duration")
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HlsSpec {
+    /// No rendition named means one rendition at the program's own size.
     #[serde(default)]
-    pub renditions: Vec<String>,
+    pub renditions: Vec<RenditionSpec>,
+    /// Segment format: MPEG-TS (default) or fMP4/CMAF.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: SegmentFormat,
 }
 
-/// No rendition named means one rendition at the program's own size.
-impl Default for HlsSpec {
-    fn default() -> Self {
-        Self {
-            renditions: Vec::new(),
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentFormat {
+    #[default]
+    Ts,
+    Fmp4,
+}
+
+/// A rendition: a preset's name, or a custom size and bitrate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a preset name (\"1080p\", \"720p\", \"480p\", \"360p\", \"240p\") or {name, width, height, video_kbps}"
+)]
+pub enum RenditionSpec {
+    Preset(String),
+    Custom(CustomRendition),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomRendition {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub video_kbps: u32,
+}
+
+impl RenditionSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            RenditionSpec::Preset(name) => name,
+            RenditionSpec::Custom(c) => &c.name,
+        }
+    }
+
+    /// Frame height and video bitrate; `None` for an unknown preset name.
+    pub fn height_and_kbps(&self) -> Option<(u32, u32)> {
+        match self {
+            RenditionSpec::Preset(name) => RENDITION_PRESETS
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, h, kbps)| (*h, *kbps)),
+            RenditionSpec::Custom(c) => Some((c.height, c.video_kbps)),
         }
     }
 }
 
+/// An RTMP destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     pub id: String,
     pub url: String,
+    /// What the destination expects: `youtube` (default) or `twitch`.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// A frame height of its own (no taller than the program); default: the top rendition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A video bitrate of its own (kb/s); default: the top rendition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_kbps: Option<u32>,
+    /// Consecutive failures after which it gives up (`failed`); default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+fn default_preset() -> String {
+    OUTPUT_PRESETS[0].0.to_owned()
+}
+
+impl OutputSpec {
+    /// A destination with the default preset and the top rendition's encode.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            url: url.into(),
+            preset: default_preset(),
+            height: None,
+            video_kbps: None,
+            max_retries: None,
+        }
+    }
+
+    /// The preset's bitrate ceiling (kb/s); `None` for an unknown preset.
+    pub fn preset_max_kbps(&self) -> Option<u32> {
+        OUTPUT_PRESETS
+            .iter()
+            .find(|(n, _)| *n == self.preset)
+            .map(|(_, max)| *max)
+    }
+
+    /// Checks the destination on its own; `at` is where it sits (`outputs[1]`, or empty for
+    /// an output on its own, as in `POST .../outputs`).
+    pub fn validate(&self, at: &str) -> Result<(), SpecError> {
+        let field = |name: &str| {
+            if at.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{at}.{name}")
+            }
+        };
+        check_name(&field("id"), &self.id)?;
+        check_rtmp_url(&field("url"), &self.url)?;
+        let Some(max) = self.preset_max_kbps() else {
+            let names: Vec<_> = OUTPUT_PRESETS.iter().map(|(n, _)| *n).collect();
+            return Err(SpecError::new(
+                field("preset"),
+                format!(
+                    "unknown preset {:?}; expected one of {}",
+                    self.preset,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if let Some(kbps) = self.video_kbps {
+            if !(100..=max).contains(&kbps) {
+                return Err(SpecError::new(
+                    field("video_kbps"),
+                    format!("must be 100 to {max} for the {} preset", self.preset),
+                ));
+            }
+        }
+        if let Some(height) = self.height {
+            if !(120..=4320).contains(&height) || height % 2 != 0 {
+                return Err(SpecError::new(
+                    field("height"),
+                    "must be an even number from 120 to 4320",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RelaySpec {
@@ -200,31 +348,53 @@ impl RelaySpec {
             validate_mapping(&overlay.map)
                 .map_err(|e| SpecError::new("overlay.map", e.to_string()))?;
         }
-        match self.hls.renditions.as_slice() {
-            [name] => {
-                if rendition_height(name).is_none() {
-                    let names: Vec<_> = RENDITION_PRESETS.iter().map(|(n, _)| *n).collect();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.hls.renditions.iter().enumerate() {
+            let field = format!("hls.renditions[{i}]");
+            match r {
+                RenditionSpec::Preset(name) if r.height_and_kbps().is_none() => {
+                    let presets: Vec<_> = RENDITION_PRESETS.iter().map(|(n, _, _)| *n).collect();
                     return Err(SpecError::new(
-                        "hls.renditions[0]",
+                        field,
                         format!(
                             "unknown rendition {name:?}; expected one of {}",
-                            names.join(", ")
+                            presets.join(", ")
                         ),
                     ));
                 }
+                RenditionSpec::Preset(_) => {}
+                RenditionSpec::Custom(c) => {
+                    check_name(&format!("{field}.name"), &c.name)?;
+                    if !(64..=7680).contains(&c.width) || c.width % 2 != 0 {
+                        return Err(SpecError::new(
+                            format!("{field}.width"),
+                            "must be an even number from 64 to 7680",
+                        ));
+                    }
+                    if !(64..=4320).contains(&c.height) || c.height % 2 != 0 {
+                        return Err(SpecError::new(
+                            format!("{field}.height"),
+                            "must be an even number from 64 to 4320",
+                        ));
+                    }
+                    if !(100..=50_000).contains(&c.video_kbps) {
+                        return Err(SpecError::new(
+                            format!("{field}.video_kbps"),
+                            "must be 100 to 50000",
+                        ));
+                    }
+                }
             }
-            [] => {}
-            _ => {
+            if !names.insert(r.name()) {
                 return Err(SpecError::new(
-                    "hls.renditions",
-                    "this version encodes a single rendition; the ABR ladder is not built yet",
-                ))
+                    field,
+                    format!("duplicate rendition name {:?}", r.name()),
+                ));
             }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, output) in self.outputs.iter().enumerate() {
-            check_name(&format!("outputs[{i}].id"), &output.id)?;
-            check_rtmp_url(&format!("outputs[{i}].url"), &output.url)?;
+            output.validate(&format!("outputs[{i}]"))?;
             if !ids.insert(output.id.as_str()) {
                 return Err(SpecError::new(
                     format!("outputs[{i}].id"),
@@ -232,31 +402,73 @@ impl RelaySpec {
                 ));
             }
         }
-        Ok(())
-    }
-}
-
-impl RelaySpec {
-    /// Checks that no rendition is taller than the program: renditions never upscale.
-    pub fn check_fits(&self, program_height: u32) -> Result<(), SpecError> {
-        for (i, name) in self.hls.renditions.iter().enumerate() {
-            if rendition_height(name).is_some_and(|h| h > program_height) {
-                return Err(SpecError::new(
-                    format!("hls.renditions[{i}]"),
-                    format!("{name} is taller than the program ({program_height}p); renditions never upscale"),
-                ));
+        if !self.transcode {
+            let refuse = |field: &str, why: &str| {
+                Err(SpecError::new(
+                    field,
+                    format!("{why}; a relay with \"transcode\": false only remuxes"),
+                ))
+            };
+            if self.overlay.is_some() {
+                return refuse("overlay", "an overlay needs decoding");
+            }
+            if !self.hls.renditions.is_empty() {
+                return refuse("hls.renditions", "renditions need encoding");
+            }
+            if self.hls.format != SegmentFormat::Ts {
+                return refuse("hls.format", "fMP4 segments need the program's encode");
+            }
+            for (i, output) in self.outputs.iter().enumerate() {
+                if output.height.is_some() {
+                    return refuse(
+                        &format!("outputs[{i}].height"),
+                        "a size of its own needs encoding",
+                    );
+                }
+                if output.video_kbps.is_some() {
+                    return refuse(
+                        &format!("outputs[{i}].video_kbps"),
+                        "a bitrate of its own needs encoding",
+                    );
+                }
             }
         }
         Ok(())
     }
 }
 
-/// The frame height of a named rendition preset.
-pub fn rendition_height(name: &str) -> Option<u32> {
-    RENDITION_PRESETS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, h)| *h)
+impl RelaySpec {
+    /// Checks what depends on the program format: renditions and destinations never upscale.
+    pub fn check_fits(&self, program_width: u32, program_height: u32) -> Result<(), SpecError> {
+        for (i, r) in self.hls.renditions.iter().enumerate() {
+            let too_big = match r {
+                RenditionSpec::Custom(c) => c.width > program_width || c.height > program_height,
+                preset => preset
+                    .height_and_kbps()
+                    .is_some_and(|(h, _)| h > program_height),
+            };
+            if too_big {
+                return Err(SpecError::new(
+                    format!("hls.renditions[{i}]"),
+                    format!(
+                        "{} is larger than the program ({program_width}x{program_height}); renditions never upscale",
+                        r.name()
+                    ),
+                ));
+            }
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            if o.height.is_some_and(|h| h > program_height) {
+                return Err(SpecError::new(
+                    format!("outputs[{i}].height"),
+                    format!(
+                        "taller than the program ({program_height}p); destinations never upscale"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Ids and stream keys become path segments and URL parts: keep them plain.

@@ -25,6 +25,8 @@ pub enum OutputState {
         next_at: Instant,
         reason: String,
     },
+    /// It failed more times in a row than its `max_retries` allows; no more attempts.
+    Failed { reason: String },
 }
 
 /// What happened to a destination.
@@ -41,8 +43,15 @@ pub enum OutputEvent {
 }
 
 impl OutputState {
-    /// The state after `event`. `attempts` counts consecutive failures before this one.
-    pub fn next(&self, event: OutputEvent, attempts: u32, now: Instant) -> OutputState {
+    /// The state after `event`. `attempts` counts consecutive failures before this one;
+    /// after `max_retries` of them (if set) a failure is final.
+    pub fn next(
+        &self,
+        event: OutputEvent,
+        attempts: u32,
+        max_retries: Option<u32>,
+        now: Instant,
+    ) -> OutputState {
         match (self, event) {
             (_, OutputEvent::Stopped) => OutputState::Stopped,
             (_, OutputEvent::Started) => OutputState::Connecting,
@@ -50,6 +59,9 @@ impl OutputState {
                 OutputState::Live { since: now }
             }
             (state, OutputEvent::BytesFlowing) => state.clone(),
+            (_, OutputEvent::Failed(reason)) if max_retries.is_some_and(|m| attempts >= m) => {
+                OutputState::Failed { reason }
+            }
             (_, OutputEvent::Failed(reason)) => {
                 let attempt = attempts + 1;
                 OutputState::Retrying {
@@ -67,6 +79,7 @@ impl OutputState {
             OutputState::Connecting => "connecting",
             OutputState::Live { .. } => "live",
             OutputState::Retrying { .. } => "retrying",
+            OutputState::Failed { .. } => "failed",
         }
     }
 }
@@ -95,14 +108,14 @@ mod tests {
     #[test]
     fn destination_lifecycle() {
         let now = Instant::now();
-        let s = OutputState::Stopped.next(OutputEvent::Started, 0, now);
+        let s = OutputState::Stopped.next(OutputEvent::Started, 0, None, now);
         assert_eq!(s, OutputState::Connecting);
-        let s = s.next(OutputEvent::BytesFlowing, 0, now);
+        let s = s.next(OutputEvent::BytesFlowing, 0, None, now);
         assert_eq!(s, OutputState::Live { since: now });
         // Still live, and `since` does not move.
         let later = now + Duration::from_secs(5);
-        assert_eq!(s.next(OutputEvent::BytesFlowing, 0, later), s);
-        let s = s.next(OutputEvent::Failed("refused".into()), 2, later);
+        assert_eq!(s.next(OutputEvent::BytesFlowing, 0, None, later), s);
+        let s = s.next(OutputEvent::Failed("refused".into()), 2, None, later);
         assert_eq!(
             s,
             OutputState::Retrying {
@@ -111,6 +124,26 @@ mod tests {
                 reason: "refused".into()
             }
         );
-        assert_eq!(s.next(OutputEvent::Stopped, 3, later), OutputState::Stopped);
+        assert_eq!(
+            s.next(OutputEvent::Stopped, 3, None, later),
+            OutputState::Stopped
+        );
+    }
+
+    #[test]
+    fn a_destination_gives_up_only_when_told_to() {
+        let now = Instant::now();
+        let failed = OutputEvent::Failed("refused".into());
+        let s = OutputState::Connecting.next(failed.clone(), 1, Some(2), now);
+        assert!(matches!(s, OutputState::Retrying { attempt: 2, .. }));
+        let s = s.next(failed.clone(), 2, Some(2), now);
+        assert_eq!(
+            s,
+            OutputState::Failed {
+                reason: "refused".into()
+            }
+        );
+        let s = OutputState::Connecting.next(failed, 1000, None, now);
+        assert!(matches!(s, OutputState::Retrying { .. }));
     }
 }
