@@ -125,6 +125,98 @@ async fn relay_crud_and_errors() {
         "{message}"
     );
 
+    // Ladder and destination fields are checked with the field named.
+    let cases = [
+        (
+            r#""hls":{"renditions":["720p","720p"]}"#,
+            "hls.renditions[1]",
+        ),
+        (
+            r#""hls":{"renditions":[{"name":"mid","width":961,"height":540,"video_kbps":2000}]}"#,
+            "hls.renditions[0].width",
+        ),
+        (r#""hls":{"renditions":[{"name":"mid"}]}"#, "preset name"),
+        (r#""hls":{"format":"fmp4"}"#, "hls.format"),
+        (
+            r#""outputs":[{"id":"y","url":"rtmp://h/a/k","preset":"vimeo"}]"#,
+            "outputs[0].preset",
+        ),
+        (
+            r#""outputs":[{"id":"y","url":"rtmp://h/a/k","preset":"twitch","video_kbps":9000}]"#,
+            "outputs[0].video_kbps",
+        ),
+        (
+            r#""transcode":false,"overlay":{}"#,
+            "overlay: an overlay needs decoding",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let body = format!(r#"{{"id":"x","ingest":{{"stream_key":"x-key"}},{extra}}}"#);
+        let (status, reply) = daemon.post("/api/v1/relays", &body).await;
+        assert_eq!(status, 400, "{body} -> {reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body} -> {message}");
+    }
+
+    // Destinations are added and removed over the API (here on a stopped relay).
+    let (status, body) = daemon
+        .post(
+            "/api/v1/relays/final/outputs",
+            r#"{"id":"twitch","url":"rtmp://live.twitch.tv/app/KEY","preset":"twitch","height":480}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["outputs"][1]["id"], "twitch", "{body}");
+    assert_eq!(body["outputs"][1]["preset"], "twitch", "{body}");
+    assert_eq!(body["outputs"][1]["state"], "stopped", "{body}");
+    let (status, body) = daemon
+        .post(
+            "/api/v1/relays/final/outputs",
+            r#"{"id":"twitch","url":"rtmp://h/a/k"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("output_exists")),
+        "{body}"
+    );
+    let (status, body) = daemon
+        .post(
+            "/api/v1/relays/final/outputs",
+            r#"{"id":"x","url":"ftp://h"}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("url:"),
+        "{body}"
+    );
+    let (status, _) = daemon
+        .post(
+            "/api/v1/relays/nope/outputs",
+            r#"{"id":"x","url":"rtmp://h/a/k"}"#,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let delete = |path: &str| daemon.http.delete(format!("{}{path}", daemon.api)).send();
+    let r = delete("/api/v1/relays/final/outputs/nope")
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status().as_u16(), 404);
+    let r = delete("/api/v1/relays/final/outputs/twitch")
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status().as_u16(), 204);
+    let relay = daemon.relay("final").await;
+    assert_eq!(
+        relay["outputs"].as_array().map(Vec::len),
+        Some(1),
+        "{relay}"
+    );
+
     // Start, stop, delete.
     let (status, body) = daemon.post("/api/v1/relays/final/start", "").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("waiting")));

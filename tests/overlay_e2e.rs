@@ -122,52 +122,12 @@ fn closer(region: &RgbaImage, a: &Bug, b: &Bug) -> f64 {
     (ea as f64 - eb as f64) / n as f64
 }
 
-/// Segments of the media playlist, with their program date-time.
+/// Segments of the 720p media playlist, with their program date-time.
 async fn segments(daemon: &Daemon) -> Vec<(SystemTime, f64, String)> {
-    let Some((_, text)) = daemon.get_text("/hls/final/720p/index.m3u8").await else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let (mut pdt, mut dur) = (None, 0.0);
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
-            pdt = parse_rfc3339(t);
-        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
-            dur = d
-                .trim_end_matches(',')
-                .split(',')
-                .next()
-                .unwrap_or("0")
-                .parse()
-                .unwrap_or(0.0);
-        } else if !line.starts_with('#') && !line.is_empty() {
-            if let Some(t) = pdt.take() {
-                out.push((t, dur, line.to_owned()));
-            }
-        }
+    match daemon.get_text("/hls/final/720p/index.m3u8").await {
+        Some((_, text)) => dated_segments(&text),
+        None => Vec::new(),
     }
-    out
-}
-
-/// `2026-11-21T19:41:45.024Z` (what hlssink3 writes) as a SystemTime.
-fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let t = text.trim().trim_end_matches('Z');
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut h = hms.split(':').map(|p| p.parse::<i64>());
-    let (hh, mm, ss) = (h.next()?.ok()?, h.next()?.ok()?, h.next()?.ok()?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    let nanos = format!("{frac:0<9}")[..9].parse::<u64>().ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_nanos(nanos))
 }
 
 /// Waits for a segment that starts after `after`, and returns its frames' bug regions with

@@ -22,7 +22,7 @@ async fn watch_hls(
     .await;
     assert_eq!(mime, "application/vnd.apple.mpegurl");
     let variants = check_master_playlist(&master);
-    let media_path = format!("/hls/{relay}/{}", variants[0]);
+    let media_path = format!("/hls/{relay}/{}", variants[0].uri);
     let mut last: Option<MediaPlaylist> = None;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

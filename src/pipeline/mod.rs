@@ -1,6 +1,7 @@
 //! The media graphs. [`program`] builds a relay's main pipeline (ingest → decode → normalise →
-//! overlay slot → encode → HLS, plus an FLV feed per destination); [`output`] builds one small
-//! pipeline per RTMP destination, fed from that FLV feed.
+//! overlay slot → one encoder per rendition → HLS, plus one FLV mux per encode that
+//! destinations use); [`fanout`] hands each FLV stream to its destinations; [`output`] builds
+//! one small pipeline per RTMP destination, fed from that FLV stream.
 //!
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.

@@ -1,7 +1,7 @@
 //! One RTMP destination's own pipeline.
 //!
 //! ```text
-//! appsrc "feed" (FLV from the program's flv-tee, via a FeedSlot) ─ rtmp2sink "out-<id>"
+//! appsrc "feed" (FLV from one of the program's FLV muxes, via a FeedSlot) ─ rtmp2sink "out-<id>"
 //! ```
 //!
 //! Kept apart from the program so that its failure, or an `rtmp2sink` that hangs on a network

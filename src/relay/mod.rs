@@ -1214,9 +1214,12 @@ impl Actor {
             started_at: self.started_at,
             publisher: self.publisher.clone(),
             frames_encoded: frames,
+            // In the order the operator gave them.
             outputs: self
+                .spec
                 .outputs
-                .values()
+                .iter()
+                .filter_map(|spec| self.outputs.get(&spec.id))
                 .map(|o| OutputStatus {
                     spec: o.spec.clone(),
                     state: o.state.clone(),

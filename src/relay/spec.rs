@@ -392,6 +392,12 @@ impl RelaySpec {
                 ));
             }
         }
+        if self.hls.format == SegmentFormat::Fmp4 {
+            return Err(SpecError::new(
+                "hls.format",
+                "fmp4 (CMAF) segments are not built yet; use \"ts\"",
+            ));
+        }
         let mut ids = std::collections::HashSet::new();
         for (i, output) in self.outputs.iter().enumerate() {
             output.validate(&format!("outputs[{i}]"))?;
@@ -414,9 +420,6 @@ impl RelaySpec {
             }
             if !self.hls.renditions.is_empty() {
                 return refuse("hls.renditions", "renditions need encoding");
-            }
-            if self.hls.format != SegmentFormat::Ts {
-                return refuse("hls.format", "fMP4 segments need the program's encode");
             }
             for (i, output) in self.outputs.iter().enumerate() {
                 if output.height.is_some() {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokio::time::Instant;
@@ -452,10 +452,13 @@ pub fn assert_h264_aac(
 pub struct MediaPlaylist {
     pub target_duration: u64,
     pub media_sequence: u64,
+    /// (EXTINF, URI) per segment.
     pub segments: Vec<(f64, String)>,
+    pub ended: bool,
 }
 
-/// Parses a media playlist and applies RFC 8216's rules; panics with the playlist on a breach.
+/// Parses a media playlist and applies RFC 8216's rules, plus ours: every segment carries a
+/// program date-time. Panics with the playlist on a breach.
 pub fn check_media_playlist(text: &str) -> MediaPlaylist {
     let fail = |why: &str| -> ! { panic!("media playlist breaks RFC 8216: {why}\n{text}") };
     let mut lines = text.lines();
@@ -466,6 +469,8 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
     let mut sequence = 0;
     let mut segments = Vec::new();
     let mut pending: Option<f64> = None;
+    let mut dated = false;
+    let mut ended = false;
     for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
             if target.is_some() {
@@ -479,6 +484,10 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
             sequence = v
                 .parse()
                 .unwrap_or_else(|_| fail("MEDIA-SEQUENCE not an integer"));
+        } else if line.starts_with("#EXT-X-PROGRAM-DATE-TIME:") {
+            dated = true;
+        } else if line == "#EXT-X-ENDLIST" {
+            ended = true;
         } else if let Some(v) = line.strip_prefix("#EXTINF:") {
             let duration = v.split(',').next().unwrap_or_default();
             pending = Some(
@@ -490,6 +499,9 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
             let duration = pending
                 .take()
                 .unwrap_or_else(|| fail("a URI without EXTINF"));
+            if !std::mem::take(&mut dated) {
+                fail(&format!("{line} has no EXT-X-PROGRAM-DATE-TIME"));
+            }
             segments.push((duration, line.to_owned()));
         }
     }
@@ -506,30 +518,74 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
         target_duration: target,
         media_sequence: sequence,
         segments,
+        ended,
     }
 }
 
-/// Checks a master playlist and returns its variant URIs.
-pub fn check_master_playlist(text: &str) -> Vec<String> {
+/// One `EXT-X-STREAM-INF` entry of a master playlist.
+#[derive(Debug, Clone)]
+pub struct MasterVariant {
+    pub uri: String,
+    pub width: i64,
+    pub height: i64,
+    pub bandwidth: u64,
+    pub average_bandwidth: u64,
+}
+
+/// Checks a master playlist (every variant has BANDWIDTH, AVERAGE-BANDWIDTH, RESOLUTION,
+/// FRAME-RATE and CODECS; EXT-X-INDEPENDENT-SEGMENTS) and returns its variants.
+pub fn check_master_playlist(text: &str) -> Vec<MasterVariant> {
     assert!(
         text.starts_with("#EXTM3U"),
         "master playlist: no #EXTM3U\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "#EXT-X-INDEPENDENT-SEGMENTS"),
+        "master playlist: no EXT-X-INDEPENDENT-SEGMENTS\n{text}"
     );
     let mut variants = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if let Some(attrs) = line.strip_prefix("#EXT-X-STREAM-INF:") {
-            for attr in [
-                "BANDWIDTH=",
-                "AVERAGE-BANDWIDTH=",
-                "RESOLUTION=",
-                "FRAME-RATE=",
-                "CODECS=",
-            ] {
-                assert!(attrs.contains(attr), "variant lacks {attr}: {line}");
-            }
-            let uri = lines.next().expect("a URI after EXT-X-STREAM-INF");
-            variants.push(uri.to_owned());
+            let attrs = attribute_list(attrs);
+            let attr = |name: &str| -> String {
+                attrs
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("variant lacks {name}: {line}"))
+            };
+            let number = |name: &str| -> u64 {
+                attr(name)
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name} is not a number: {line}"))
+            };
+            let resolution = attr("RESOLUTION");
+            let (w, h) = resolution
+                .split_once('x')
+                .unwrap_or_else(|| panic!("RESOLUTION is not WxH: {line}"));
+            let fps: f64 = attr("FRAME-RATE")
+                .parse()
+                .unwrap_or_else(|_| panic!("FRAME-RATE is not a number: {line}"));
+            assert!(fps > 0.0, "FRAME-RATE {fps}: {line}");
+            assert!(
+                attr("CODECS").starts_with("avc1.") && attr("CODECS").contains("mp4a.40.2"),
+                "CODECS: {line}"
+            );
+            let variant = MasterVariant {
+                uri: lines
+                    .next()
+                    .expect("a URI after EXT-X-STREAM-INF")
+                    .to_owned(),
+                width: w.parse().expect("width"),
+                height: h.parse().expect("height"),
+                bandwidth: number("BANDWIDTH"),
+                average_bandwidth: number("AVERAGE-BANDWIDTH"),
+            };
+            assert!(
+                variant.average_bandwidth <= variant.bandwidth,
+                "AVERAGE-BANDWIDTH above BANDWIDTH: {line}"
+            );
+            variants.push(variant);
         }
     }
     assert!(
@@ -537,6 +593,133 @@ pub fn check_master_playlist(text: &str) -> Vec<String> {
         "master playlist names no variant\n{text}"
     );
     variants
+}
+
+/// An HLS attribute list (`A=1,B="x,y"`) as a map, quotes removed.
+fn attribute_list(text: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let (mut item, mut quoted) = (String::new(), false);
+    for c in text.chars().chain(std::iter::once(',')) {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                if let Some((k, v)) = item.split_once('=') {
+                    out.insert(k.to_owned(), v.to_owned());
+                }
+                item.clear();
+            }
+            c => item.push(c),
+        }
+    }
+    out
+}
+
+/// Reads every playlist of `relay` (master and media) again and again until `stop` is set,
+/// checking each read, and across reads: a constant TARGETDURATION and a MEDIA-SEQUENCE that
+/// never goes back. Returns how many media playlist reads were checked.
+pub async fn watch_playlists(
+    daemon: &Daemon,
+    relay: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> usize {
+    use std::collections::HashMap;
+    let mut seen: HashMap<String, MediaPlaylist> = HashMap::new();
+    let mut reads = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some((_, master)) = daemon.get_text(&format!("/hls/{relay}/master.m3u8")).await {
+            for variant in check_master_playlist(&master) {
+                let path = format!("/hls/{relay}/{}", variant.uri);
+                let Some((_, text)) = daemon.get_text(&path).await else {
+                    assert!(!seen.contains_key(&path), "{path} disappeared");
+                    continue;
+                };
+                let playlist = check_media_playlist(&text);
+                if let Some(prev) = seen.get(&path) {
+                    assert_eq!(
+                        prev.target_duration, playlist.target_duration,
+                        "{path}: TARGETDURATION changed\n{text}"
+                    );
+                    assert!(
+                        playlist.media_sequence >= prev.media_sequence,
+                        "{path}: MEDIA-SEQUENCE went back\n{text}"
+                    );
+                }
+                seen.insert(path, playlist);
+                reads += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    reads
+}
+
+/// A media playlist's segments: (program date-time, EXTINF, URI).
+pub fn dated_segments(text: &str) -> Vec<(SystemTime, f64, String)> {
+    let mut out = Vec::new();
+    let (mut pdt, mut dur) = (None, 0.0);
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            pdt = parse_rfc3339(t);
+        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+            dur = d.split(',').next().unwrap_or("0").parse().unwrap_or(0.0);
+        } else if !line.starts_with('#') && !line.is_empty() {
+            if let Some(t) = pdt.take() {
+                out.push((t, dur, line.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// `2026-11-21T19:41:45.024Z` (what hlssink3 writes) as a SystemTime.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let t = text.trim().trim_end_matches('Z');
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut h = hms.split(':').map(|p| p.parse::<i64>());
+    let (hh, mm, ss) = (h.next()?.ok()?, h.next()?.ok()?, h.next()?.ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let nanos = format!("{frac:0<9}")[..9].parse::<u64>().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_nanos(nanos))
+}
+
+/// Per decoded video frame of a file: (width, height, key frame, pts in seconds).
+pub fn video_frames(input: &str) -> Vec<(i64, i64, bool, f64)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "frame=width,height,key_frame,pts_time"])
+        .args(["-of", "json", input])
+        .output()
+        .expect("run ffprobe");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    json["frames"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| {
+                    (
+                        f["width"].as_i64().unwrap_or(0),
+                        f["height"].as_i64().unwrap_or(0),
+                        f["key_frame"].as_i64() == Some(1),
+                        f["pts_time"]
+                            .as_str()
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(f64::NAN),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Saves bytes to a file in `dir` and returns its path as a string for ffprobe.
