@@ -32,10 +32,15 @@ async fn fetch_segments(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
+    let nginx = Nginx::start().await;
     let config = relay_config(
         "ladder",
         r#"stream_key = "ladder-key""#,
-        r#"hls = { renditions = ["360p", "720p", "480p"] }"#,
+        &format!(
+            "hls = {{ renditions = [\"360p\", \"720p\", \"480p\"] }}\n\
+             outputs = [ {{ id = \"mobile\", url = \"{}\", height = 480 }} ]",
+            nginx.url("mobile")
+        ),
     );
     let daemon = Daemon::start(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("ladder-key"), 90);
@@ -123,6 +128,16 @@ async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
             variant.average_bandwidth
         );
     }
+    // A 480p destination taps the 480p rung's encoder instead of adding one.
+    assert_h264_aac(&probe(&nginx.url("mobile")), 852, 480, "the 480p destination");
+    assert!(
+        daemon
+            .log()
+            .lines()
+            .any(|l| l.contains("destination stream added") && l.contains("tap")),
+        "the 480p destination did not tap the 480p rung"
+    );
+
     let shared: Vec<_> = starts.iter().filter(|(_, r)| r.len() == 3).collect();
     assert!(
         shared.len() >= 4,
@@ -272,7 +287,7 @@ async fn destinations_are_added_and_removed_while_live() {
             || async {
                 daemon
                     .log()
-                    .contains("destination encoder removed")
+                    .contains("destination stream removed")
                     .then_some(())
             },
         )

@@ -178,6 +178,9 @@ pub struct Program {
     program: ProgramSettings,
     /// The top rendition's encode; destinations asking for it share its encoder.
     top: Encode,
+    /// Every rendition's encode and name: a destination asking for a lower rung's encode
+    /// taps that rung's encoder instead of adding one.
+    rungs: HashMap<Encode, String>,
     program_tee: Option<gst::Element>,
     audio_tee: gst::Element,
     /// The FLV streams, by encode, with the destinations each one feeds.
@@ -284,6 +287,10 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         frames,
         program: params.program.clone(),
         top,
+        rungs: renditions
+            .iter()
+            .map(|r| (r.encode(&params.program), r.name.clone()))
+            .collect(),
         program_tee,
         audio_tee,
         flv,
@@ -336,35 +343,49 @@ impl Program {
         self.routes.get(id) == Some(&self.top)
     }
 
+    /// A new FLV stream for `encode`, on the running pipeline: a tap on the rendition that
+    /// has that encode, or else an encoder of its own on the program tee.
     fn add_flv_stream(&mut self, encode: &Encode) -> Result<FlvStream, PipelineError> {
-        let Some(program_tee) = self.program_tee.clone() else {
-            return Err(PipelineError::Link {
-                from: "the publisher's stream (passthrough)".to_owned(),
-                to: format!("an encode of its own ({})", encode.label()),
-            });
-        };
         // Numbered: a branch being removed may still hold its names.
         self.branches_built += 1;
         let name = format!("{}-{}", encode.label(), self.branches_built);
-        let encoder = encoder_elements(&name, encode, &self.program)?;
+        let (encoder, video_source) = match self.rungs.get(encode) {
+            Some(rung) => (
+                Vec::new(),
+                by_name(&self.pipeline, &format!("video-tee-{rung}"))?,
+            ),
+            None => {
+                let Some(program_tee) = self.program_tee.clone() else {
+                    return Err(PipelineError::Link {
+                        from: "the publisher's stream (passthrough)".to_owned(),
+                        to: format!("an encode of its own ({})", encode.label()),
+                    });
+                };
+                (encoder_elements(&name, encode, &self.program)?, program_tee)
+            }
+        };
         let fanout = Arc::new(Fanout::default());
         let flv = flv_elements(&name, &fanout)?;
         add(
             &self.pipeline,
             &encoder.iter().chain(&flv).collect::<Vec<_>>(),
         )?;
-        link_chain(&encoder.iter().collect::<Vec<_>>())?;
-        link_tee(encoder.last().expect("encoder chain"), &flv[0])?;
         link_flv(&flv)?;
+        if let Some(tee) = encoder.last() {
+            link_chain(&encoder.iter().collect::<Vec<_>>())?;
+            link_tee(tee, &flv[0])?;
+        }
         // Playing before it is fed, so the tees never push into a stopped element.
         for el in encoder.iter().chain(&flv).rev() {
             let _ = el.sync_state_with_parent();
         }
+        let first = encoder.first().unwrap_or(&flv[0]);
         let tee_pads = vec![
-            (program_tee.clone(), link_tee(&program_tee, &encoder[0])?),
+            (video_source.clone(), link_tee(&video_source, first)?),
             (self.audio_tee.clone(), link_tee(&self.audio_tee, &flv[3])?),
         ];
-        tracing::info!(pipeline = %self.pipeline.name(), encode = %encode.label(), "destination encoder added");
+        let kind = if encoder.is_empty() { "tap" } else { "encoder" };
+        tracing::info!(pipeline = %self.pipeline.name(), encode = %encode.label(), kind, "destination stream added");
         Ok(FlvStream {
             fanout,
             branch: Some(Branch {
@@ -398,7 +419,7 @@ fn remove_branch(pipeline: &gst::Pipeline, branch: Branch) {
         let _ = el.set_state(gst::State::Null);
         let _ = pipeline.remove(el);
     }
-    tracing::info!(pipeline = %pipeline.name(), "destination encoder removed");
+    tracing::info!(pipeline = %pipeline.name(), "destination stream removed");
 }
 
 /// Decoding, normalising and the overlay: returns the program tee and the audio tee.

@@ -553,11 +553,26 @@ impl Actor {
     }
 
     /// The encode destination `spec` needs, or `None` when the top rendition's serves: the
-    /// same size and bitrate, and the preset's GOP.
+    /// same size and bitrate, and the preset's GOP. A height of its own without a bitrate
+    /// takes the rendition preset's bitrate for that height, or else the top rendition's
+    /// scaled by the pixel count; the preset's ceiling applies either way.
     fn output_encode(&self, spec: &OutputSpec, top: &Rendition) -> Option<Encode> {
         let p = &self.ctx.program;
         let max = spec.preset_max_kbps().unwrap_or(u32::MAX);
         let height = spec.height.unwrap_or(top.height);
+        let kbps = spec.video_kbps.unwrap_or_else(|| {
+            if height == top.height {
+                return top.video_kbps;
+            }
+            spec::RENDITION_PRESETS
+                .iter()
+                .find(|(_, h, _)| *h == height)
+                .map(|(_, _, kbps)| *kbps)
+                .unwrap_or_else(|| {
+                    let scale = f64::from(height) / f64::from(top.height);
+                    (f64::from(top.video_kbps) * scale * scale) as u32
+                })
+        });
         let encode = Encode {
             width: if height == top.height {
                 top.width
@@ -565,7 +580,7 @@ impl Actor {
                 program::width_for(height, p)
             },
             height,
-            video_kbps: spec.video_kbps.unwrap_or(top.video_kbps).min(max),
+            video_kbps: kbps.clamp(100, max),
             gop_frames: p.fps * spec::OUTPUT_GOP_SECONDS,
         };
         (self.spec.transcode && encode != top.encode(p)).then_some(encode)
