@@ -201,15 +201,14 @@ async fn relay_crud_and_errors() {
         )
         .await;
     assert_eq!(status, 404);
-    let delete = |path: &str| daemon.http.delete(format!("{}{path}", daemon.api)).send();
-    let r = delete("/api/v1/relays/final/outputs/nope")
-        .await
-        .expect("DELETE");
-    assert_eq!(r.status().as_u16(), 404);
-    let r = delete("/api/v1/relays/final/outputs/twitch")
-        .await
-        .expect("DELETE");
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        daemon.delete("/api/v1/relays/final/outputs/nope").await,
+        404
+    );
+    assert_eq!(
+        daemon.delete("/api/v1/relays/final/outputs/twitch").await,
+        204
+    );
     let relay = daemon.relay("final").await;
     assert_eq!(
         relay["outputs"].as_array().map(Vec::len),
@@ -222,13 +221,7 @@ async fn relay_crud_and_errors() {
     assert_eq!((status, body["state"].as_str()), (200, Some("waiting")));
     let (status, body) = daemon.post("/api/v1/relays/final/stop", "").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("stopped")));
-    let r = daemon
-        .http
-        .delete(format!("{}/api/v1/relays/final", daemon.api))
-        .send()
-        .await
-        .expect("DELETE");
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(daemon.delete("/api/v1/relays/final").await, 204);
     assert_eq!(daemon.get("/api/v1/relays/final").await.0, 404);
 }
 

@@ -129,7 +129,12 @@ async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
         );
     }
     // A 480p destination taps the 480p rung's encoder instead of adding one.
-    assert_h264_aac(&probe(&nginx.url("mobile")), 852, 480, "the 480p destination");
+    assert_h264_aac(
+        &probe(&nginx.url("mobile")),
+        852,
+        480,
+        "the 480p destination",
+    );
     assert!(
         daemon
             .log()
@@ -259,13 +264,7 @@ async fn destinations_are_added_and_removed_while_live() {
         tokio::time::sleep(SETTLE).await;
 
         // "main" is removed while live: "backup" must not notice.
-        let removed = daemon
-            .http
-            .delete(format!("{}/api/v1/relays/show/outputs/main", daemon.api))
-            .send()
-            .await
-            .expect("DELETE");
-        assert_eq!(removed.status().as_u16(), 204);
+        assert_eq!(daemon.delete("/api/v1/relays/show/outputs/main").await, 204);
         let main_span = main_started.elapsed();
         let relay = daemon.relay("show").await;
         assert_eq!(output_state(&relay, "main"), None, "{relay}");
@@ -273,13 +272,10 @@ async fn destinations_are_added_and_removed_while_live() {
         tokio::time::sleep(SETTLE).await;
 
         // The last one goes too, and its encoder with it; HLS carries on.
-        let removed = daemon
-            .http
-            .delete(format!("{}/api/v1/relays/show/outputs/backup", daemon.api))
-            .send()
-            .await
-            .expect("DELETE");
-        assert_eq!(removed.status().as_u16(), 204);
+        assert_eq!(
+            daemon.delete("/api/v1/relays/show/outputs/backup").await,
+            204
+        );
         let backup_span = backup_started.elapsed();
         wait_for(
             "the backup encoder to be removed",

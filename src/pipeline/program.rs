@@ -434,9 +434,8 @@ fn build_program(
     let video_rate = make("videorate", "video-rate")?;
     let video_scale = make("videoscale", "video-scale")?;
     let video_convert = make("videoconvert", "video-convert")?;
-    let program_video = make("capsfilter", "program-video")?;
-    program_video.set_property(
-        "caps",
+    let program_video = capsfilter(
+        "program-video",
         gst::Caps::builder("video/x-raw")
             .field("format", "I420")
             .field("width", p.width as i32)
@@ -444,7 +443,7 @@ fn build_program(
             .field("framerate", gst::Fraction::new(p.fps as i32, 1))
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build(),
-    );
+    )?;
     let overlay = match &params.overlay {
         Some(slot) => super::overlay::element(slot)?,
         None => {
@@ -470,14 +469,13 @@ fn build_program(
     let audio_rate = make("audiorate", "audio-rate")?;
     audio_rate.set_property("tolerance", DEFAULT_AUDIO_TOLERANCE_NS);
     let audio_resample = make("audioresample", "audio-resample")?;
-    let program_audio = make("capsfilter", "program-audio")?;
-    program_audio.set_property(
-        "caps",
+    let program_audio = capsfilter(
+        "program-audio",
         gst::Caps::builder("audio/x-raw")
             .field("rate", p.audio_rate as i32)
             .field("channels", p.audio_channels as i32)
             .build(),
-    );
+    )?;
     let aac = make("avenc_aac", "aac")?;
     aac.set_property_from_str("bitrate", &(u64::from(p.audio_kbps) * 1000).to_string());
     let audio_parse = make("aacparse", "audio-parse")?;
@@ -547,26 +545,25 @@ fn encoder_elements(
     let mut chain = vec![make("queue", &format!("enc-q-{name}"))?];
     if (encode.width, encode.height) != (p.width, p.height) {
         let scale = make("videoscale", &format!("scale-{name}"))?;
-        let caps = make("capsfilter", &format!("size-{name}"))?;
-        caps.set_property(
-            "caps",
+        let caps = capsfilter(
+            &format!("size-{name}"),
             gst::Caps::builder("video/x-raw")
                 .field("width", encode.width as i32)
                 .field("height", encode.height as i32)
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
-        );
+        )?;
         chain.extend([scale, caps]);
     }
     let encoder = make_x264(&format!("enc-{name}"), p, encode)?;
-    let encoded = make("capsfilter", &format!("enc-caps-{name}"))?;
-    encoded.set_property(
-        "caps",
+    let encoded = capsfilter(
+        &format!("enc-caps-{name}"),
         gst::Caps::builder("video/x-h264")
             .field("profile", "high")
             .field("stream-format", "byte-stream")
             .field("alignment", "au")
             .build(),
-    );
+    )?;
     let parse = make("h264parse", &format!("parse-{name}"))?;
     parse.set_property("config-interval", -1i32);
     let tee = make("tee", &format!("video-tee-{name}"))?;
@@ -651,6 +648,12 @@ fn link_flv(elements: &[gst::Element]) -> Result<(), PipelineError> {
     link_request(parse, mux, "video")?;
     link_request(audio_q, mux, "audio")?;
     link_chain(&[mux, sink])
+}
+
+fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, PipelineError> {
+    let filter = make("capsfilter", name)?;
+    filter.set_property("caps", caps);
+    Ok(filter)
 }
 
 fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), PipelineError> {

@@ -254,6 +254,17 @@ impl Daemon {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends DELETE to `path`; returns the status.
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.http
+            .delete(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("DELETE")
+            .status()
+            .as_u16()
+    }
+
     pub async fn relay(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/relays/{id}")).await;
         assert_eq!(status, 200, "GET relay {id}: {body}");
@@ -614,6 +625,19 @@ fn attribute_list(text: &str) -> std::collections::HashMap<String, String> {
     out
 }
 
+/// Checks what may change between two reads of one live media playlist: TARGETDURATION stays,
+/// MEDIA-SEQUENCE never goes back.
+pub fn check_playlist_update(prev: &MediaPlaylist, next: &MediaPlaylist, text: &str) {
+    assert_eq!(
+        prev.target_duration, next.target_duration,
+        "TARGETDURATION changed\n{text}"
+    );
+    assert!(
+        next.media_sequence >= prev.media_sequence,
+        "MEDIA-SEQUENCE went back\n{text}"
+    );
+}
+
 /// Reads every playlist of `relay` (master and media) again and again until `stop` is set,
 /// checking each read, and across reads: a constant TARGETDURATION and a MEDIA-SEQUENCE that
 /// never goes back. Returns how many media playlist reads were checked.
@@ -635,14 +659,7 @@ pub async fn watch_playlists(
                 };
                 let playlist = check_media_playlist(&text);
                 if let Some(prev) = seen.get(&path) {
-                    assert_eq!(
-                        prev.target_duration, playlist.target_duration,
-                        "{path}: TARGETDURATION changed\n{text}"
-                    );
-                    assert!(
-                        playlist.media_sequence >= prev.media_sequence,
-                        "{path}: MEDIA-SEQUENCE went back\n{text}"
-                    );
+                    check_playlist_update(prev, &playlist, &text);
                 }
                 seen.insert(path, playlist);
                 reads += 1;
