@@ -522,6 +522,15 @@ impl Actor {
                 field,
                 message,
             })?;
+        if !self.spec.transcode {
+            // The publisher's own stream, described once it flows.
+            return Ok(vec![Rendition {
+                name: program::SOURCE_RENDITION.to_owned(),
+                width: 0,
+                height: 0,
+                video_kbps: 0,
+            }]);
+        }
         let mut renditions: Vec<Rendition> = self
             .spec
             .hls
