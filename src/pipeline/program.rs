@@ -130,7 +130,8 @@ pub struct ProgramParams {
     /// Decode, overlay and encode (`true`), or remux the publisher's stream (`false`).
     pub transcode: bool,
     /// Every rendition, the top (first) one feeding destinations that share its encode.
-    /// Ignored without transcoding: the publisher's stream is the one rendition.
+    /// Without transcoding, only the top one's name is used: the publisher's stream is the
+    /// one rendition.
     pub renditions: Vec<Rendition>,
     /// The relay's HLS directory; each rendition writes into a sub-directory of its name.
     pub hls_dir: PathBuf,
@@ -178,15 +179,15 @@ pub struct Program {
     program: ProgramSettings,
     /// The top rendition's encode; destinations asking for it share its encoder.
     top: Encode,
-    /// Every rendition's encode and name: a destination asking for a lower rung's encode
-    /// taps that rung's encoder instead of adding one.
-    rungs: HashMap<Encode, String>,
+    /// Every rendition's encode and video tee: a destination asking for a lower rung's
+    /// encode taps that rung's encoder instead of adding one.
+    rungs: HashMap<Encode, gst::Element>,
     program_tee: Option<gst::Element>,
     audio_tee: gst::Element,
     /// The FLV streams, by encode, with the destinations each one feeds.
     flv: HashMap<Encode, FlvStream>,
-    /// Where each destination is fed from.
-    routes: HashMap<String, Encode>,
+    /// Where each destination is fed from, and its place on that stream's fan-out.
+    routes: HashMap<String, (Encode, Arc<FeedSlot>)>,
     branches_built: u32,
 }
 
@@ -233,46 +234,44 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     };
     add(&pipeline, &[&ingest_el])?;
 
-    let (renditions, program_tee, audio_tee) = if params.transcode {
+    let renditions = if params.transcode {
+        &params.renditions[..]
+    } else {
+        &params.renditions[..1]
+    };
+    // Each rendition's video tee, in the order of `renditions`.
+    let (video_tees, program_tee, audio_tee) = if params.transcode {
         let (program_tee, audio_tee) = build_program(&pipeline, &ingest_el, params)?;
-        let renditions = params.renditions.clone();
-        for r in &renditions {
-            add_encoder(
+        let mut video_tees = Vec::new();
+        for r in renditions {
+            video_tees.push(add_encoder(
                 &pipeline,
                 &program_tee,
                 &r.name,
                 &r.encode(&params.program),
                 &params.program,
-            )?;
+            )?);
         }
-        (renditions, Some(program_tee), audio_tee)
+        (video_tees, Some(program_tee), audio_tee)
     } else {
-        let audio_tee = build_remux(&pipeline, &ingest_el, &params.arrival)?;
-        // The publisher's size and bitrate are not known until it sends them.
-        let source = Rendition {
-            name: SOURCE_RENDITION.to_owned(),
-            width: 0,
-            height: 0,
-            video_kbps: 0,
-        };
-        (vec![source], None, audio_tee)
+        let (video_tee, audio_tee) = build_remux(&pipeline, &ingest_el, &params.arrival)?;
+        (vec![video_tee], None, audio_tee)
     };
 
-    for r in &renditions {
-        let video_tee = by_name(&pipeline, &format!("video-tee-{}", r.name))?;
-        add_hls(&pipeline, &video_tee, &audio_tee, r, params)?;
+    for (r, video_tee) in renditions.iter().zip(&video_tees) {
+        add_hls(&pipeline, video_tee, &audio_tee, r, params)?;
     }
-    let top_rendition = renditions.first().expect("at least one rendition");
+    let top_rendition = &renditions[0];
     let top = top_rendition.encode(&params.program);
-    let top_tee = by_name(&pipeline, &format!("video-tee-{}", top_rendition.name))?;
+    let top_tee = &video_tees[0];
     let fanout = Arc::new(Fanout::default());
     let flv = flv_elements(&top_rendition.name, &fanout)?;
     add(&pipeline, &flv.iter().collect::<Vec<_>>())?;
     link_flv(&flv)?;
-    link_tee(&top_tee, &flv[0])?;
+    link_tee(top_tee, &flv[0])?;
     link_tee(&audio_tee, &flv[3])?;
 
-    let frames = count_buffers(&top_tee);
+    let frames = count_buffers(top_tee);
     let mut flv = HashMap::new();
     flv.insert(
         top,
@@ -289,7 +288,8 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         top,
         rungs: renditions
             .iter()
-            .map(|r| (r.encode(&params.program), r.name.clone()))
+            .map(|r| r.encode(&params.program))
+            .zip(video_tees)
             .collect(),
         program_tee,
         audio_tee,
@@ -300,29 +300,34 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
 }
 
 impl Program {
-    /// The feed for destination `id`, which wants `encode` (`None`: the top rendition's). An
+    /// Feeds destination `id`, which wants `encode` (`None`: the top rendition's). An
     /// encode no stream has yet gets an encoder and FLV mux of its own, added to the running
     /// pipeline without touching the rest.
     pub fn add_destination(
         &mut self,
         id: &str,
         encode: Option<Encode>,
-    ) -> Result<Arc<FeedSlot>, PipelineError> {
+    ) -> Result<(), PipelineError> {
         self.remove_destination(id);
         let encode = encode.unwrap_or(self.top);
         if !self.flv.contains_key(&encode) {
             let stream = self.add_flv_stream(&encode)?;
             self.flv.insert(encode, stream);
         }
-        let stream = &self.flv[&encode];
-        self.routes.insert(id.to_owned(), encode);
-        Ok(stream.fanout.add(id))
+        let slot = self.flv[&encode].fanout.add(id);
+        self.routes.insert(id.to_owned(), (encode, slot));
+        Ok(())
+    }
+
+    /// Destination `id`'s feed, where its push pipeline attaches.
+    pub fn feed(&self, id: &str) -> Option<Arc<FeedSlot>> {
+        self.routes.get(id).map(|(_, slot)| slot.clone())
     }
 
     /// Stops feeding destination `id`. An encoder that no destination uses any more is
     /// unlinked (when its tee pads are idle) and dropped, off the caller's thread.
     pub fn remove_destination(&mut self, id: &str) {
-        let Some(encode) = self.routes.remove(id) else {
+        let Some((encode, _)) = self.routes.remove(id) else {
             return;
         };
         let Some(stream) = self.flv.get(&encode) else {
@@ -338,11 +343,6 @@ impl Program {
         std::thread::spawn(move || remove_branch(&pipeline, branch));
     }
 
-    /// Whether destination `id` shares the top rendition's encode.
-    pub fn shares_top(&self, id: &str) -> bool {
-        self.routes.get(id) == Some(&self.top)
-    }
-
     /// A new FLV stream for `encode`, on the running pipeline: a tap on the rendition that
     /// has that encode, or else an encoder of its own on the program tee.
     fn add_flv_stream(&mut self, encode: &Encode) -> Result<FlvStream, PipelineError> {
@@ -350,10 +350,7 @@ impl Program {
         self.branches_built += 1;
         let name = format!("{}-{}", encode.label(), self.branches_built);
         let (encoder, video_source) = match self.rungs.get(encode) {
-            Some(rung) => (
-                Vec::new(),
-                by_name(&self.pipeline, &format!("video-tee-{rung}"))?,
-            ),
+            Some(rung_tee) => (Vec::new(), rung_tee.clone()),
             None => {
                 let Some(program_tee) = self.program_tee.clone() else {
                     return Err(PipelineError::Link {
@@ -501,13 +498,13 @@ fn build_program(
     Ok((program_tee, audio_tee))
 }
 
-/// Passthrough: demux and parse the publisher's H.264 and AAC. Returns the audio tee; the
-/// video tee is `video-tee-source`.
+/// Passthrough: demux and parse the publisher's H.264 and AAC. Returns the video tee
+/// (`video-tee-source`) and the audio tee.
 fn build_remux(
     pipeline: &gst::Pipeline,
     ingest: &gst::Element,
     arrival: &Arc<Arrival>,
-) -> Result<gst::Element, PipelineError> {
+) -> Result<(gst::Element, gst::Element), PipelineError> {
     let demux = make("flvdemux", "demux")?;
     let video_in = make("queue", "video-in")?;
     let video_parse = make("h264parse", "video-parse")?;
@@ -532,7 +529,7 @@ fn build_remux(
     link_chain(&[&video_in, &video_parse, &video_tee])?;
     link_chain(&[&audio_in, &audio_parse, &audio_tee])?;
     connect_demuxed_pads(&demux, &video_in, &audio_in, arrival);
-    Ok(audio_tee)
+    Ok((video_tee, audio_tee))
 }
 
 /// queue ─ [videoscale ─ capsfilter] ─ x264enc ─ capsfilter ─ h264parse ─ tee "video-tee-<name>",
@@ -667,13 +664,6 @@ fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), Pipel
                 .collect::<Vec<_>>()
                 .join(", "),
         })
-}
-
-fn by_name(pipeline: &gst::Pipeline, name: &str) -> Result<gst::Element, PipelineError> {
-    pipeline.by_name(name).ok_or_else(|| PipelineError::Link {
-        from: pipeline.name().to_string(),
-        to: name.to_owned(),
-    })
 }
 
 /// Counts buffers entering `element`.

@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
-use crate::pipeline::fanout::FeedSlot;
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::pipeline::program::{self, Encode, Program, Rendition, Source, Variant};
@@ -351,7 +350,6 @@ struct RunningProgram {
     program: Program,
     generation: u64,
     bus_task: JoinHandle<()>,
-    feeds: BTreeMap<String, Arc<FeedSlot>>,
     /// Written once the publisher's stream is known (passthrough relays).
     master_written: bool,
 }
@@ -656,13 +654,11 @@ impl Actor {
             arrival: Arc::default(),
         };
         let mut built = program::build(&params).map_err(pipeline_error)?;
-        let mut feeds = BTreeMap::new();
         for out in self.outputs.values() {
             let encode = self.output_encode(&out.spec, &renditions[0]);
-            let feed = built
+            built
                 .add_destination(&out.spec.id, encode)
                 .map_err(pipeline_error)?;
-            feeds.insert(out.spec.id.clone(), feed);
         }
         if self.spec.transcode {
             let variants: Vec<Variant> = renditions
@@ -693,7 +689,6 @@ impl Actor {
             program: built,
             generation,
             bus_task,
-            feeds,
             master_written: self.spec.transcode,
         });
         let ids: Vec<String> = self.outputs.keys().cloned().collect();
@@ -727,14 +722,13 @@ impl Actor {
         let top = self.renditions()?.remove(0);
         let encode = self.output_encode(&spec, &top);
         if let Some(running) = &mut self.program {
-            let feed = running
+            running
                 .program
                 .add_destination(&spec.id, encode)
                 .map_err(|source| RelayError::Pipeline {
                     id: id.clone(),
                     source,
                 })?;
-            running.feeds.insert(spec.id.clone(), feed);
         }
         info!(relay = %id, output = %spec.id, "destination added");
         self.spec = next;
@@ -754,7 +748,6 @@ impl Actor {
         }
         self.stop_output(output_id, OutputEvent::Stopped, "removed by operator");
         if let Some(running) = &mut self.program {
-            running.feeds.remove(output_id);
             running.program.remove_destination(output_id);
         }
         self.outputs.remove(output_id);
@@ -766,7 +759,7 @@ impl Actor {
     /// Starts one destination's push pipeline, attached to the program's feed.
     fn start_output(&mut self, output_id: &str) {
         let Some(program) = &self.program else { return };
-        let Some(feed) = program.feeds.get(output_id).cloned() else {
+        let Some(feed) = program.program.feed(output_id) else {
             return;
         };
         self.generation += 1;
@@ -817,7 +810,11 @@ impl Actor {
 
     fn stop_output(&mut self, output_id: &str, event: OutputEvent, why: &str) {
         let relay_id = self.spec.id.clone();
-        if let Some(feed) = self.program.as_ref().and_then(|p| p.feeds.get(output_id)) {
+        if let Some(feed) = self
+            .program
+            .as_ref()
+            .and_then(|p| p.program.feed(output_id))
+        {
             feed.detach();
         }
         let Some(out) = self.outputs.get_mut(output_id) else {

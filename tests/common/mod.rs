@@ -386,17 +386,29 @@ pub fn gst_publisher(url: &str) -> Process {
     )
 }
 
-/// What ffprobe sees in a file or URL: (codec_type, codec_name, width, height) per stream.
-pub fn probe(input: &str) -> Vec<(String, String, i64, i64)> {
+/// ffprobe's JSON for `input` with `args` (Null when it printed none).
+fn ffprobe_json(args: &[&str], input: &str) -> Value {
     require_tool("ffprobe");
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-rw_timeout", "10000000"])
-        .args(["-show_entries", "stream=codec_type,codec_name,width,height"])
+        .args(["-v", "error"])
+        .args(args)
         .args(["-of", "json", input])
         .output()
         .expect("run ffprobe");
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    json["streams"]
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// What ffprobe sees in a file or URL: (codec_type, codec_name, width, height) per stream.
+pub fn probe(input: &str) -> Vec<(String, String, i64, i64)> {
+    ffprobe_json(
+        &[
+            "-rw_timeout",
+            "10000000",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height",
+        ],
+        input,
+    )["streams"]
         .as_array()
         .map(|streams| {
             streams
@@ -711,14 +723,15 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 
 /// Per decoded video frame of a file: (width, height, key frame, pts in seconds).
 pub fn video_frames(input: &str) -> Vec<(i64, i64, bool, f64)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "frame=width,height,key_frame,pts_time"])
-        .args(["-of", "json", input])
-        .output()
-        .expect("run ffprobe");
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    json["frames"]
+    ffprobe_json(
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=width,height,key_frame,pts_time",
+        ],
+        input,
+    )["frames"]
         .as_array()
         .map(|frames| {
             frames
