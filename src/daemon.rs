@@ -61,6 +61,7 @@ pub async fn run(
         program: config.program.clone(),
         hls: config.hls.clone(),
         hls_root: hls_root.clone(),
+        slates: Default::default(),
     }));
     for spec in config.relays {
         let id = spec.id.clone();

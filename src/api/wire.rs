@@ -29,7 +29,18 @@ pub struct RelayView {
     /// Seconds since the relay was started, while it runs.
     pub uptime: Option<f64>,
     pub publisher: Option<PublisherView>,
+    /// What the program shows (`input` or `slate`) and for how long; absent while no
+    /// program runs.
+    pub on_air: Option<OnAirView>,
     pub frames_encoded: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OnAirView {
+    /// `input` (the publisher's or pulled stream's pictures) or `slate`.
+    pub showing: &'static str,
+    /// Seconds since it went on air.
+    pub for_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,6 +138,10 @@ impl From<RelayStatus> for RelayView {
             publisher: s.publisher.map(|p| PublisherView {
                 connected_for: seconds_since(p.since),
                 peer: p.peer,
+            }),
+            on_air: s.on_air.map(|(showing, since)| OnAirView {
+                showing: showing.name(),
+                for_seconds: seconds_since(since),
             }),
             frames_encoded: s.frames_encoded,
             id: s.spec.id,

@@ -65,8 +65,16 @@ pub fn init() -> Result<(), PipelineError> {
     gst::init().map_err(|e| PipelineError::Init(e.to_string()))?;
     let mut result = Ok(());
     INIT.call_once(|| {
-        if let Err(e) = gsthlssink3::plugin_register_static() {
-            result = Err(PipelineError::Init(format!("hlssink3: {e}")));
+        type Register = fn() -> Result<(), gst::glib::BoolError>;
+        let plugins: [(&str, Register); 3] = [
+            ("hlssink3", gsthlssink3::plugin_register_static),
+            ("fallbackswitch", gstfallbackswitch::plugin_register_static),
+            ("livesync", gstlivesync::plugin_register_static),
+        ];
+        for (name, register) in plugins {
+            if let Err(e) = register() {
+                result = Err(PipelineError::Init(format!("{name}: {e}")));
+            }
         }
     });
     result
@@ -101,6 +109,11 @@ pub const REQUIRED_ELEMENTS: &[&str] = &[
     "tee",
     "queue",
     "hlssink3",
+    "fallbackswitch",
+    "livesync",
+    "imagefreeze",
+    "audiotestsrc",
+    "identity",
 ];
 
 /// The names of required elements that this GStreamer installation lacks.

@@ -1,21 +1,32 @@
 //! A relay's main pipeline: the *program*.
 //!
 //! ```text
-//! ingest (appsrc: FLV from our RTMP server | rtmp2src: pull) ─ decodebin "decode"
-//!   video: queue "video-in" ─ videorate ─ videoscale ─ videoconvert ─ capsfilter "program-video"
-//!          ─ overlaycomposition "overlay" (identity without an overlay) ─ tee "program-tee"
-//!   program-tee ─ per rendition r: queue ─ [videoscale ─ capsfilter] ─ x264enc "enc-<r>"
+//! slate:  appsrc "slate" (one RGBA picture) ─ videoconvert ─ imagefreeze (live) ─ capsfilter ─┐
+//! silence: audiotestsrc "silence" (live) ─ capsfilter ───────────────────────────────────┐   │
+//! each publisher (or pulled stream), a bin "ingest-<n>", attached and detached live:     │   │
+//!   source (appsrc | rtmp2src) ─ decodebin ─ video: queue ─ videorate ─ videoscale ─     │   │
+//!   videoconvert ─ capsfilter ─► "video"    audio: queue ─ audioconvert ─ audiorate ─    │   │
+//!   audioresample ─ capsfilter ─► "audio"                                                │   │
+//! fallbackswitch "video-switch" (publisher priority 0, slate 1) ─ livesync "video-sync" ◄┼───┘
+//!   ─ overlaycomposition "overlay" (identity without an overlay) ─ tee "program-tee"     │
+//! fallbackswitch "audio-switch" (publisher 0, silence 1) ─ livesync "audio-sync" ◄───────┘
+//!   ─ audioconvert ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
+//! program-tee ─ per rendition r: queue ─ [videoscale ─ capsfilter] ─ x264enc "enc-<r>"
 //!          ─ h264parse ─ tee "video-tee-<r>"
-//!   audio: queue "audio-in" ─ audioconvert ─ audiorate ─ audioresample ─ capsfilter "program-audio"
-//!          ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
 //! video-tee-<r>, audio-tee ─ queues (+ h264parse: byte-stream) ─ hlssink3 "hls-<r>"
 //! per FLV encode e: video (the top rendition's video-tee, or an encoder of its own on
 //!   program-tee) and audio-tee ─ queues ─ flvmux "flv-<e>" ─ appsink "flv-<e>-feed" ─ Fanout
 //! ```
 //!
-//! A passthrough relay (no decoding) has no program-tee and no encoders: `flvdemux` ─
-//! h264parse ─ tee "video-tee-source" and aacparse ─ tee "audio-tee", then the same HLS and
-//! FLV branches.
+//! The switches and the live syncs are what keep the program on air: when the publisher's
+//! pictures stop for [`DEFAULT_INPUT_TIMEOUT`], the switch takes the slate; when they come
+//! back, it takes them again. The syncs give everything downstream one segment, one clock
+//! and no holes (they repeat the last frame or play silence), so encoders, HLS and every RTMP
+//! session carry on as if nothing happened.
+//!
+//! A passthrough relay (no decoding) has no switch, no slate and no encoders: its one source
+//! goes `flvdemux` ─ h264parse ─ tee "video-tee-source" and aacparse ─ tee "audio-tee", then
+//! the same HLS and FLV branches, and the program ends with the publisher.
 //!
 //! Every rendition's encoder sees the same frames from the same tee with the same GOP and no
 //! scenecut, so keyframes (and therefore segment boundaries) line up across renditions.
@@ -45,6 +56,18 @@ const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
 const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
 /// How long removing a branch waits for its tee pads to go idle.
 const DEFAULT_UNLINK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The publisher's pictures may stop this long before the switch takes the slate.
+pub const DEFAULT_INPUT_TIMEOUT: Duration = Duration::from_millis(400);
+/// How late a publisher's decoded frame may reach the switch (its dating is by arrival at
+/// our RTMP server), before it counts as lost: demuxing, decoding and scaling must fit.
+pub const DEFAULT_INPUT_LATENCY: Duration = Duration::from_millis(300);
+/// Slack between the switch, which sends each frame when its latency is up, and the live
+/// sync after it, which would otherwise fill in for frames at the same moment they arrive.
+const DEFAULT_SYNC_SLACK: Duration = Duration::from_millis(100);
+/// The element message posted when the switch changes input; field `slate` (bool).
+pub const INPUT_SWITCHED: &str = "scorecast-input-switched";
+/// The element message posted when an ingest branch's stream ends; field `branch` (its name).
+pub const INGEST_ENDED: &str = "scorecast-ingest-ended";
 
 /// Where the program's input comes from.
 #[derive(Debug, Clone)]
@@ -120,18 +143,26 @@ impl Encode {
     }
 }
 
+/// Where the program's pictures come from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Decoded: the slate (this picture, at the program's size) until a publisher or pulled
+    /// stream is attached with [`Program::attach`], and whenever it stops.
+    Switched(image::RgbaImage),
+    /// One source's H.264 and AAC, remuxed without decoding (passthrough).
+    Remux(Source),
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct ProgramParams {
     pub relay_id: String,
-    pub source: Source,
+    pub input: Input,
     pub program: ProgramSettings,
     pub hls: HlsSettings,
-    /// Decode, overlay and encode (`true`), or remux the publisher's stream (`false`).
-    pub transcode: bool,
     /// Every rendition, the top (first) one feeding destinations that share its encode.
-    /// Without transcoding, only the top one's name is used: the publisher's stream is the
-    /// one rendition.
+    /// When remuxing, only the top one's name is used: the publisher's stream is the one
+    /// rendition.
     pub renditions: Vec<Rendition>,
     /// The relay's HLS directory; each rendition writes into a sub-directory of its name.
     pub hls_dir: PathBuf,
@@ -140,7 +171,7 @@ pub struct ProgramParams {
     /// The system-clock time the program's timeline starts at: when it was asked for, before
     /// anything arrives. See [`connect_demuxed_pads`].
     pub epoch: gst::ClockTime,
-    /// Marked by the RTMP server when the first frame arrives (push relays).
+    /// Marked by the RTMP server when the first frame arrives (remuxed push relays).
     pub arrival: Arc<Arrival>,
 }
 
@@ -172,8 +203,11 @@ pub const SOURCE_RENDITION: &str = "source";
 /// A built (not yet playing) program pipeline.
 pub struct Program {
     pub pipeline: gst::Pipeline,
-    /// The appsrc the RTMP server pushes into, for push sources.
+    /// The appsrc the RTMP server pushes into, for remuxed push sources.
     pub ingest: Option<gst_app::AppSrc>,
+    /// The slate and the switches, for decoded programs.
+    switch: Option<Switch>,
+    ingests_built: u32,
     /// Encoded video frames so far (the top rendition's): the program's progress.
     pub frames: Arc<AtomicU64>,
     program: ProgramSettings,
@@ -189,6 +223,45 @@ pub struct Program {
     /// Where each destination is fed from, and its place on that stream's fan-out.
     routes: HashMap<String, (Encode, Arc<FeedSlot>)>,
     branches_built: u32,
+}
+
+/// The inputs of a decoded program: the slate's source and the two switches.
+struct Switch {
+    slate: gst_app::AppSrc,
+    video: gst::Element,
+    audio: gst::Element,
+}
+
+/// A publisher's (or pulled stream's) decoding branch, feeding the switches.
+pub struct IngestBranch {
+    bin: gst::Bin,
+    /// The appsrc our RTMP server pushes FLV into, for push sources.
+    pub appsrc: Option<gst_app::AppSrc>,
+    /// Marked when the publisher's first picture reaches our RTMP server.
+    pub arrival: Arc<Arrival>,
+    /// The switch pads it feeds.
+    switch_pads: Vec<(gst::Element, gst::Pad)>,
+}
+
+impl IngestBranch {
+    /// Its bin's name (`ingest-<n>`), as bus messages from inside it carry in their path.
+    pub fn name(&self) -> String {
+        self.bin.name().to_string()
+    }
+}
+
+/// The name of the ingest branch `element` (a bus message's source) belongs to, if any:
+/// messages from a branch already detached are its last words, not the program's trouble.
+pub fn ingest_branch_of(element: &gst::Object) -> Option<String> {
+    let mut current = Some(element.clone());
+    while let Some(object) = current {
+        let name = object.name();
+        if object.is::<gst::Bin>() && name.starts_with("ingest-") {
+            return Some(name.to_string());
+        }
+        current = object.parent();
+    }
+    None
 }
 
 /// One FLV mux and the destinations it feeds. The top rendition's has no branch of its own
@@ -213,49 +286,37 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     pipeline.set_start_time(gst::ClockTime::NONE);
     pipeline.set_base_time(params.epoch);
 
-    let (ingest_el, ingest) = match &params.source {
-        Source::Push => {
-            let appsrc = gst_app::AppSrc::builder()
-                .name("ingest")
-                .caps(&gst::Caps::builder("video/x-flv").build())
-                .is_live(true)
-                .format(gst::Format::Bytes)
-                .stream_type(gst_app::AppStreamType::Stream)
-                .max_bytes(DEFAULT_INGEST_MAX_BYTES)
-                .block(false)
-                .build();
-            (appsrc.clone().upcast::<gst::Element>(), Some(appsrc))
-        }
-        Source::Pull(url) => {
-            let src = make("rtmp2src", "ingest")?;
-            src.set_property("location", url);
-            (src, None)
-        }
-    };
-    add(&pipeline, &[&ingest_el])?;
-
-    let renditions = if params.transcode {
-        &params.renditions[..]
-    } else {
-        &params.renditions[..1]
-    };
     // Each rendition's video tee, in the order of `renditions`.
-    let (video_tees, program_tee, audio_tee) = if params.transcode {
-        let (program_tee, audio_tee) = build_program(&pipeline, &ingest_el, params)?;
-        let mut video_tees = Vec::new();
-        for r in renditions {
-            video_tees.push(add_encoder(
-                &pipeline,
-                &program_tee,
-                &r.name,
-                &r.encode(&params.program),
-                &params.program,
-            )?);
+    let (renditions, video_tees, program_tee, audio_tee, switch, ingest) = match &params.input {
+        Input::Switched(slate) => {
+            let (program_tee, audio_tee, switch) = build_program(&pipeline, params, slate)?;
+            let mut video_tees = Vec::new();
+            for r in &params.renditions {
+                video_tees.push(add_encoder(
+                    &pipeline,
+                    &program_tee,
+                    &r.name,
+                    &r.encode(&params.program),
+                    &params.program,
+                )?);
+            }
+            let all = &params.renditions[..];
+            (
+                all,
+                video_tees,
+                Some(program_tee),
+                audio_tee,
+                Some(switch),
+                None,
+            )
         }
-        (video_tees, Some(program_tee), audio_tee)
-    } else {
-        let (video_tee, audio_tee) = build_remux(&pipeline, &ingest_el, &params.arrival)?;
-        (vec![video_tee], None, audio_tee)
+        Input::Remux(source) => {
+            let (source_el, ingest) = source_element(source, "ingest")?;
+            add(&pipeline, &[&source_el])?;
+            let (video_tee, audio_tee) = build_remux(&pipeline, &source_el, &params.arrival)?;
+            let top = &params.renditions[..1];
+            (top, vec![video_tee], None, audio_tee, None, ingest)
+        }
     };
 
     for (r, video_tee) in renditions.iter().zip(&video_tees) {
@@ -283,6 +344,8 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     Ok(Program {
         pipeline,
         ingest,
+        switch,
+        ingests_built: 0,
         frames,
         program: params.program.clone(),
         top,
@@ -297,6 +360,57 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         routes: HashMap::new(),
         branches_built: 0,
     })
+}
+
+/// The element that produces a source's FLV, and its appsrc when we push into it.
+fn source_element(
+    source: &Source,
+    name: &str,
+) -> Result<(gst::Element, Option<gst_app::AppSrc>), PipelineError> {
+    Ok(match source {
+        Source::Push => {
+            let appsrc = gst_app::AppSrc::builder()
+                .name(name)
+                .caps(&gst::Caps::builder("video/x-flv").build())
+                .is_live(true)
+                .format(gst::Format::Bytes)
+                .stream_type(gst_app::AppStreamType::Stream)
+                .max_bytes(DEFAULT_INGEST_MAX_BYTES)
+                .block(false)
+                .build();
+            (appsrc.clone().upcast::<gst::Element>(), Some(appsrc))
+        }
+        Source::Pull(url) => {
+            let src = make("rtmp2src", name)?;
+            src.set_property("location", url);
+            (src, None)
+        }
+    })
+}
+
+/// The raw video every input is normalised to before the switch: identical caps on both
+/// sides, so switching never renegotiates anything downstream.
+fn program_video_caps(p: &ProgramSettings) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", p.width as i32)
+        .field("height", p.height as i32)
+        .field("framerate", gst::Fraction::new(p.fps as i32, 1))
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .field("interlace-mode", "progressive")
+        .field("colorimetry", "bt709")
+        .field("chroma-site", "mpeg2")
+        .build()
+}
+
+/// The raw audio every input is normalised to before the switch.
+fn program_audio_caps(p: &ProgramSettings) -> gst::Caps {
+    gst::Caps::builder("audio/x-raw")
+        .field("format", "S16LE")
+        .field("layout", "interleaved")
+        .field("rate", p.audio_rate as i32)
+        .field("channels", p.audio_channels as i32)
+        .build()
 }
 
 impl Program {
@@ -341,6 +455,133 @@ impl Program {
         };
         let pipeline = self.pipeline.clone();
         std::thread::spawn(move || remove_branch(&pipeline, branch));
+    }
+
+    /// Attaches a publisher (or pulled stream) to a decoded program's switches, on the
+    /// running pipeline. The switch takes it as soon as its first frame arrives.
+    pub fn attach(&mut self, source: &Source) -> Result<IngestBranch, PipelineError> {
+        let Some(switch) = &self.switch else {
+            return Err(PipelineError::Link {
+                from: "a publisher".to_owned(),
+                to: "a passthrough program (it has one source, built with it)".to_owned(),
+            });
+        };
+        self.ingests_built += 1;
+        let bin = gst::Bin::with_name(&format!("ingest-{}", self.ingests_built));
+        let (source_el, appsrc) = source_element(source, "source")?;
+        let decode = make("decodebin", "decode")?;
+        let video_in = make("queue", "video-in")?;
+        let video_rate = make("videorate", "video-rate")?;
+        let video_scale = make("videoscale", "video-scale")?;
+        let video_convert = make("videoconvert", "video-convert")?;
+        let video_caps = capsfilter("video-caps", program_video_caps(&self.program))?;
+        let audio_in = make("queue", "audio-in")?;
+        let audio_convert = make("audioconvert", "audio-convert")?;
+        // FLV timestamps are whole milliseconds: make the audio timeline continuous again.
+        let audio_rate = make("audiorate", "audio-rate")?;
+        audio_rate.set_property("tolerance", DEFAULT_AUDIO_TOLERANCE_NS);
+        let audio_resample = make("audioresample", "audio-resample")?;
+        let audio_caps = capsfilter("audio-caps", program_audio_caps(&self.program))?;
+        let video_chain = [
+            &video_in,
+            &video_rate,
+            &video_scale,
+            &video_convert,
+            &video_caps,
+        ];
+        let audio_chain = [
+            &audio_in,
+            &audio_convert,
+            &audio_rate,
+            &audio_resample,
+            &audio_caps,
+        ];
+        let bin_error = || PipelineError::Link {
+            from: bin.name().to_string(),
+            to: self.pipeline.name().to_string(),
+        };
+        bin.add_many([&source_el, &decode])
+            .map_err(|_| bin_error())?;
+        bin.add_many(video_chain).map_err(|_| bin_error())?;
+        bin.add_many(audio_chain).map_err(|_| bin_error())?;
+        link_chain(&[&source_el, &decode])?;
+        link_chain(&video_chain)?;
+        link_chain(&audio_chain)?;
+        let arrival = Arc::new(Arrival::default());
+        connect_demuxed_pads(&decode, &video_in, &audio_in, &arrival);
+
+        let mut ghosts = Vec::new();
+        for (name, last) in [("video", &video_caps), ("audio", &audio_caps)] {
+            let target = last.static_pad("src").ok_or_else(bin_error)?;
+            let ghost = gst::GhostPad::builder_with_target(&target)
+                .map_err(|_| bin_error())?
+                .name(name)
+                .build();
+            bin.add_pad(&ghost).map_err(|_| bin_error())?;
+            end_quietly(&ghost, &bin);
+            ghosts.push(ghost);
+        }
+        self.pipeline.add(&bin).map_err(|_| bin_error())?;
+        let mut switch_pads = Vec::new();
+        for (ghost, switch) in ghosts.iter().zip([&switch.video, &switch.audio]) {
+            match link_pad_to_switch(ghost.upcast_ref(), switch, 0) {
+                Ok(pad) => switch_pads.push((switch.clone(), pad)),
+                Err(e) => {
+                    detach_branch(&self.pipeline, &bin, switch_pads);
+                    return Err(e);
+                }
+            }
+        }
+        if bin.sync_state_with_parent().is_err() {
+            detach_branch(&self.pipeline, &bin, switch_pads);
+            return Err(PipelineError::State {
+                path: bin.path_string().to_string(),
+                state: gst::State::Playing,
+            });
+        }
+        tracing::info!(pipeline = %self.pipeline.name(), branch = %bin.name(), "input attached");
+        Ok(IngestBranch {
+            bin,
+            appsrc,
+            arrival,
+            switch_pads,
+        })
+    }
+
+    /// Detaches an input: its switch pads go (the switch falls back to the slate once its
+    /// timeout passes) and its elements stop, off the caller's thread.
+    pub fn detach(&self, branch: IngestBranch) {
+        let pipeline = self.pipeline.clone();
+        std::thread::spawn(move || detach_branch(&pipeline, &branch.bin, branch.switch_pads));
+    }
+
+    /// Shows `picture` (at the program's size) whenever no publisher is on.
+    pub fn set_slate(&self, picture: &image::RgbaImage) {
+        if let Some(switch) = &self.switch {
+            show_slate(&switch.slate, picture);
+        }
+    }
+
+    /// Ends the program's stream so every sink finishes (final playlists are written): at the
+    /// live syncs for a decoded program (an attached publisher's end never passes its
+    /// switch), or at the sources for a remuxed one. The bus then carries EOS.
+    pub fn end(&self) {
+        match &self.switch {
+            Some(_) => {
+                for name in ["video-sync", "audio-sync"] {
+                    if let Some(pad) = self
+                        .pipeline
+                        .by_name(name)
+                        .and_then(|sync| sync.static_pad("sink"))
+                    {
+                        pad.send_event(gst::event::Eos::new());
+                    }
+                }
+            }
+            None => {
+                self.pipeline.send_event(gst::event::Eos::new());
+            }
+        }
     }
 
     /// A new FLV stream for `encode`, on the running pipeline: a tap on the rendition that
@@ -393,6 +634,49 @@ impl Program {
     }
 }
 
+/// Drops the end of an ingest branch's stream at `pad` (it must not end the program), and
+/// posts [`INGEST_ENDED`] so the relay can detach the branch.
+fn end_quietly(pad: &gst::GhostPad, bin: &gst::Bin) {
+    let bin = bin.downgrade();
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let is_eos = matches!(info.event().map(|e| e.view()), Some(gst::EventView::Eos(_)));
+        if !is_eos {
+            return gst::PadProbeReturn::Ok;
+        }
+        if let Some(bin) = bin.upgrade() {
+            let s = gst::Structure::builder(INGEST_ENDED)
+                .field("branch", bin.name().as_str())
+                .build();
+            let _ = bin.post_message(gst::message::Element::builder(s).src(&bin).build());
+        }
+        gst::PadProbeReturn::Drop
+    });
+}
+
+/// Releases an ingest branch's switch pads (which wakes any of its threads waiting in the
+/// switch), then stops and removes the branch.
+fn detach_branch(
+    pipeline: &gst::Pipeline,
+    bin: &gst::Bin,
+    switch_pads: Vec<(gst::Element, gst::Pad)>,
+) {
+    // From now on its output goes nowhere, quietly: an unlinked pad would be an error.
+    for ghost in bin.src_pads() {
+        ghost.add_probe(
+            gst::PadProbeType::BUFFER
+                | gst::PadProbeType::BUFFER_LIST
+                | gst::PadProbeType::EVENT_DOWNSTREAM,
+            |_, _| gst::PadProbeReturn::Drop,
+        );
+    }
+    for (switch, pad) in switch_pads {
+        switch.release_request_pad(&pad);
+    }
+    let _ = bin.set_state(gst::State::Null);
+    let _ = pipeline.remove(bin);
+    tracing::info!(pipeline = %pipeline.name(), branch = %bin.name(), "input detached");
+}
+
 /// Unlinks a branch from its tees once their pads are idle, then drops its elements.
 fn remove_branch(pipeline: &gst::Pipeline, branch: Branch) {
     for (tee, pad) in branch.tee_pads {
@@ -419,28 +703,37 @@ fn remove_branch(pipeline: &gst::Pipeline, branch: Branch) {
     tracing::info!(pipeline = %pipeline.name(), "destination stream removed");
 }
 
-/// Decoding, normalising and the overlay: returns the program tee and the audio tee.
+/// The slate, the silence, the switches, the live syncs, the overlay and the audio encode:
+/// returns the program tee, the audio tee and the inputs' handles. Publishers attach later
+/// ([`Program::attach`]).
 fn build_program(
     pipeline: &gst::Pipeline,
-    ingest: &gst::Element,
     params: &ProgramParams,
-) -> Result<(gst::Element, gst::Element), PipelineError> {
+    slate: &image::RgbaImage,
+) -> Result<(gst::Element, gst::Element, Switch), PipelineError> {
     let p = &params.program;
-    let decode = make("decodebin", "decode")?;
-    let video_in = make("queue", "video-in")?;
-    let video_rate = make("videorate", "video-rate")?;
-    let video_scale = make("videoscale", "video-scale")?;
-    let video_convert = make("videoconvert", "video-convert")?;
-    let program_video = capsfilter(
-        "program-video",
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", p.width as i32)
-            .field("height", p.height as i32)
-            .field("framerate", gst::Fraction::new(p.fps as i32, 1))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build(),
-    )?;
+    let slate_src = gst_app::AppSrc::builder()
+        .name("slate")
+        .caps(
+            &gst::Caps::builder("video/x-raw")
+                .field("format", "RGBA")
+                .field("width", slate.width() as i32)
+                .field("height", slate.height() as i32)
+                .field("framerate", gst::Fraction::new(0, 1))
+                .build(),
+        )
+        .format(gst::Format::Time)
+        .build();
+    let slate_convert = make("videoconvert", "slate-convert")?;
+    let slate_scale = make("videoscale", "slate-scale")?;
+    let freeze = make("imagefreeze", "slate-freeze")?;
+    freeze.set_property("is-live", true);
+    freeze.set_property("allow-replace", true);
+    let slate_caps = capsfilter("slate-caps", program_video_caps(p))?;
+    // Queues give the live sources room for the switch's latency.
+    let slate_q = make("queue", "slate-q")?;
+    let video_switch = make_switch("video-switch")?;
+    let video_sync = make_sync("video-sync")?;
     let overlay = match &params.overlay {
         Some(slot) => super::overlay::element(slot)?,
         None => {
@@ -450,52 +743,156 @@ fn build_program(
         }
     };
     let program_tee = make("tee", "program-tee")?;
-    let video_chain = [
-        video_in.clone(),
-        video_rate,
-        video_scale,
-        video_convert,
-        program_video,
-        overlay,
-        program_tee.clone(),
-    ];
 
-    let audio_in = make("queue", "audio-in")?;
+    let silence = make("audiotestsrc", "silence")?;
+    silence.set_property("is-live", true);
+    silence.set_property_from_str("wave", "silence");
+    let silence_caps = capsfilter("silence-caps", program_audio_caps(p))?;
+    let silence_q = make("queue", "silence-q")?;
+    let audio_switch = make_switch("audio-switch")?;
+    let audio_sync = make_sync("audio-sync")?;
     let audio_convert = make("audioconvert", "audio-convert")?;
-    // FLV timestamps are whole milliseconds: make the audio timeline continuous again.
-    let audio_rate = make("audiorate", "audio-rate")?;
-    audio_rate.set_property("tolerance", DEFAULT_AUDIO_TOLERANCE_NS);
-    let audio_resample = make("audioresample", "audio-resample")?;
-    let program_audio = capsfilter(
-        "program-audio",
-        gst::Caps::builder("audio/x-raw")
-            .field("rate", p.audio_rate as i32)
-            .field("channels", p.audio_channels as i32)
-            .build(),
-    )?;
     let aac = make("avenc_aac", "aac")?;
     aac.set_property_from_str("bitrate", &(u64::from(p.audio_kbps) * 1000).to_string());
     let audio_parse = make("aacparse", "audio-parse")?;
     let audio_tee = make("tee", "audio-tee")?;
-    let audio_chain = [
-        audio_in.clone(),
-        audio_convert,
-        audio_rate,
-        audio_resample,
-        program_audio,
-        aac,
-        audio_parse,
-        audio_tee.clone(),
-    ];
 
-    add(pipeline, &[&decode])?;
-    add(pipeline, &video_chain.iter().collect::<Vec<_>>())?;
-    add(pipeline, &audio_chain.iter().collect::<Vec<_>>())?;
-    link_chain(&[ingest, &decode])?;
-    link_chain(&video_chain.iter().collect::<Vec<_>>())?;
-    link_chain(&audio_chain.iter().collect::<Vec<_>>())?;
-    connect_demuxed_pads(&decode, &video_in, &audio_in, &params.arrival);
-    Ok((program_tee, audio_tee))
+    let slate_el = slate_src.clone().upcast::<gst::Element>();
+    let slate_chain = [
+        &slate_el,
+        &slate_convert,
+        &slate_scale,
+        &freeze,
+        &slate_caps,
+        &slate_q,
+    ];
+    let video_chain = [&video_switch, &video_sync, &overlay, &program_tee];
+    let silence_chain = [&silence, &silence_caps, &silence_q];
+    let audio_chain = [
+        &audio_switch,
+        &audio_sync,
+        &audio_convert,
+        &aac,
+        &audio_parse,
+        &audio_tee,
+    ];
+    for chain in [&slate_chain[..], &video_chain, &silence_chain, &audio_chain] {
+        add(pipeline, chain)?;
+        link_chain(chain)?;
+    }
+    // Lowest priority: the switch falls back to these, and starts on them.
+    link_switch(&slate_q, &video_switch, 1)?;
+    link_switch(&silence_q, &audio_switch, 1)?;
+    report_switches(&video_switch);
+    one_stream(&video_sync);
+    one_stream(&audio_sync);
+
+    let switch = Switch {
+        slate: slate_src,
+        video: video_switch,
+        audio: audio_switch,
+    };
+    show_slate(&switch.slate, slate);
+    Ok((program_tee, audio_tee, switch))
+}
+
+/// A `fallbackswitch` that prefers priority 0 and falls back after [`DEFAULT_INPUT_TIMEOUT`].
+fn make_switch(name: &str) -> Result<gst::Element, PipelineError> {
+    let switch = make("fallbackswitch", name)?;
+    switch.set_property("timeout", DEFAULT_INPUT_TIMEOUT.as_nanos() as u64);
+    switch.set_property(
+        "min-upstream-latency",
+        DEFAULT_INPUT_LATENCY.as_nanos() as u64,
+    );
+    // Start on the slate at once instead of waiting for a publisher that may never come.
+    switch.set_property("immediate-fallback", true);
+    Ok(switch)
+}
+
+/// A `livesync` that gives downstream one segment and no holes.
+fn make_sync(name: &str) -> Result<gst::Element, PipelineError> {
+    let sync = make("livesync", name)?;
+    sync.set_property("single-segment", true);
+    sync.set_property("latency", DEFAULT_SYNC_SLACK.as_nanos() as u64);
+    Ok(sync)
+}
+
+/// Links `src`'s `src` pad to a new pad of `switch` with `priority` (0 is preferred); returns
+/// the switch's pad.
+fn link_switch(
+    src: &gst::Element,
+    switch: &gst::Element,
+    priority: u32,
+) -> Result<gst::Pad, PipelineError> {
+    let srcpad = src.static_pad("src").ok_or_else(|| PipelineError::Link {
+        from: src.name().to_string(),
+        to: switch.name().to_string(),
+    })?;
+    link_pad_to_switch(&srcpad, switch, priority)
+}
+
+fn link_pad_to_switch(
+    srcpad: &gst::Pad,
+    switch: &gst::Element,
+    priority: u32,
+) -> Result<gst::Pad, PipelineError> {
+    let error = || PipelineError::Link {
+        from: srcpad.path_string().to_string(),
+        to: switch.name().to_string(),
+    };
+    let sinkpad = switch.request_pad_simple("sink_%u").ok_or_else(error)?;
+    sinkpad.set_property("priority", priority);
+    srcpad.link(&sinkpad).map_err(|_| error())?;
+    Ok(sinkpad)
+}
+
+/// Keeps what leaves a live sync one stream: a switch re-sends the new input's stream
+/// start, tags and caps, and the encoders and muxers downstream would start afresh on them
+/// (a short segment, a new GOP). The first stream start stays, and caps only when they change.
+fn one_stream(sync: &gst::Element) {
+    let Some(pad) = sync.static_pad("src") else {
+        return;
+    };
+    // The pad stores a sticky event before its probes see it: keep our own memory.
+    let sent: Mutex<(bool, Option<gst::Caps>)> = Mutex::default();
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let mut sent = sent.lock().expect("event memory lock poisoned");
+        let keep = match info.event().map(|e| e.view()) {
+            Some(gst::EventView::StreamStart(_)) => !std::mem::replace(&mut sent.0, true),
+            Some(gst::EventView::Tag(_)) => false,
+            Some(gst::EventView::Caps(c)) => {
+                let caps = c.caps_owned();
+                sent.1.replace(caps.clone()).as_ref() != Some(&caps)
+            }
+            _ => true,
+        };
+        if keep {
+            gst::PadProbeReturn::Ok
+        } else {
+            gst::PadProbeReturn::Drop
+        }
+    });
+}
+
+/// Posts [`INPUT_SWITCHED`] on the bus whenever the video switch changes input.
+fn report_switches(switch: &gst::Element) {
+    switch.connect_notify(Some("active-pad"), |switch, _| {
+        let slate = switch
+            .property::<Option<gst::Pad>>("active-pad")
+            .is_some_and(|pad| pad.property::<u32>("priority") > 0);
+        let s = gst::Structure::builder(INPUT_SWITCHED)
+            .field("slate", slate)
+            .build();
+        let _ = switch.post_message(gst::message::Element::builder(s).src(switch).build());
+    });
+}
+
+/// Hands the slate a new picture; the switch shows it whenever no publisher is on.
+fn show_slate(slate: &gst_app::AppSrc, picture: &image::RgbaImage) {
+    let buffer = gst::Buffer::from_mut_slice(picture.as_raw().clone());
+    if let Err(e) = slate.push_buffer(buffer) {
+        tracing::debug!(element = %slate.path_string(), error = ?e, "slate not taken");
+    }
 }
 
 /// Passthrough: demux and parse the publisher's H.264 and AAC. Returns the video tee

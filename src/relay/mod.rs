@@ -11,7 +11,8 @@ pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -24,9 +25,11 @@ use tracing::{debug, error, info, warn};
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
-use crate::pipeline::program::{self, Encode, Program, Rendition, Source, Variant};
+use crate::pipeline::program::{
+    self, Encode, IngestBranch, Input, Program, Rendition, Source, Variant,
+};
 use crate::pipeline::{self as pl, BusError, PipelineError};
-use crate::render::{self, Logos};
+use crate::render::{self, Logos, SlateMessage};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
 use spec::{OutputSpec, RelaySpec, RenditionSpec};
@@ -40,6 +43,17 @@ const DEFAULT_TICK: Duration = Duration::from_millis(500);
 /// handshake and the connect/publish commands, so a server that refuses the publish late
 /// never looks live.
 const DEFAULT_LIVE_BYTES: u64 = 64 * 1024;
+/// A destination that stays live this long has its failure count (and so its backoff) reset.
+const DEFAULT_STABLE_AFTER: Duration = Duration::from_secs(60);
+/// A destination must go live within this time of its push pipeline starting.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A live destination whose byte counter stands still this long has stopped reading.
+const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A publisher that has sent nothing for this long may be replaced by a new publish on its
+/// key (the caster restarted OBS while the old connection lingers).
+const DEFAULT_STALE_PUBLISHER: Duration = Duration::from_secs(2);
+/// The slate's background, drawn under its message at the program's size.
+const SLATE_BACKGROUND: &[u8] = include_bytes!("../../assets/slate.png");
 /// Commands that may queue for one relay.
 const DEFAULT_COMMAND_QUEUE: usize = 64;
 
@@ -50,6 +64,29 @@ pub struct RelayContext {
     pub hls: HlsSettings,
     /// `<data_dir>/hls`; each relay writes into its own sub-directory.
     pub hls_root: PathBuf,
+    /// The slate's two pictures at the program's size, drawn once on first use.
+    pub slates: Slates,
+}
+
+/// The slate pictures, drawn on first use (every relay shares the program size).
+#[derive(Debug, Clone, Default)]
+pub struct Slates(OnceLock<[Arc<image::RgbaImage>; 2]>);
+
+impl Slates {
+    /// The slate saying `message`, at `program`'s size.
+    fn get(&self, message: SlateMessage, program: &ProgramSettings) -> Arc<image::RgbaImage> {
+        let [soon, back] = self.0.get_or_init(|| {
+            let background = image::load_from_memory(SLATE_BACKGROUND)
+                .expect("the bundled slate is a valid PNG")
+                .to_rgba8();
+            [SlateMessage::StartingSoon, SlateMessage::BeRightBack]
+                .map(|m| Arc::new(render::slate(&background, program.width, program.height, m)))
+        });
+        match message {
+            SlateMessage::StartingSoon => soon.clone(),
+            SlateMessage::BeRightBack => back.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +118,8 @@ pub enum RelayError {
 pub enum RelayPhase {
     /// Not asked to run.
     Stopped,
-    /// Asked to run, waiting for a publisher on its stream key.
+    /// Asked to run, waiting for a publisher on its stream key (passthrough relays, which
+    /// have no slate to show meanwhile).
     Waiting,
     /// The program is built and running; no frame has been encoded yet.
     Starting,
@@ -116,6 +154,8 @@ pub struct RelayStatus {
     /// When the operator last started it (for uptime).
     pub started_at: Option<SystemTime>,
     pub publisher: Option<PublisherStatus>,
+    /// What the program shows, and since when: the publisher's pictures or the slate.
+    pub on_air: Option<(OnAir, SystemTime)>,
     pub frames_encoded: u64,
     pub outputs: Vec<OutputStatus>,
 }
@@ -124,6 +164,24 @@ pub struct RelayStatus {
 pub struct PublisherStatus {
     pub peer: String,
     pub since: SystemTime,
+}
+
+/// What a decoded program is showing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAir {
+    /// The input: a publisher's or a pulled stream's pictures.
+    Input,
+    /// The slate ("starting soon", or "we'll be right back" once an input was lost).
+    Slate,
+}
+
+impl OnAir {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnAir::Input => "input",
+            OnAir::Slate => "slate",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +215,9 @@ pub struct IngestFeed {
     arrival: Arc<program::Arrival>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
+    /// When bytes last came (ms since the Unix epoch), for the relay to tell a stale
+    /// publisher from a healthy one.
+    last_data: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +236,7 @@ impl IngestFeed {
         if self.appsrc.current_level_bytes() >= self.appsrc.max_bytes() {
             return Err(FeedClosed);
         }
+        self.last_data.store(unix_millis(), Ordering::Relaxed);
         self.appsrc
             .push_buffer(gst::Buffer::from_slice(data))
             .map(|_| ())
@@ -189,6 +251,13 @@ impl Drop for IngestFeed {
             generation: self.generation,
         });
     }
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 enum Command {
@@ -333,6 +402,9 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         started_at: None,
         program: None,
         publisher: None,
+        input: None,
+        on_air: None,
+        input_retry: None,
         retry: None,
         draining: None,
         last_error: None,
@@ -360,11 +432,31 @@ struct Retry {
     reason: String,
 }
 
+impl Retry {
+    /// The retry after `previous` (if any) failed for `reason`.
+    fn after(previous: Option<&Retry>, reason: String) -> Self {
+        let attempt = previous.map_or(0, |r| r.attempt) + 1;
+        Retry {
+            attempt,
+            next_at: Instant::now() + state::backoff(attempt, state::jitter()),
+            reason,
+        }
+    }
+}
+
+/// The input attached to a decoded program: a publisher's or a pulled stream's branch.
+struct Attached {
+    branch: IngestBranch,
+    generation: u64,
+    /// When the publisher last sent bytes (ms since the Unix epoch); pulled streams: unused.
+    last_data: Arc<AtomicU64>,
+}
+
 /// A destination: its spec, its state, and its push pipeline when it has one.
 struct Output {
     spec: OutputSpec,
     state: OutputState,
-    /// Consecutive failures; reset once bytes flow.
+    /// Consecutive failures; reset after a stable minute live.
     failures: u32,
     last_error: Option<String>,
     bytes_sent: u64,
@@ -375,12 +467,19 @@ struct RunningOutput {
     pipeline: OutputPipeline,
     generation: u64,
     bus_task: JoinHandle<()>,
+    /// The byte counter when it last rose, and when.
+    progress: (u64, Instant),
 }
 
 impl Output {
     fn next_state(&self, event: OutputEvent, now: Instant) -> OutputState {
-        self.state
-            .next(event, self.failures, self.spec.max_retries, now)
+        self.state.next(
+            event,
+            self.failures,
+            self.spec.max_retries,
+            now,
+            state::jitter(),
+        )
     }
 
     fn new(spec: OutputSpec) -> Self {
@@ -410,6 +509,12 @@ struct Actor {
     started_at: Option<SystemTime>,
     program: Option<RunningProgram>,
     publisher: Option<PublisherStatus>,
+    /// The program's input, when one is attached (decoded programs).
+    input: Option<Attached>,
+    /// What the program shows, from the switch's own reports.
+    on_air: Option<(OnAir, SystemTime)>,
+    /// The next attempt to pull the stream again (pull relays).
+    input_retry: Option<Retry>,
     retry: Option<Retry>,
     /// The program whose publisher left, and when it must have drained by.
     draining: Option<(u64, Instant)>,
@@ -502,12 +607,85 @@ impl Actor {
         self.last_error = None;
         info!(relay = %self.spec.id, "start requested");
         self.start_poller();
-        if let Some(url) = self.spec.ingest.url.clone() {
-            if let Err(e) = self.start_program(Source::Pull(url)) {
-                self.fail_program(e.to_string());
-            }
-        }
+        self.run_program();
         Ok(())
+    }
+
+    /// Builds the program a relay runs before any publisher comes: a decoded relay's (on
+    /// the slate, with a pulled stream attached at once), or a pulling passthrough relay's.
+    /// A pushed passthrough relay waits for its publisher instead.
+    fn run_program(&mut self) {
+        let pull = self.spec.ingest.url.clone().map(Source::Pull);
+        let result = if self.spec.transcode {
+            self.start_program(None).map(|_| self.attach_pull())
+        } else if let Some(source) = pull {
+            self.start_program(Some(source)).map(|_| ())
+        } else {
+            return;
+        };
+        if let Err(e) = result {
+            self.fail_program(e.to_string());
+        }
+    }
+
+    /// Attaches the pulled stream to a decoded program; on failure, retries with backoff
+    /// while the slate stays on air.
+    fn attach_pull(&mut self) {
+        let Some(url) = self.spec.ingest.url.clone() else {
+            return;
+        };
+        match self.attach(&Source::Pull(url)) {
+            Ok(attached) => {
+                self.input = Some(attached);
+            }
+            Err(e) => self.retry_pull(e.to_string()),
+        }
+    }
+
+    /// Schedules the next attempt to pull the stream.
+    fn retry_pull(&mut self, reason: String) {
+        let retry = Retry::after(self.input_retry.as_ref(), reason);
+        let delay = retry.next_at.saturating_duration_since(Instant::now());
+        warn!(relay = %self.spec.id, attempt = retry.attempt, delay = ?delay, reason = %retry.reason, "pulled stream lost, retrying; the slate is on air");
+        self.last_error = Some(retry.reason.clone());
+        self.input_retry = Some(retry);
+    }
+
+    /// Attaches `source` to the running decoded program.
+    fn attach(&mut self, source: &Source) -> Result<Attached, RelayError> {
+        let id = self.spec.id.clone();
+        let running = self
+            .program
+            .as_mut()
+            .ok_or(RelayError::NotRunning { id: id.clone() })?;
+        let branch = running
+            .program
+            .attach(source)
+            .map_err(|source| RelayError::Pipeline { id, source })?;
+        self.generation += 1;
+        Ok(Attached {
+            branch,
+            generation: self.generation,
+            last_data: Arc::new(AtomicU64::new(unix_millis())),
+        })
+    }
+
+    /// Detaches the program's input, if any; the slate takes over, saying "we'll be right
+    /// back".
+    fn detach_input(&mut self, why: &str) {
+        let Some(attached) = self.input.take() else {
+            return;
+        };
+        info!(relay = %self.spec.id, branch = %attached.branch.name(), reason = why, "input detached");
+        if let Some(running) = &self.program {
+            running.program.detach(attached.branch);
+            running.program.set_slate(
+                &self
+                    .ctx
+                    .slates
+                    .get(SlateMessage::BeRightBack, &self.ctx.program),
+            );
+        }
     }
 
     /// The renditions this relay encodes, tallest first, checked against the program format.
@@ -602,15 +780,46 @@ impl Actor {
             return Err(RelayError::NotRunning { id });
         }
         if let Some(p) = &self.publisher {
-            return Err(RelayError::AlreadyPublishing {
-                id,
-                peer: p.peer.clone(),
+            let silent_ms = self.input.as_ref().map_or(0, |a| {
+                unix_millis().saturating_sub(a.last_data.load(Ordering::Relaxed))
             });
+            if !self.spec.transcode || silent_ms < DEFAULT_STALE_PUBLISHER.as_millis() as u64 {
+                return Err(RelayError::AlreadyPublishing {
+                    id,
+                    peer: p.peer.clone(),
+                });
+            }
+            info!(relay = %id, old = %p.peer, new = %peer, silent_ms, "stale publisher replaced by a new one");
+            self.publisher = None;
+            self.detach_input("replaced by a new publisher");
         }
-        // A previous program may still be draining: it gives way to the new publisher.
-        self.teardown_program();
-        let (appsrc, arrival) = self.start_program(Source::Push)?;
-        let appsrc = appsrc.expect("push programs have an ingest appsrc");
+        let (appsrc, arrival, generation, last_data) = if self.spec.transcode {
+            if self.program.is_none() {
+                return Err(RelayError::NotRunning { id });
+            }
+            let attached = self.attach(&Source::Push)?;
+            let appsrc = attached
+                .branch
+                .appsrc
+                .clone()
+                .expect("push branches have an appsrc");
+            let arrival = attached.branch.arrival.clone();
+            let parts = (
+                appsrc,
+                arrival,
+                attached.generation,
+                attached.last_data.clone(),
+            );
+            self.input = Some(attached);
+            parts
+        } else {
+            // A previous program may still be draining: it gives way to the new publisher.
+            self.teardown_program();
+            let (appsrc, arrival) = self.start_program(Some(Source::Push))?;
+            let appsrc = appsrc.expect("push programs have an ingest appsrc");
+            let last_data = Arc::new(AtomicU64::new(unix_millis()));
+            (appsrc, arrival, self.generation, last_data)
+        };
         info!(relay = %id, peer = %peer, "publisher connected");
         self.publisher = Some(PublisherStatus {
             peer,
@@ -620,15 +829,17 @@ impl Actor {
             appsrc,
             arrival,
             events: self.events_tx.clone(),
-            generation: self.generation,
+            generation,
+            last_data,
         })
     }
 
-    /// Builds and plays the program and every destination's pipeline. Returns the ingest
-    /// appsrc (push relays) and the mark the RTMP server sets when the first frame arrives.
+    /// Builds and plays the program and every destination's pipeline: a decoded one on the
+    /// slate (`remux` is `None`), or one remuxing `remux`. Returns the ingest appsrc (remuxed
+    /// push relays) and the mark the RTMP server sets when the first frame arrives.
     fn start_program(
         &mut self,
-        source: Source,
+        remux: Option<Source>,
     ) -> Result<(Option<gst_app::AppSrc>, Arc<program::Arrival>), RelayError> {
         let epoch = gst::SystemClock::obtain().time();
         let renditions = self.renditions()?;
@@ -641,12 +852,21 @@ impl Actor {
         let hls_dir = self.ctx.hls_root.join(&self.spec.id);
         // Old segments belong to an earlier program; players must not mix them in.
         let _ = std::fs::remove_dir_all(&hls_dir);
+        let input = match remux {
+            Some(source) => Input::Remux(source),
+            None => Input::Switched(
+                self.ctx
+                    .slates
+                    .get(SlateMessage::StartingSoon, &self.ctx.program)
+                    .as_ref()
+                    .clone(),
+            ),
+        };
         let params = program::ProgramParams {
             relay_id: self.spec.id.clone(),
-            source,
+            input,
             program: self.ctx.program.clone(),
             hls: self.ctx.hls.clone(),
-            transcode: self.spec.transcode,
             renditions: renditions.clone(),
             hls_dir: hls_dir.clone(),
             overlay: self.overlay.clone(),
@@ -685,6 +905,7 @@ impl Actor {
         let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
         info!(relay = %self.spec.id, generation, renditions = ?names, transcode = self.spec.transcode, "program playing");
         let ingest = built.ingest.clone();
+        self.on_air = None;
         self.program = Some(RunningProgram {
             program: built,
             generation,
@@ -794,6 +1015,7 @@ impl Actor {
                     pipeline,
                     generation,
                     bus_task,
+                    progress: (0, now),
                 });
                 let next = out.next_state(OutputEvent::Started, now);
                 transition(&relay_id, out, next, "push pipeline started");
@@ -849,7 +1071,7 @@ impl Actor {
             self.stop_output(id, OutputEvent::Stopped, why);
         }
         if let Some(program) = &self.program {
-            program.program.pipeline.send_event(gst::event::Eos::new());
+            program.program.end();
         }
         // Keep handling events while the program drains, until its EOS (or error) arrives.
         let deadline = Instant::now() + DEFAULT_DRAIN_TIMEOUT;
@@ -893,6 +1115,10 @@ impl Actor {
             }
         }
         self.draining = None;
+        // Its branch goes with the pipeline; the publisher's feed fails and it is dropped.
+        self.input = None;
+        self.input_retry = None;
+        self.on_air = None;
         if let Some(program) = self.program.take() {
             program.bus_task.abort();
             abandon(program.program.pipeline, format!("relay {}", self.spec.id));
@@ -902,19 +1128,17 @@ impl Actor {
         }
     }
 
-    /// The program failed: tear it down and, for pull relays, schedule a rebuild.
+    /// The program failed: tear it down and, unless it waits for a publisher (pushed
+    /// passthrough), schedule a rebuild.
     fn fail_program(&mut self, reason: String) {
         self.teardown_program();
         self.last_error = Some(reason.clone());
-        if self.spec.ingest.url.is_some() && self.want_running {
-            let attempt = self.retry.as_ref().map_or(0, |r| r.attempt) + 1;
-            let delay = state::backoff(attempt);
-            warn!(relay = %self.spec.id, attempt, delay = ?delay, reason = %reason, "program failed, retrying");
-            self.retry = Some(Retry {
-                attempt,
-                next_at: Instant::now() + delay,
-                reason,
-            });
+        let rebuilds = self.spec.transcode || self.spec.ingest.url.is_some();
+        if rebuilds && self.want_running {
+            let retry = Retry::after(self.retry.as_ref(), reason);
+            let delay = retry.next_at.saturating_duration_since(Instant::now());
+            warn!(relay = %self.spec.id, attempt = retry.attempt, delay = ?delay, reason = %retry.reason, "program failed, retrying");
+            self.retry = Some(retry);
         } else {
             warn!(relay = %self.spec.id, reason = %reason, "program failed; waiting for the publisher to return");
         }
@@ -931,13 +1155,30 @@ impl Actor {
                 }
                 match message.view() {
                     gst::MessageView::Error(err) => {
+                        let branch = err.src().and_then(program::ingest_branch_of);
+                        let current = self.input.as_ref().map(|a| a.branch.name());
                         let err = BusError::from_message(err);
-                        error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
-                        self.fail_program(err.to_string());
+                        if branch.is_some() && branch == current {
+                            self.on_input_error(err);
+                        } else if branch.is_some() {
+                            debug!(relay = %self.spec.id, error = %err, "error from a detached input, ignored");
+                        } else {
+                            error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
+                            self.fail_program(err.to_string());
+                        }
+                    }
+                    gst::MessageView::Latency(_) => {
+                        if let Some(running) = &self.program {
+                            let _ = running.program.pipeline.recalculate_latency();
+                        }
                     }
                     gst::MessageView::Element(e) => {
                         if let Some(s) = e.structure() {
-                            self.on_segment_added(s);
+                            match s.name().as_str() {
+                                program::INPUT_SWITCHED => self.on_switched(s),
+                                program::INGEST_ENDED => self.on_ingest_ended(s),
+                                _ => self.on_segment_added(s),
+                            }
                         }
                     }
                     gst::MessageView::Eos(_) => {
@@ -971,7 +1212,18 @@ impl Actor {
                 }
             }
             Event::PublisherGone { generation } => {
-                if self.program.as_ref().map(|p| p.generation) == Some(generation) {
+                if self
+                    .input
+                    .as_ref()
+                    .is_some_and(|a| a.generation == generation)
+                {
+                    if let Some(p) = self.publisher.take() {
+                        info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
+                    }
+                    self.detach_input("publisher disconnected");
+                } else if !self.spec.transcode
+                    && self.program.as_ref().map(|p| p.generation) == Some(generation)
+                {
                     // The appsrc got EOS; the program drains and its EOS tears it down. The
                     // publisher slot frees at once so a reconnecting caster is not refused.
                     if let Some(p) = self.publisher.take() {
@@ -980,6 +1232,47 @@ impl Actor {
                     self.draining = Some((generation, Instant::now() + DEFAULT_DRAIN_TIMEOUT));
                 }
             }
+        }
+    }
+
+    /// An error inside the input's branch (a publisher's garbage, a pulled server that went
+    /// away) costs the input, never the program: the slate takes over.
+    fn on_input_error(&mut self, err: BusError) {
+        warn!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "input failed: {}", err.message);
+        self.last_error = Some(err.to_string());
+        self.detach_input("input failed");
+        if let Some(p) = self.publisher.take() {
+            info!(relay = %self.spec.id, peer = %p.peer, "publisher dropped: its stream failed");
+        }
+        if self.spec.ingest.url.is_some() {
+            self.retry_pull(err.to_string());
+        }
+    }
+
+    /// The switch changed what is on air.
+    fn on_switched(&mut self, s: &gst::StructureRef) {
+        let on_air = if s.get::<bool>("slate").unwrap_or(true) {
+            OnAir::Slate
+        } else {
+            OnAir::Input
+        };
+        if self.on_air.map(|(o, _)| o) == Some(on_air) {
+            return;
+        }
+        let from = self.on_air.map_or("nothing", |(o, _)| o.name());
+        info!(relay = %self.spec.id, from, to = on_air.name(), "on air");
+        self.on_air = Some((on_air, SystemTime::now()));
+    }
+
+    /// An input's stream ended (a pulled stream's server ended it); the branch goes.
+    fn on_ingest_ended(&mut self, s: &gst::StructureRef) {
+        let branch = s.get::<String>("branch").unwrap_or_default();
+        if self.input.as_ref().map(|a| a.branch.name()) != Some(branch) {
+            return;
+        }
+        self.detach_input("its stream ended");
+        if self.publisher.is_none() && self.spec.ingest.url.is_some() {
+            self.retry_pull("the pulled stream ended".to_owned());
         }
     }
 
@@ -1167,15 +1460,24 @@ impl Actor {
                 self.teardown_program();
             }
         }
-        // Program retries (pull relays).
+        // Program rebuilds, then pulled inputs.
         if let Some(retry) = &self.retry {
             if self.program.is_none() && self.want_running && retry.next_at <= now {
-                if let Some(url) = self.spec.ingest.url.clone() {
-                    if let Err(e) = self.start_program(Source::Pull(url)) {
-                        self.fail_program(e.to_string());
-                    }
-                }
+                self.run_program();
             }
+        }
+        if let Some(retry) = &self.input_retry {
+            if self.program.is_some() && self.input.is_none() && retry.next_at <= now {
+                self.attach_pull();
+            }
+        }
+        // A pulled input that stayed on air for a stable minute resets its backoff.
+        if self.input.is_some()
+            && self.on_air.is_some_and(|(o, since)| {
+                o == OnAir::Input && since.elapsed().unwrap_or_default() >= DEFAULT_STABLE_AFTER
+            })
+        {
+            self.input_retry = None;
         }
         if self
             .program
@@ -1184,25 +1486,53 @@ impl Actor {
         {
             self.retry = None;
         }
-        // Destinations: byte counters and due retries.
+        // Destinations: byte counters, stalls and due retries.
         let relay_id = self.spec.id.clone();
         let mut due = Vec::new();
+        let mut stalled = Vec::new();
         for (id, out) in self.outputs.iter_mut() {
-            if let Some(running) = &out.running {
+            if let Some(running) = &mut out.running {
                 let bytes = running.pipeline.bytes_sent();
                 out.bytes_sent = bytes;
+                if bytes > running.progress.0 {
+                    running.progress = (bytes, now);
+                }
+                let idle = now.saturating_duration_since(running.progress.1);
                 if bytes >= DEFAULT_LIVE_BYTES {
                     let next = out.next_state(OutputEvent::BytesFlowing, now);
-                    if next != out.state {
-                        out.failures = 0;
-                        transition(&relay_id, out, next, "bytes reaching the destination");
+                    transition(&relay_id, out, next, "bytes reaching the destination");
+                }
+                match out.state {
+                    OutputState::Connecting if idle >= DEFAULT_CONNECT_TIMEOUT => {
+                        stalled.push((
+                            id.clone(),
+                            format!("not connected after {} s", idle.as_secs()),
+                        ));
                     }
+                    OutputState::Live { .. } if idle >= DEFAULT_STALL_TIMEOUT => stalled.push((
+                        id.clone(),
+                        format!(
+                            "no bytes accepted for {} s (the destination stopped reading)",
+                            idle.as_secs()
+                        ),
+                    )),
+                    OutputState::Live { since }
+                        if out.failures > 0
+                            && now.saturating_duration_since(since) >= DEFAULT_STABLE_AFTER =>
+                    {
+                        debug!(relay = %relay_id, output = %id, failures = out.failures, "stable for a minute; backoff reset");
+                        out.failures = 0;
+                    }
+                    _ => {}
                 }
             } else if let OutputState::Retrying { next_at, .. } = out.state {
                 if next_at <= now && self.program.is_some() {
                     due.push(id.clone());
                 }
             }
+        }
+        for (id, reason) in stalled {
+            self.stop_output(&id, OutputEvent::Failed(reason.clone()), &reason);
         }
         for id in due {
             self.start_output(&id);
@@ -1234,6 +1564,7 @@ impl Actor {
             last_error: self.last_error.clone(),
             started_at: self.started_at,
             publisher: self.publisher.clone(),
+            on_air: self.on_air,
             frames_encoded: frames,
             // In the order the operator gave them.
             outputs: self
@@ -1294,10 +1625,17 @@ fn forward_bus(
     tokio::spawn(async move {
         while let Some(message) = stream.next().await {
             let interesting = match message.view() {
-                gst::MessageView::Error(_) | gst::MessageView::Eos(_) => true,
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .is_some_and(|s| s.name() == program::SEGMENT_ADDED),
+                gst::MessageView::Error(_)
+                | gst::MessageView::Eos(_)
+                | gst::MessageView::Latency(_) => true,
+                gst::MessageView::Element(e) => e.structure().is_some_and(|s| {
+                    [
+                        program::SEGMENT_ADDED,
+                        program::INPUT_SWITCHED,
+                        program::INGEST_ENDED,
+                    ]
+                    .contains(&s.name().as_str())
+                }),
                 _ => false,
             };
             if interesting && events.send(wrap(message)).is_err() {

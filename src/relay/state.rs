@@ -9,6 +9,9 @@ use tokio::time::Instant;
 /// First retry delay, doubled per attempt up to [`DEFAULT_RETRY_CAP`].
 pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(15);
+/// How far jitter moves a delay either way (a fraction of it), so destinations that failed
+/// together do not retry in step.
+pub const DEFAULT_RETRY_JITTER: f64 = 0.25;
 
 /// A destination's actual state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +47,15 @@ pub enum OutputEvent {
 
 impl OutputState {
     /// The state after `event`. `attempts` counts consecutive failures before this one;
-    /// after `max_retries` of them (if set) a failure is final.
+    /// after `max_retries` of them (if set) a failure is final. `jitter` (0..1) places a
+    /// retry within its window (see [`backoff`]).
     pub fn next(
         &self,
         event: OutputEvent,
         attempts: u32,
         max_retries: Option<u32>,
         now: Instant,
+        jitter: f64,
     ) -> OutputState {
         match (self, event) {
             (_, OutputEvent::Stopped) => OutputState::Stopped,
@@ -66,7 +71,7 @@ impl OutputState {
                 let attempt = attempts + 1;
                 OutputState::Retrying {
                     attempt,
-                    next_at: now + backoff(attempt),
+                    next_at: now + backoff(attempt, jitter),
                     reason,
                 }
             }
@@ -84,14 +89,25 @@ impl OutputState {
     }
 }
 
-/// Delay before retry number `attempt` (1-based): 1 s, 2 s, 4 s … capped at 15 s.
-pub fn backoff(attempt: u32) -> Duration {
+/// Delay before retry number `attempt` (1-based): 1 s, 2 s, 4 s … capped at 15 s, each moved
+/// by up to a quarter either way as `jitter` (0..1) says; the cap holds after jitter. The
+/// first retry therefore comes within 0.75–1.25 s.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     let factor = 1u32
         .checked_shl(attempt.saturating_sub(1))
         .unwrap_or(u32::MAX);
-    DEFAULT_RETRY_BASE
-        .saturating_mul(factor)
-        .min(DEFAULT_RETRY_CAP)
+    let nominal = DEFAULT_RETRY_BASE.saturating_mul(factor);
+    let spread = 1.0 + DEFAULT_RETRY_JITTER * (2.0 * jitter.clamp(0.0, 1.0) - 1.0);
+    nominal.mul_f64(spread).min(DEFAULT_RETRY_CAP)
+}
+
+/// A number in 0..1 that differs from call to call, for [`backoff`]'s jitter.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is seeded afresh; no need for a random-number crate.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -100,22 +116,38 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap() {
-        let secs: Vec<u64> = (1..=6).map(|a| backoff(a).as_secs()).collect();
+        let secs: Vec<u64> = (1..=6).map(|a| backoff(a, 0.5).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 15, 15]);
-        assert_eq!(backoff(100), DEFAULT_RETRY_CAP);
+        assert_eq!(backoff(100, 0.5), DEFAULT_RETRY_CAP);
+    }
+
+    #[test]
+    fn jitter_spreads_retries_but_keeps_the_first_within_two_seconds() {
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(750));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(1250));
+        assert_eq!(backoff(4, 0.0), Duration::from_secs(6));
+        assert_eq!(backoff(4, 1.0), Duration::from_secs(10));
+        // Never past the cap, whatever the jitter.
+        assert_eq!(backoff(5, 1.0), DEFAULT_RETRY_CAP);
+        let draws: Vec<f64> = (0..64).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+        assert!(
+            draws.iter().any(|j| (j - draws[0]).abs() > 1e-9),
+            "jitter never varies"
+        );
     }
 
     #[test]
     fn destination_lifecycle() {
         let now = Instant::now();
-        let s = OutputState::Stopped.next(OutputEvent::Started, 0, None, now);
+        let s = OutputState::Stopped.next(OutputEvent::Started, 0, None, now, 0.5);
         assert_eq!(s, OutputState::Connecting);
-        let s = s.next(OutputEvent::BytesFlowing, 0, None, now);
+        let s = s.next(OutputEvent::BytesFlowing, 0, None, now, 0.5);
         assert_eq!(s, OutputState::Live { since: now });
         // Still live, and `since` does not move.
         let later = now + Duration::from_secs(5);
-        assert_eq!(s.next(OutputEvent::BytesFlowing, 0, None, later), s);
-        let s = s.next(OutputEvent::Failed("refused".into()), 2, None, later);
+        assert_eq!(s.next(OutputEvent::BytesFlowing, 0, None, later, 0.5), s);
+        let s = s.next(OutputEvent::Failed("refused".into()), 2, None, later, 0.5);
         assert_eq!(
             s,
             OutputState::Retrying {
@@ -125,7 +157,7 @@ mod tests {
             }
         );
         assert_eq!(
-            s.next(OutputEvent::Stopped, 3, None, later),
+            s.next(OutputEvent::Stopped, 3, None, later, 0.5),
             OutputState::Stopped
         );
     }
@@ -134,16 +166,16 @@ mod tests {
     fn a_destination_gives_up_only_when_told_to() {
         let now = Instant::now();
         let failed = OutputEvent::Failed("refused".into());
-        let s = OutputState::Connecting.next(failed.clone(), 1, Some(2), now);
+        let s = OutputState::Connecting.next(failed.clone(), 1, Some(2), now, 0.5);
         assert!(matches!(s, OutputState::Retrying { attempt: 2, .. }));
-        let s = s.next(failed.clone(), 2, Some(2), now);
+        let s = s.next(failed.clone(), 2, Some(2), now, 0.5);
         assert_eq!(
             s,
             OutputState::Failed {
                 reason: "refused".into()
             }
         );
-        let s = OutputState::Connecting.next(failed, 1000, None, now);
+        let s = OutputState::Connecting.next(failed, 1000, None, now, 0.5);
         assert!(matches!(s, OutputState::Retrying { .. }));
     }
 }

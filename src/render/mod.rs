@@ -202,6 +202,65 @@ fn fill(img: &mut RgbaImage, x: u32, y: u32, w: u32, h: u32, color: Rgba<u8>) {
     }
 }
 
+/// What the slate says: before the first publisher, and after one is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlateMessage {
+    StartingSoon,
+    BeRightBack,
+}
+
+impl SlateMessage {
+    pub fn text(self) -> &'static str {
+        match self {
+            SlateMessage::StartingSoon => "STARTING SOON",
+            SlateMessage::BeRightBack => "WE'LL BE RIGHT BACK",
+        }
+    }
+}
+
+/// Text height on the slate, as a share of the frame height.
+const SLATE_TEXT_SHARE: f32 = 0.085;
+const SLATE_ACCENT: Rgba<u8> = Rgba([255, 176, 0, 255]);
+
+/// The slate: `background` stretched to `width`x`height`, the message centred on it and an
+/// accent rule under it. Opaque, whatever the background's alpha.
+pub fn slate(background: &RgbaImage, width: u32, height: u32, message: SlateMessage) -> RgbaImage {
+    let mut img = imageops::resize(background, width, height, imageops::FilterType::Triangle);
+    for pixel in img.pixels_mut() {
+        pixel[3] = 255;
+    }
+    let text = message.text();
+    let mut scale = PxScale::from((height as f32 * SLATE_TEXT_SHARE).max(8.0));
+    let (mut w, _) = text_size(scale, &*FONT, text);
+    // Narrow frames: shrink the text to 90 % of the width.
+    let room = width * 9 / 10;
+    if w > room {
+        scale = PxScale::from(scale.y * room as f32 / w as f32);
+        w = text_size(scale, &*FONT, text).0;
+    }
+    let scaled = FONT.as_scaled(scale);
+    let glyph_h = scaled.ascent() - scaled.descent();
+    let y = ((height as f32 - glyph_h) / 2.0).round() as i32;
+    draw_text_mut(
+        &mut img,
+        TEXT,
+        ((width - w) / 2) as i32,
+        y,
+        scale,
+        &*FONT,
+        text,
+    );
+    let rule_h = (height / 120).max(2);
+    let rule_w = w / 3;
+    let rule_y = y + glyph_h.round() as i32 + rule_h as i32 * 3;
+    draw_filled_rect_mut(
+        &mut img,
+        Rect::at(((width - rule_w) / 2) as i32, rule_y).of_size(rule_w.max(1), rule_h),
+        SLATE_ACCENT,
+    );
+    img
+}
+
 /// Draws `text` vertically centred in a bar of height `h`, in a box `box_w` wide at `x`.
 #[allow(clippy::too_many_arguments)]
 fn text_in_box(
@@ -291,6 +350,28 @@ pub fn abbreviate(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slate_fills_the_frame_and_says_its_message() {
+        let background = RgbaImage::from_pixel(16, 9, Rgba([20, 20, 40, 0]));
+        let soon = slate(&background, 640, 360, SlateMessage::StartingSoon);
+        let back = slate(&background, 640, 360, SlateMessage::BeRightBack);
+        assert_eq!(soon.dimensions(), (640, 360));
+        assert!(soon.pixels().all(|p| p[3] == 255), "the slate is opaque");
+        // White text in the middle band, none in the corners.
+        let white = |img: &RgbaImage, y0: u32, y1: u32| {
+            (y0..y1)
+                .flat_map(|y| (0..640).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0[..3] == [255, 255, 255])
+                .count()
+        };
+        assert!(white(&soon, 150, 210) > 500);
+        assert_eq!(white(&soon, 0, 60), 0);
+        assert_ne!(soon, back, "the two messages look different");
+        // A narrow frame still fits the longer message.
+        let narrow = slate(&background, 240, 360, SlateMessage::BeRightBack);
+        assert_eq!(narrow.dimensions(), (240, 360));
+    }
 
     #[test]
     fn abbreviations() {
