@@ -217,8 +217,9 @@ async fn relay_crud_and_errors() {
     );
 
     // Start, stop, delete.
+    // A started relay runs its program at once, on the slate.
     let (status, body) = daemon.post("/api/v1/relays/final/start", "").await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("waiting")));
+    assert_eq!((status, body["state"].as_str()), (200, Some("starting")));
     let (status, body) = daemon.post("/api/v1/relays/final/stop", "").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("stopped")));
     assert_eq!(daemon.delete("/api/v1/relays/final").await, 204);
@@ -260,8 +261,15 @@ async fn compatible_routes_behave_as_the_old_service() {
     assert_eq!(status, 409, "{reply}");
     assert!(reply["error"].is_string());
 
-    // The relay it made is visible in the v1 API too, running and waiting for the caster.
-    assert_eq!(daemon.relay("match1").await["state"], "waiting");
+    // The relay it made is visible in the v1 API too, running on the slate until the caster
+    // comes.
+    daemon
+        .wait_on_air("match1", "slate", Duration::from_secs(20))
+        .await;
+    let relay = daemon
+        .wait_state("match1", "live", Duration::from_secs(20))
+        .await;
+    assert!(relay["publisher"].is_null(), "{relay}");
 
     let listed = wait_for("uptime to rise", Duration::from_secs(5), || async {
         let (_, list) = daemon.get("/list_streams").await;

@@ -45,7 +45,7 @@ async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
     let daemon = Daemon::start(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("ladder-key"), 90);
     daemon
-        .wait_state("ladder", "live", Duration::from_secs(20))
+        .wait_on_air("ladder", "input", Duration::from_secs(20))
         .await;
 
     // Every playlist is checked on every read while the live window fills.

@@ -224,7 +224,7 @@ async fn live_relay_with_scores(overlay_extra: &str) -> (Arc<Mutex<Answer>>, Dae
     let daemon = Daemon::start(&config).await;
     let publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     daemon
-        .wait_state("final", "live", Duration::from_secs(20))
+        .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
     (answer, daemon, publisher)
 }

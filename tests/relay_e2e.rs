@@ -74,12 +74,16 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
         ),
     );
     let daemon = Daemon::start(&config).await;
-    assert_eq!(daemon.relay("final").await["state"], "waiting");
+    // On air before any caster: the slate.
+    let relay = daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    assert!(relay["publisher"].is_null(), "{relay}");
 
     let publish_started = std::time::Instant::now();
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
     let relay = daemon
-        .wait_state("final", "live", Duration::from_secs(20))
+        .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
     assert!(relay["publisher"]["peer"]
         .as_str()
@@ -134,11 +138,11 @@ async fn gst_launch_publisher_is_taken() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = daemon.post("/api/v1/relays/gst/start", "").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["state"], "waiting");
+    assert_eq!(body["state"], "starting");
 
     let _publisher = gst_publisher(&daemon.publish_url("gst-key"));
     daemon
-        .wait_state("gst", "live", Duration::from_secs(20))
+        .wait_on_air("gst", "input", Duration::from_secs(20))
         .await;
     // The 960x540 25 fps input comes out in the program format.
     let playlist = watch_hls(&daemon, "gst", 2, Duration::from_secs(30)).await;
@@ -156,7 +160,7 @@ async fn pull_ingest_from_nginx_rtmp() {
     );
     let daemon = Daemon::start(&config).await;
     let relay = daemon
-        .wait_state("pulled", "live", Duration::from_secs(30))
+        .wait_on_air("pulled", "input", Duration::from_secs(30))
         .await;
     assert!(
         relay["publisher"].is_null(),
@@ -167,7 +171,7 @@ async fn pull_ingest_from_nginx_rtmp() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
+async fn wrong_stream_key_is_refused_and_the_relay_stays_on_the_slate() {
     let config = relay_config("final", r#"stream_key = "right-key""#, "");
     let daemon = Daemon::start(&config).await;
     let mut publisher = ffmpeg_publisher(&daemon.publish_url("wrong-key"), 30);
@@ -176,15 +180,13 @@ async fn wrong_stream_key_is_refused_and_the_relay_stays_idle() {
         .await;
     assert!(!status.success(), "ffmpeg should fail on a refused key");
     let relay = daemon.relay("final").await;
-    assert_eq!(relay["state"], "waiting", "{relay}");
+    assert_eq!(relay["on_air"]["showing"], "slate", "{relay}");
     assert!(relay["publisher"].is_null(), "{relay}");
-    assert_eq!(relay["frames_encoded"], 0, "{relay}");
     assert!(
         daemon.log().contains("unknown stream key"),
         "the refusal is logged:\n{}",
         daemon.log()
     );
-    assert!(!daemon.hls_dir("final").join("720p/index.m3u8").exists());
 
     // A relay that exists but is stopped refuses its own key too.
     let (status, _) = daemon.post("/api/v1/relays/final/stop", "").await;
@@ -203,19 +205,21 @@ async fn caster_can_drop_and_publish_again() {
     let daemon = Daemon::start(&config).await;
     let mut first = ffmpeg_publisher(&daemon.publish_url("final-key"), 5);
     daemon
-        .wait_state("final", "live", Duration::from_secs(20))
+        .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
     first
         .wait_exit("the first publisher to finish", Duration::from_secs(20))
         .await;
+    // The program carries on with the slate, and the relay stays live.
     let relay = daemon
-        .wait_state("final", "waiting", Duration::from_secs(10))
+        .wait_on_air("final", "slate", Duration::from_secs(10))
         .await;
     assert!(relay["publisher"].is_null(), "{relay}");
+    assert_eq!(relay["state"], "live", "{relay}");
 
     let _second = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
     daemon
-        .wait_state("final", "live", Duration::from_secs(20))
+        .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
     let playlist = watch_hls(&daemon, "final", 2, Duration::from_secs(30)).await;
     assert_segment_decodes(&daemon, "final", &playlist).await;
@@ -233,7 +237,7 @@ async fn unreachable_destination_retries_and_hls_carries_on() {
     let daemon = Daemon::start(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
     daemon
-        .wait_state("final", "live", Duration::from_secs(20))
+        .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
     let relay = wait_for(
         "the destination to retry",

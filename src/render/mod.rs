@@ -226,9 +226,6 @@ const SLATE_ACCENT: Rgba<u8> = Rgba([255, 176, 0, 255]);
 /// accent rule under it. Opaque, whatever the background's alpha.
 pub fn slate(background: &RgbaImage, width: u32, height: u32, message: SlateMessage) -> RgbaImage {
     let mut img = imageops::resize(background, width, height, imageops::FilterType::Triangle);
-    for pixel in img.pixels_mut() {
-        pixel[3] = 255;
-    }
     let text = message.text();
     let mut scale = PxScale::from((height as f32 * SLATE_TEXT_SHARE).max(8.0));
     let (mut w, _) = text_size(scale, &*FONT, text);
@@ -258,6 +255,10 @@ pub fn slate(background: &RgbaImage, width: u32, height: u32, message: SlateMess
         Rect::at(((width - rule_w) / 2) as i32, rule_y).of_size(rule_w.max(1), rule_h),
         SLATE_ACCENT,
     );
+    // Anti-aliased text blends alpha too: the program has none.
+    for pixel in img.pixels_mut() {
+        pixel[3] = 255;
+    }
     img
 }
 

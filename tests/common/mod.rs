@@ -279,6 +279,15 @@ impl Daemon {
         })
         .await
     }
+
+    /// Waits until relay `id`'s program shows `showing` (`input` or `slate`).
+    pub async fn wait_on_air(&self, id: &str, showing: &str, timeout: Duration) -> Value {
+        wait_for(&format!("{id} to show {showing}"), timeout, || async {
+            let relay = self.relay(id).await;
+            (relay["on_air"]["showing"] == showing).then_some(relay)
+        })
+        .await
+    }
 }
 
 /// nginx with the RTMP module, standing in for YouTube's ingest: application `live`.
