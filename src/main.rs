@@ -59,7 +59,20 @@ enum Command {
     },
 }
 
+/// glibc gives each new thread a malloc arena of its own, up to eight per core, and keeps
+/// them: every publisher brings new streaming threads, so the daemon's RSS would climb by
+/// tens of MiB per reconnect before it levels off. Two arenas keep it flat (measured in
+/// BENCHMARKS.md). Must run before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no thread allocates concurrently yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -118,7 +118,7 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
         || async {
             let (_, text) = daemon.get_text("/hls/final/720p/index.m3u8").await?;
             let playlist = check_media_playlist(&text);
-            (playlist.media_sequence >= 6 && !hls_dir.join("segment00000.ts").exists())
+            (playlist.media_sequence >= 6 && !hls_dir.join("segment0-00000.ts").exists())
                 .then_some(())
         },
     )

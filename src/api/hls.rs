@@ -2,7 +2,8 @@
 //! dir, with their MIME types, caching rules and CORS.
 //!
 //! Owns path checking: only plain names, at most three deep, so no request reaches outside the
-//! HLS directory.
+//! HLS directory. Media playlists are served with the numbering that carries on from the
+//! relay's earlier programs (see [`continuity`]).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use warp::http::{header, Response, StatusCode};
 use warp::hyper::body::Bytes;
 
 use super::error::ApiError;
+use crate::pipeline::continuity;
 
 /// Path segments allowed below `/hls/`: `{relay}/master.m3u8`, `{relay}/{rendition}/{file}`.
 const MAX_DEPTH: usize = 3;
@@ -56,7 +58,14 @@ pub async fn serve(root: PathBuf, tail: String) -> Result<warp::reply::Response,
     };
     let path = resolve(&root, &tail).ok_or_else(not_found)?;
     let (mime, cache) = kind(&tail).ok_or_else(not_found)?;
-    let data = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    let mut data = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    // Media playlists continue the numbering of the relay's earlier programs.
+    if path.file_name().is_some_and(|n| n == "index.m3u8") {
+        let relay_dir = path.parent().and_then(Path::parent);
+        if let Some(c) = relay_dir.and_then(continuity::load) {
+            data = continuity::rewrite(&String::from_utf8_lossy(&data), &c).into_bytes();
+        }
+    }
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, mime)

@@ -6,6 +6,7 @@
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
+pub mod continuity;
 pub mod fanout;
 pub mod output;
 pub mod overlay;

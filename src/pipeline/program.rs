@@ -166,6 +166,9 @@ pub struct ProgramParams {
     pub renditions: Vec<Rendition>,
     /// The relay's HLS directory; each rendition writes into a sub-directory of its name.
     pub hls_dir: PathBuf,
+    /// Segments earlier programs of this relay wrote: part of segment names, so a name is
+    /// never reused for other media.
+    pub sequence_base: u64,
     /// The score overlay, for relays that have one.
     pub overlay: Option<Arc<OverlaySlot>>,
     /// The system-clock time the program's timeline starts at: when it was asked for, before
@@ -405,12 +408,16 @@ fn program_video_caps(p: &ProgramSettings) -> gst::Caps {
 
 /// The raw audio every input is normalised to before the switch.
 fn program_audio_caps(p: &ProgramSettings) -> gst::Caps {
-    gst::Caps::builder("audio/x-raw")
+    let caps = gst::Caps::builder("audio/x-raw")
         .field("format", "S16LE")
         .field("layout", "interleaved")
         .field("rate", p.audio_rate as i32)
-        .field("channels", p.audio_channels as i32)
-        .build()
+        .field("channels", p.audio_channels as i32);
+    // Decoders name stereo's positions; the silence must too, or a switch changes the caps.
+    match p.audio_channels {
+        2 => caps.field("channel-mask", gst::Bitmask::new(0x3)).build(),
+        _ => caps.build(),
+    }
 }
 
 impl Program {
@@ -847,31 +854,50 @@ fn link_pad_to_switch(
 }
 
 /// Keeps what leaves a live sync one stream: a switch re-sends the new input's stream
-/// start, tags and caps, and the encoders and muxers downstream would start afresh on them
-/// (a short segment, a new GOP). The first stream start stays, and caps only when they change.
+/// start and caps, and the encoders and muxers downstream would start afresh on them (a
+/// short segment, a new GOP). A later stream start is replaced by the first one, and caps
+/// equal to the last ones by that very event, which the pad then knows it already sent.
+/// (Dropping sticky events in a probe trips a GStreamer 1.22 assertion.)
 fn one_stream(sync: &gst::Element) {
     let Some(pad) = sync.static_pad("src") else {
         return;
     };
-    // The pad stores a sticky event before its probes see it: keep our own memory.
-    let sent: Mutex<(bool, Option<gst::Caps>)> = Mutex::default();
+    let sent: Mutex<(Option<gst::Event>, Option<gst::Event>)> = Mutex::default();
     pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-        let mut sent = sent.lock().expect("event memory lock poisoned");
-        let keep = match info.event().map(|e| e.view()) {
-            Some(gst::EventView::StreamStart(_)) => !std::mem::replace(&mut sent.0, true),
-            Some(gst::EventView::Tag(_)) => false,
-            Some(gst::EventView::Caps(c)) => {
-                let caps = c.caps_owned();
-                sent.1.replace(caps.clone()).as_ref() != Some(&caps)
-            }
-            _ => true,
+        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
         };
-        if keep {
-            gst::PadProbeReturn::Ok
-        } else {
-            gst::PadProbeReturn::Drop
+        let mut sent = sent.lock().expect("event memory lock poisoned");
+        let (first_start, last_caps) = &mut *sent;
+        let replacement = match event.view() {
+            gst::EventView::StreamStart(_) => match first_start {
+                Some(first) => Some(first.clone()),
+                None => {
+                    *first_start = Some(event.clone());
+                    None
+                }
+            },
+            gst::EventView::Caps(c) => match last_caps {
+                Some(last) if caps_of(last) == Some(c.caps()) => Some(last.clone()),
+                _ => {
+                    *last_caps = Some(event.clone());
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(event) = replacement {
+            info.data = Some(gst::PadProbeData::Event(event));
         }
+        gst::PadProbeReturn::Ok
     });
+}
+
+fn caps_of(event: &gst::Event) -> Option<&gst::CapsRef> {
+    match event.view() {
+        gst::EventView::Caps(c) => Some(c.caps()),
+        _ => None,
+    }
 }
 
 /// Posts [`INPUT_SWITCHED`] on the bus whenever the video switch changes input.
@@ -994,7 +1020,8 @@ fn add_hls(
         source,
     })?;
     let hls = make("hlssink3", &format!("hls-{}", r.name))?;
-    hls.set_property("location", dir.join("segment%05d.ts").display().to_string());
+    let pattern = format!("segment{}-%05d.ts", params.sequence_base);
+    hls.set_property("location", dir.join(pattern).display().to_string());
     hls.set_property(
         "playlist-location",
         dir.join("index.m3u8").display().to_string(),

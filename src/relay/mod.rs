@@ -28,7 +28,7 @@ use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::pipeline::program::{
     self, Encode, IngestBranch, Input, Program, Rendition, Source, Variant,
 };
-use crate::pipeline::{self as pl, BusError, PipelineError};
+use crate::pipeline::{self as pl, continuity, BusError, PipelineError};
 use crate::render::{self, Logos, SlateMessage};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
@@ -850,8 +850,17 @@ impl Actor {
         self.generation += 1;
         let generation = self.generation;
         let hls_dir = self.ctx.hls_root.join(&self.spec.id);
-        // Old segments belong to an earlier program; players must not mix them in.
+        // Old segments belong to an earlier program; players must not mix them in. Their
+        // count carries over, so the media sequence keeps rising past them.
+        let continuity = continuity::next(&hls_dir);
         let _ = std::fs::remove_dir_all(&hls_dir);
+        std::fs::create_dir_all(&hls_dir)
+            .map_err(|source| PipelineError::Io {
+                path: hls_dir.display().to_string(),
+                source,
+            })
+            .and_then(|_| continuity::save(&hls_dir, &continuity))
+            .map_err(pipeline_error)?;
         let input = match remux {
             Some(source) => Input::Remux(source),
             None => Input::Switched(
@@ -869,6 +878,7 @@ impl Actor {
             hls: self.ctx.hls.clone(),
             renditions: renditions.clone(),
             hls_dir: hls_dir.clone(),
+            sequence_base: continuity.sequence_base,
             overlay: self.overlay.clone(),
             epoch,
             arrival: Arc::default(),

@@ -88,6 +88,13 @@ impl Process {
         .await
     }
 
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
     /// Sends SIGTERM and waits up to `timeout`; then kills.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
@@ -293,14 +300,25 @@ impl Daemon {
 /// nginx with the RTMP module, standing in for YouTube's ingest: application `live`.
 pub struct Nginx {
     pub port: u16,
-    _dir: tempfile::TempDir,
-    _process: Process,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    process: Option<Process>,
 }
 
 pub const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
 impl Nginx {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// nginx that records every publish session into a file of its own (see
+    /// [`Nginx::recordings`]): one file means one unbroken session.
+    pub async fn start_recording() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(record: bool) -> Self {
         require_tool("nginx");
         assert!(
             Path::new(NGINX_RTMP_MODULE).exists(),
@@ -308,27 +326,50 @@ impl Nginx {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir_all(&recordings).expect("recordings dir");
+        let record = if record {
+            format!(
+                "record all; record_path {}; record_unique on;",
+                recordings.display()
+            )
+        } else {
+            "record off;".to_owned()
+        };
         let conf = format!(
             "load_module {NGINX_RTMP_MODULE};\n\
              daemon off;\nmaster_process off;\nworker_processes 1;\n\
              error_log {dir}/error.log info;\npid {dir}/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
-               application live {{ live on; record off; }} }} }}\n",
+               application live {{ live on; {record} }} }} }}\n",
             dir = dir.path().display()
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let process = Process::spawn(
+        let mut nginx = Self {
+            port,
+            dir,
+            conf: conf_path,
+            process: None,
+        };
+        nginx.run().await;
+        nginx
+    }
+
+    /// Starts nginx (again) on its port and waits until it listens.
+    pub async fn run(&mut self) {
+        self.process = Some(Process::spawn(
             "nginx",
             Command::new("nginx")
                 .arg("-c")
-                .arg(&conf_path)
+                .arg(&self.conf)
                 .arg("-p")
-                .arg(dir.path())
+                .arg(self.dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
-        );
+        ));
+        let port = self.port;
         wait_for("nginx to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -336,11 +377,22 @@ impl Nginx {
                 .map(|_| ())
         })
         .await;
-        Self {
-            port,
-            _dir: dir,
-            _process: process,
+    }
+
+    /// Stops nginx: every session to it ends.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(5));
         }
+    }
+
+    /// The files recorded so far, one per publish session.
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("recordings"))
+            .map(|dir| dir.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
     }
 
     pub fn url(&self, key: &str) -> String {
