@@ -1033,6 +1033,10 @@ fn add_hls(
         params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES,
     );
     hls.set_property("enable-program-date-time", true);
+    // Our encoders already place a keyframe every GOP, and segments are whole GOPs. Asking for
+    // more by time would add a second keyframe a frame away from the GOP's whenever a switch
+    // shifts the timeline by a few milliseconds: a one-frame segment.
+    hls.set_property("send-keyframe-requests", false);
     let video_q = make("queue", &format!("hls-video-q-{}", r.name))?;
     // Each branch converts the H.264 stream format it needs (byte-stream for TS, avc for FLV).
     let video_parse = make("h264parse", &format!("hls-video-parse-{}", r.name))?;
