@@ -7,6 +7,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 pub const TAG_AUDIO: u8 = 8;
 pub const TAG_VIDEO: u8 = 9;
+/// The largest tag body: the tag header's size field has 24 bits.
+pub const MAX_BODY: usize = 0x00ff_ffff;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlvError {
+    #[error("a tag body of {len} bytes does not fit FLV's 24-bit size field")]
+    TooLarge { len: usize },
+}
 
 /// The FLV file header (audio and video flagged) and the first PreviousTagSize.
 pub fn header() -> Bytes {
@@ -28,17 +36,20 @@ pub fn is_picture(kind: u8, body: &[u8]) -> bool {
 }
 
 /// One FLV tag: header, body, and the PreviousTagSize that follows it.
-pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Bytes {
+pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Result<Bytes, FlvError> {
+    if body.len() > MAX_BODY {
+        return Err(FlvError::TooLarge { len: body.len() });
+    }
     let size = body.len() as u32;
     let mut out = BytesMut::with_capacity(11 + body.len() + 4);
     out.put_u8(kind);
-    out.put_uint(u64::from(size & 0x00ff_ffff), 3);
+    out.put_uint(u64::from(size), 3);
     out.put_uint(u64::from(timestamp_ms & 0x00ff_ffff), 3);
     out.put_u8((timestamp_ms >> 24) as u8);
     out.put_uint(0, 3);
     out.put_slice(body);
     out.put_u32(11 + size);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -65,10 +76,20 @@ mod tests {
 
     #[test]
     fn tag_layout() {
-        let t = tag(TAG_VIDEO, 0x0102_0304, &[0xaa, 0xbb]);
+        let t = tag(TAG_VIDEO, 0x0102_0304, &[0xaa, 0xbb]).expect("a small tag");
         assert_eq!(
             &t[..],
             &[9, 0, 0, 2, 0x02, 0x03, 0x04, 0x01, 0, 0, 0, 0xaa, 0xbb, 0, 0, 0, 13]
         );
+    }
+
+    #[test]
+    fn a_body_over_24_bits_is_refused() {
+        let body = vec![0u8; MAX_BODY + 1];
+        assert_eq!(
+            tag(TAG_VIDEO, 0, &body),
+            Err(FlvError::TooLarge { len: MAX_BODY + 1 })
+        );
+        assert!(tag(TAG_VIDEO, 0, &body[1..]).is_ok());
     }
 }

@@ -1,48 +1,66 @@
 //! The RTMP ingest server: publishers push to `rtmp://HOST:PORT/live/<stream_key>`.
 //!
-//! Built on `rml_rtmp`, a sans-IO RTMP implementation: it parses the handshake, chunks and AMF
-//! and tells us what the peer asked for, while we own the sockets, the timeouts and the size
-//! limits (and can fuzz its parsing on its own). Owns connections and their protocol state; it
-//! must not build pipelines: an accepted stream is handed to its relay's actor as FLV.
+//! Owns the listening socket, each connection's socket and its deadlines; the protocol itself
+//! (handshake, chunks, AMF, FLV framing and the limits on what a peer may send) lives in
+//! [`protocol`], a sans-IO core that the fuzz target drives without sockets. This module must
+//! not build pipelines: an accepted stream is handed to its relay's actor as FLV.
+//!
+//! A connection answers to a deadline at each stage: the handshake within
+//! [`DEFAULT_HANDSHAKE_TIMEOUT`] of connecting, an accepted publish within
+//! [`DEFAULT_PUBLISH_TIMEOUT`], a first video picture within
+//! [`DEFAULT_FIRST_PICTURE_TIMEOUT`] of the publish (a publisher of audio alone is dropped:
+//! the program would wait for video for ever), and then data at least every
+//! [`DEFAULT_IDLE_TIMEOUT`]. A peer that misbehaves loses its own connection; nothing else.
 
 pub mod flv;
+pub mod protocol;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{
-    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::relay::registry::Registry;
-use crate::relay::IngestFeed;
+use crate::relay::{FeedClosed, IngestFeed};
+pub use protocol::APP_NAME;
+use protocol::{Action, Limits, MediaTag, Protocol, ProtocolError};
 
-/// The only RTMP application publishers may use.
-pub const APP_NAME: &str = "live";
-/// A peer must finish the handshake within this time.
-const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer must finish the handshake within this time of connecting.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer must have a publish accepted within this time of connecting (or of ending its last
+/// publish on the same connection).
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// A publisher must send a video picture within this time of its publish being accepted.
+pub const DEFAULT_FIRST_PICTURE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection with nothing to read for this long is closed.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A write the peer does not take within this time closes the connection.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("handshake: {0}")]
-    Handshake(String),
-    #[error("rtmp session: {0}")]
-    Session(String),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("publish refused: {0}")]
     Refused(String),
+    #[error("relay {relay}: no video picture within {waited:?} of the publish")]
+    NoPicture { relay: String, waited: Duration },
+    #[error("relay {relay}: {source}")]
+    Feed {
+        relay: String,
+        #[source]
+        source: FeedClosed,
+    },
 }
 
 /// Accepts RTMP connections until `shutdown` turns true.
@@ -63,6 +81,13 @@ pub async fn serve(
                             Err(IngestError::Refused(reason)) => {
                                 warn!(%peer, reason = %reason, "rtmp publish refused")
                             }
+                            Err(IngestError::NoPicture { relay, waited }) => warn!(
+                                %peer,
+                                relay = %relay,
+                                waited = ?waited,
+                                "publisher dropped: no video picture (audio alone cannot \
+                                 start the program); the relay waits for the next publisher"
+                            ),
                             Err(e) => info!(%peer, error = %e, "rtmp connection ended"),
                         }
                     });
@@ -77,7 +102,8 @@ pub async fn serve(
     }
 }
 
-/// One connection: handshake, then session events until the peer leaves.
+/// One connection: bytes in through the protocol, its actions carried out, until the peer
+/// leaves, breaks a rule or misses a deadline.
 async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -85,67 +111,42 @@ async fn handle(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
     stream.set_nodelay(true)?;
-    let remaining = tokio::time::timeout(DEFAULT_HANDSHAKE_TIMEOUT, handshake(&mut stream))
-        .await
-        .map_err(|_| IngestError::Timeout("in the handshake"))??;
-
-    let (mut session, results) = ServerSession::new(ServerSessionConfig::new())
-        .map_err(|e| IngestError::Session(e.to_string()))?;
+    let connected_at = Instant::now();
+    let mut protocol = Protocol::new(Limits::default());
     let mut conn = Connection {
         peer,
         registry,
-        feed: None,
-        stream_key: None,
+        publish: None,
+        waiting_since: connected_at,
     };
-    conn.apply(&mut stream, &mut session, results).await?;
-    let results = session
-        .handle_input(&remaining)
-        .map_err(|e| IngestError::Session(e.to_string()))?;
-    conn.apply(&mut stream, &mut session, results).await?;
-
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let n = tokio::select! {
-            read = tokio::time::timeout(DEFAULT_IDLE_TIMEOUT, stream.read(&mut buf)) => {
-                read.map_err(|_| IngestError::Timeout("waiting for data"))??
+        let now = Instant::now();
+        let due = conn.due(&protocol, connected_at);
+        if let Some((at, due)) = &due {
+            // Checked here too: a peer sending steadily never lets a read time out.
+            if now >= *at {
+                return Err(due.expired());
             }
+        }
+        let idle_at = now + DEFAULT_IDLE_TIMEOUT;
+        let read_by = due.as_ref().map_or(idle_at, |(at, _)| (*at).min(idle_at));
+        let n = tokio::select! {
+            read = tokio::time::timeout_at(read_by, stream.read(&mut buf)) => match read {
+                Ok(read) => read?,
+                Err(_) => match due {
+                    Some((at, due)) if at <= idle_at => return Err(due.expired()),
+                    _ => return Err(IngestError::Timeout("waiting for data")),
+                },
+            },
             _ = shutdown.changed() => return Ok(()),
         };
         if n == 0 {
             return Ok(());
         }
-        let results = session
-            .handle_input(&buf[..n])
-            .map_err(|e| IngestError::Session(e.to_string()))?;
-        conn.apply(&mut stream, &mut session, results).await?;
-    }
-}
-
-/// Runs the server side of the RTMP handshake; returns bytes read past its end.
-async fn handshake(stream: &mut TcpStream) -> Result<Vec<u8>, IngestError> {
-    let mut hs = Handshake::new(PeerType::Server);
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(IngestError::Handshake(
-                "peer closed the connection".to_owned(),
-            ));
-        }
-        match hs
-            .process_bytes(&buf[..n])
-            .map_err(|e| IngestError::Handshake(format!("{e:?}")))?
-        {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                stream.write_all(&response_bytes).await?;
-            }
-            HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            } => {
-                stream.write_all(&response_bytes).await?;
-                return Ok(remaining_bytes);
-            }
+        protocol.feed(&buf[..n])?;
+        while let Some(action) = protocol.poll()? {
+            conn.act(&mut stream, &mut protocol, action).await?;
         }
     }
 }
@@ -154,164 +155,145 @@ async fn handshake(stream: &mut TcpStream) -> Result<Vec<u8>, IngestError> {
 struct Connection {
     peer: SocketAddr,
     registry: Arc<Registry>,
-    feed: Option<IngestFeed>,
-    stream_key: Option<String>,
+    publish: Option<Publishing>,
+    /// Since when the connection has been without a publish.
+    waiting_since: Instant,
+}
+
+/// An accepted publish.
+struct Publishing {
+    relay: String,
+    feed: IngestFeed,
+    since: Instant,
+    picture_seen: bool,
+}
+
+/// The deadline a connection answers to now.
+enum Due {
+    Handshake,
+    Publish,
+    Picture { relay: String },
+}
+
+impl Due {
+    fn expired(&self) -> IngestError {
+        match self {
+            Due::Handshake => IngestError::Timeout("in the handshake"),
+            Due::Publish => IngestError::Timeout("waiting for a publish"),
+            Due::Picture { relay } => IngestError::NoPicture {
+                relay: relay.clone(),
+                waited: DEFAULT_FIRST_PICTURE_TIMEOUT,
+            },
+        }
+    }
 }
 
 impl Connection {
-    /// Sends outbound packets and acts on raised events, in order.
-    async fn apply(
+    fn due(&self, protocol: &Protocol, connected_at: Instant) -> Option<(Instant, Due)> {
+        if !protocol.handshake_done() {
+            return Some((connected_at + DEFAULT_HANDSHAKE_TIMEOUT, Due::Handshake));
+        }
+        match &self.publish {
+            None => Some((self.waiting_since + DEFAULT_PUBLISH_TIMEOUT, Due::Publish)),
+            Some(p) if !p.picture_seen => Some((
+                p.since + DEFAULT_FIRST_PICTURE_TIMEOUT,
+                Due::Picture {
+                    relay: p.relay.clone(),
+                },
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Carries out one action of the protocol.
+    async fn act(
         &mut self,
         stream: &mut TcpStream,
-        session: &mut ServerSession,
-        results: Vec<ServerSessionResult>,
+        protocol: &mut Protocol,
+        action: Action,
     ) -> Result<(), IngestError> {
-        let mut queue: std::collections::VecDeque<_> = results.into();
-        while let Some(result) = queue.pop_front() {
-            match result {
-                ServerSessionResult::OutboundResponse(packet) => {
-                    stream.write_all(&packet.bytes).await?;
-                }
-                ServerSessionResult::RaisedEvent(event) => {
-                    match self.on_event(session, event).await? {
-                        Outcome::Continue(more) => queue.extend(more),
-                        Outcome::Refuse { results, reason } => {
-                            // Tell the peer why before closing.
-                            for result in results {
-                                if let ServerSessionResult::OutboundResponse(packet) = result {
-                                    stream.write_all(&packet.bytes).await?;
-                                }
-                            }
-                            let _ = stream.flush().await;
-                            return Err(IngestError::Refused(reason));
-                        }
+        match action {
+            Action::Send(bytes) => send(stream, &bytes).await,
+            Action::Publish { stream_key } => {
+                let refusal = match self.ask_relay(&stream_key).await {
+                    Ok(publishing) => {
+                        protocol.accept_publish()?;
+                        info!(peer = %self.peer, relay = %publishing.relay, "publish accepted");
+                        self.publish = Some(publishing);
+                        return Ok(());
                     }
-                }
-                ServerSessionResult::UnhandleableMessageReceived(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_event(
-        &mut self,
-        session: &mut ServerSession,
-        event: ServerSessionEvent,
-    ) -> Result<Outcome, IngestError> {
-        let session_error =
-            |e: rml_rtmp::sessions::ServerSessionError| IngestError::Session(e.to_string());
-        let mut refuse = |request_id: u32, code: &str, reason: String| {
-            let results = session
-                .reject_request(request_id, code, &reason)
-                .map_err(session_error)?;
-            Ok(Outcome::Refuse { results, reason })
-        };
-        match event {
-            ServerSessionEvent::ConnectionRequested {
-                request_id,
-                app_name,
-            } => {
-                if app_name == APP_NAME {
-                    accepted(session.accept_request(request_id))
-                } else {
-                    refuse(
-                        request_id,
-                        "NetConnection.Connect.Rejected",
-                        format!(
-                            "unknown application {app_name:?}; publish to /{APP_NAME}/<stream_key>"
-                        ),
-                    )
-                }
-            }
-            ServerSessionEvent::PublishStreamRequested {
-                request_id,
-                app_name: _,
-                stream_key,
-                mode: _,
-            } => {
-                if self.feed.is_some() {
-                    return refuse(
-                        request_id,
-                        "NetStream.Publish.BadName",
-                        "a second publish on one connection".to_owned(),
-                    );
-                }
-                let Some(relay) = self.registry.by_stream_key(&stream_key) else {
-                    return refuse(
-                        request_id,
-                        "NetStream.Publish.BadName",
-                        "unknown stream key".to_owned(),
-                    );
+                    Err((code, reason)) => protocol.refuse_publish(code, reason)?,
                 };
-                match relay.publish(self.peer.to_string()).await {
-                    Ok(feed) => {
-                        feed.push(flv::header())
-                            .map_err(|e| IngestError::Session(e.to_string()))?;
-                        self.feed = Some(feed);
-                        self.stream_key = Some(stream_key);
-                        info!(peer = %self.peer, relay = %relay.id(), "publish accepted");
-                        accepted(session.accept_request(request_id))
-                    }
-                    Err(e) => refuse(request_id, "NetStream.Publish.Denied", e.to_string()),
+                match refusal {
+                    Action::Refuse { response, reason } => refuse(stream, &response, reason).await,
+                    _ => Err(ProtocolError::Closed.into()),
                 }
             }
-            ServerSessionEvent::VideoDataReceived {
-                data, timestamp, ..
-            } => {
-                self.forward(flv::TAG_VIDEO, timestamp.value, &data)?;
-                Ok(Outcome::Continue(Vec::new()))
-            }
-            ServerSessionEvent::AudioDataReceived {
-                data, timestamp, ..
-            } => {
-                self.forward(flv::TAG_AUDIO, timestamp.value, &data)?;
-                Ok(Outcome::Continue(Vec::new()))
-            }
-            ServerSessionEvent::PublishStreamFinished { .. } => {
+            Action::Tag(tag) => self.forward(tag),
+            Action::PublishFinished => {
                 // Dropping the feed ends the program's input.
-                self.feed = None;
-                Ok(Outcome::Continue(Vec::new()))
+                self.publish = None;
+                self.waiting_since = Instant::now();
+                Ok(())
             }
-            ServerSessionEvent::ReleaseStreamRequested { request_id, .. } => {
-                accepted(session.accept_request(request_id))
-            }
-            other => {
-                debug!(peer = %self.peer, event = ?other, "rtmp event ignored");
-                Ok(Outcome::Continue(Vec::new()))
-            }
+            Action::Refuse { response, reason } => refuse(stream, &response, reason).await,
         }
     }
 
-    fn forward(&mut self, kind: u8, timestamp: u32, data: &[u8]) -> Result<(), IngestError> {
-        let Some(feed) = &self.feed else {
+    /// Asks the relay behind `stream_key` to take this publisher; on refusal, the RTMP status
+    /// code and the reason.
+    async fn ask_relay(&self, stream_key: &str) -> Result<Publishing, (&'static str, String)> {
+        let Some(relay) = self.registry.by_stream_key(stream_key) else {
+            return Err(("NetStream.Publish.BadName", "unknown stream key".to_owned()));
+        };
+        let feed = relay
+            .publish(self.peer.to_string())
+            .await
+            .map_err(|e| ("NetStream.Publish.Denied", e.to_string()))?;
+        feed.push(flv::header()).map_err(|e| {
+            (
+                "NetStream.Publish.Denied",
+                format!("relay {}: {e}", relay.id()),
+            )
+        })?;
+        Ok(Publishing {
+            relay: relay.id().to_owned(),
+            feed,
+            since: Instant::now(),
+            picture_seen: false,
+        })
+    }
+
+    fn forward(&mut self, tag: MediaTag) -> Result<(), IngestError> {
+        let Some(p) = &mut self.publish else {
             return Ok(());
         };
-        if flv::is_picture(kind, data) {
-            feed.mark_first_frame(timestamp);
+        if tag.picture {
+            p.feed.mark_first_frame(tag.timestamp_ms);
+            p.picture_seen = true;
         }
-        feed.push(flv::tag(kind, timestamp, data)).map_err(|e| {
-            IngestError::Session(format!(
-                "stream {:?}: {e}",
-                self.stream_key.as_deref().unwrap_or_default()
-            ))
+        p.feed.push(tag.bytes).map_err(|source| IngestError::Feed {
+            relay: p.relay.clone(),
+            source,
         })
     }
 }
 
-/// What the connection does after an event.
-enum Outcome {
-    Continue(Vec<ServerSessionResult>),
-    /// Send `results` (the rejection), then close with `reason`.
-    Refuse {
-        results: Vec<ServerSessionResult>,
-        reason: String,
-    },
+async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), IngestError> {
+    tokio::time::timeout(DEFAULT_WRITE_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| IngestError::Timeout("writing to the peer"))?
+        .map_err(IngestError::from)
 }
 
-fn accepted(
-    results: Result<Vec<ServerSessionResult>, rml_rtmp::sessions::ServerSessionError>,
-) -> Result<Outcome, IngestError> {
-    results
-        .map(Outcome::Continue)
-        .map_err(|e| IngestError::Session(e.to_string()))
+/// Tells the peer why (best effort), then ends the connection with `reason`.
+async fn refuse(
+    stream: &mut TcpStream,
+    response: &[u8],
+    reason: String,
+) -> Result<(), IngestError> {
+    if send(stream, response).await.is_ok() {
+        let _ = tokio::time::timeout(DEFAULT_WRITE_TIMEOUT, stream.flush()).await;
+    }
+    Err(IngestError::Refused(reason))
 }

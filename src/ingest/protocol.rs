@@ -1,0 +1,1260 @@
+//! One RTMP connection's protocol without sockets: bytes from the peer go in, [`Action`]s come
+//! out (bytes to send, a publish to decide, FLV tags for the relay, a refusal). It runs the
+//! handshake and `rml_rtmp`'s server session and puts our limits in front of them.
+//!
+//! Owns the protocol state of one connection and the limits on what a peer may send. It must
+//! not do I/O, keep time or talk to relays: the server in `ingest/mod.rs` does that, and the
+//! fuzz target (`fuzz/fuzz_targets/ingest.rs`) drives this module alone through [`drive`].
+//!
+//! `rml_rtmp` trusts its input more than a server facing the internet may. Before a read
+//! reaches the session, a gate frames the same bytes with the same chunk deserializer and
+//! refuses what the session would choke on:
+//! - a chunk size of 0, or a message still incomplete after [`DEFAULT_MAX_MESSAGE_BYTES`];
+//! - AMF command and data messages over [`DEFAULT_MAX_COMMAND_BYTES`] or nested deeper than
+//!   [`DEFAULT_MAX_AMF_DEPTH`] (`rml_amf0` recurses once per level: deep nesting overflows the
+//!   stack, which no `catch_unwind` survives);
+//! - commands with fewer than three values (`rml_rtmp` 0.8 slices the first three and panics).
+//!
+//! Every call into `rml_rtmp` is wrapped in `catch_unwind` besides: a panic inside it (it has
+//! arithmetic that overflows on crafted chunk streams) ends this connection, never the daemon.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use rml_rtmp::chunk_io::ChunkDeserializer;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::MessagePayload;
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult,
+};
+use tracing::debug;
+
+use super::flv;
+
+/// The only RTMP application publishers may use.
+pub const APP_NAME: &str = "live";
+/// Bytes a peer may send towards one message before it completes (counted per read of at most
+/// [`DEFAULT_MAX_READ`]): a generous key frame. RTMP's own cap is 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Largest AMF command or data message (connect, publish, onMetaData are a few hundred bytes).
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = 64 << 10;
+/// Deepest nesting of AMF objects and arrays in one message.
+pub const DEFAULT_MAX_AMF_DEPTH: usize = 16;
+/// Bytes handed to the parsers in one step; longer input is split.
+pub const DEFAULT_MAX_READ: usize = 64 << 10;
+
+/// RTMP message types the gate looks into.
+const MSG_SET_CHUNK_SIZE: u8 = 1;
+const MSG_AMF3_DATA: u8 = 15;
+const MSG_AMF3_COMMAND: u8 = 17;
+const MSG_AMF0_DATA: u8 = 18;
+const MSG_AMF0_COMMAND: u8 = 20;
+
+/// What a peer may send; [`Limits::default`] holds the `DEFAULT_*` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_command_bytes: usize,
+    pub max_amf_depth: usize,
+    pub max_read: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
+            max_amf_depth: DEFAULT_MAX_AMF_DEPTH,
+            max_read: DEFAULT_MAX_READ,
+        }
+    }
+}
+
+/// Why a connection's protocol gave up. Every variant ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("rtmp chunks: {0}")]
+    Chunks(String),
+    #[error("rtmp session: {0}")]
+    Session(String),
+    #[error("rml_rtmp panicked in the {stage}: {message}")]
+    ParserPanicked {
+        stage: &'static str,
+        message: String,
+    },
+    #[error("chunk size {size} is out of range (1 to 2147483647)")]
+    ChunkSize { size: u32 },
+    #[error("more than {limit} bytes sent without completing a message")]
+    MessageTooLarge { limit: usize },
+    #[error("AMF message (type {type_id}) of {len} bytes is over the {limit} byte limit")]
+    CommandTooLarge {
+        type_id: u8,
+        len: usize,
+        limit: usize,
+    },
+    #[error("AMF message (type {type_id}) nests deeper than {limit} levels")]
+    AmfTooDeep { type_id: u8, limit: usize },
+    #[error("malformed AMF message (type {type_id}): {reason}")]
+    Amf { type_id: u8, reason: &'static str },
+    #[error("FLV: {0}")]
+    Flv(#[from] flv::FlvError),
+    #[error("a publish request is waiting for its answer")]
+    DecisionPending,
+    #[error("no publish request is waiting for an answer")]
+    NoDecisionPending,
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// What the server must do next for this connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the peer.
+    Send(Bytes),
+    /// The peer asks to publish `stream_key`. Answer with [`Protocol::accept_publish`] or
+    /// [`Protocol::refuse_publish`] before polling again.
+    Publish { stream_key: String },
+    /// An FLV tag (header, body, PreviousTagSize) of the published stream.
+    Tag(MediaTag),
+    /// The peer ended its publish (it may publish again on this connection).
+    PublishFinished,
+    /// Write `response` (the refusal the peer is owed), then close the connection.
+    Refuse { response: Bytes, reason: String },
+}
+
+/// One audio or video message as an FLV tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaTag {
+    pub kind: u8,
+    pub timestamp_ms: u32,
+    /// A video picture (not a codec header or an end marker).
+    pub picture: bool,
+    pub bytes: Bytes,
+}
+
+enum Stage {
+    Handshake(Box<Handshake>),
+    Session {
+        session: Box<ServerSession>,
+        gate: Box<Gate>,
+    },
+    Closed,
+}
+
+enum Step {
+    Send(Vec<u8>),
+    Session(ServerSessionResult),
+}
+
+/// The protocol state of one connection. Feed it what the peer sends, then poll it until it
+/// has nothing more to do.
+pub struct Protocol {
+    limits: Limits,
+    stage: Stage,
+    queue: VecDeque<Step>,
+    /// The publish request waiting for the server's answer.
+    deciding: Option<u32>,
+    connected: bool,
+    publishing: bool,
+}
+
+impl Protocol {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            stage: Stage::Handshake(Box::new(Handshake::new(PeerType::Server))),
+            queue: VecDeque::new(),
+            deciding: None,
+            connected: false,
+            publishing: false,
+        }
+    }
+
+    /// Whether the handshake is over.
+    pub fn handshake_done(&self) -> bool {
+        !matches!(self.stage, Stage::Handshake(_))
+    }
+
+    /// Whether a publish is accepted and not finished.
+    pub fn publishing(&self) -> bool {
+        self.publishing
+    }
+
+    /// Hands bytes read from the peer to the protocol; then [`poll`](Self::poll) until `None`.
+    /// After an error the connection is closed and every later call fails.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        if self.deciding.is_some() {
+            return Err(ProtocolError::DecisionPending);
+        }
+        for piece in bytes.chunks(self.limits.max_read.max(1)) {
+            if let Err(e) = self.feed_piece(piece) {
+                self.close();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn feed_piece(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        match &mut self.stage {
+            Stage::Closed => Err(ProtocolError::Closed),
+            Stage::Handshake(handshake) => {
+                let result = guard("handshake", || handshake.process_bytes(bytes))?
+                    .map_err(|e| ProtocolError::Handshake(e.to_string()))?;
+                match result {
+                    HandshakeProcessResult::InProgress { response_bytes } => {
+                        self.queue_send(response_bytes);
+                        Ok(())
+                    }
+                    HandshakeProcessResult::Completed {
+                        response_bytes,
+                        remaining_bytes,
+                    } => {
+                        self.queue_send(response_bytes);
+                        let (session, results) = guard("session start", || {
+                            ServerSession::new(ServerSessionConfig::new())
+                        })?
+                        .map_err(session_error)?;
+                        self.queue.extend(results.into_iter().map(Step::Session));
+                        self.stage = Stage::Session {
+                            session: Box::new(session),
+                            gate: Box::new(Gate::new(self.limits)),
+                        };
+                        if remaining_bytes.is_empty() {
+                            Ok(())
+                        } else {
+                            self.feed_piece(&remaining_bytes)
+                        }
+                    }
+                }
+            }
+            Stage::Session { session, gate } => {
+                gate.check(bytes)?;
+                let results =
+                    guard("session", || session.handle_input(bytes))?.map_err(session_error)?;
+                self.queue.extend(results.into_iter().map(Step::Session));
+                Ok(())
+            }
+        }
+    }
+
+    fn queue_send(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.queue.push_back(Step::Send(bytes));
+        }
+    }
+
+    fn close(&mut self) {
+        self.stage = Stage::Closed;
+        self.queue.clear();
+        self.deciding = None;
+        self.publishing = false;
+    }
+
+    /// The next thing to do, in order; `None` once everything fed so far is handled.
+    pub fn poll(&mut self) -> Result<Option<Action>, ProtocolError> {
+        if self.deciding.is_some() {
+            return Err(ProtocolError::DecisionPending);
+        }
+        while let Some(step) = self.queue.pop_front() {
+            let action = match step {
+                Step::Send(bytes) => Some(self.send_with_following(bytes)),
+                Step::Session(ServerSessionResult::OutboundResponse(packet)) => {
+                    Some(self.send_with_following(packet.bytes))
+                }
+                Step::Session(ServerSessionResult::UnhandleableMessageReceived(payload)) => {
+                    debug!(type_id = payload.type_id, "rtmp message not handled");
+                    None
+                }
+                Step::Session(ServerSessionResult::RaisedEvent(event)) => {
+                    match self.on_event(event) {
+                        Ok(action) => action,
+                        Err(e) => {
+                            self.close();
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            if action.is_some() {
+                return Ok(action);
+            }
+        }
+        Ok(None)
+    }
+
+    /// One send action for `first` and the sends queued right after it.
+    fn send_with_following(&mut self, mut first: Vec<u8>) -> Action {
+        while let Some(step) = self.queue.pop_front() {
+            match step {
+                Step::Send(bytes) => first.extend_from_slice(&bytes),
+                Step::Session(ServerSessionResult::OutboundResponse(packet)) => {
+                    first.extend_from_slice(&packet.bytes)
+                }
+                other => {
+                    self.queue.push_front(other);
+                    break;
+                }
+            }
+        }
+        Action::Send(first.into())
+    }
+
+    fn on_event(&mut self, event: ServerSessionEvent) -> Result<Option<Action>, ProtocolError> {
+        match event {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                if self.connected {
+                    return self.refuse(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        "a second connect on one connection".to_owned(),
+                    );
+                }
+                if app_name != APP_NAME {
+                    return self.refuse(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        format!(
+                            "unknown application {app_name:?}; publish to /{APP_NAME}/<stream_key>"
+                        ),
+                    );
+                }
+                self.connected = true;
+                self.accept(request_id)?;
+                Ok(None)
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => {
+                if self.publishing {
+                    return self.refuse(
+                        request_id,
+                        "NetStream.Publish.BadName",
+                        "a second publish on one connection".to_owned(),
+                    );
+                }
+                self.deciding = Some(request_id);
+                Ok(Some(Action::Publish { stream_key }))
+            }
+            ServerSessionEvent::PlayStreamRequested { request_id, .. } => self.refuse(
+                request_id,
+                "NetStream.Play.Failed",
+                "this server takes publishers only".to_owned(),
+            ),
+            ServerSessionEvent::ReleaseStreamRequested { request_id, .. } => {
+                self.accept(request_id)?;
+                Ok(None)
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => self.media(flv::TAG_VIDEO, timestamp.value, &data),
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => self.media(flv::TAG_AUDIO, timestamp.value, &data),
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                if !self.publishing {
+                    return Ok(None);
+                }
+                self.publishing = false;
+                Ok(Some(Action::PublishFinished))
+            }
+            other => {
+                debug!(event = ?other, "rtmp event ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    fn media(
+        &mut self,
+        kind: u8,
+        timestamp_ms: u32,
+        body: &[u8],
+    ) -> Result<Option<Action>, ProtocolError> {
+        // An empty body has no codec byte: nothing a demuxer could use.
+        if !self.publishing || body.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Action::Tag(MediaTag {
+            kind,
+            timestamp_ms,
+            picture: flv::is_picture(kind, body),
+            bytes: flv::tag(kind, timestamp_ms, body)?,
+        })))
+    }
+
+    fn session(&mut self) -> Result<&mut ServerSession, ProtocolError> {
+        match &mut self.stage {
+            Stage::Session { session, .. } => Ok(session),
+            _ => Err(ProtocolError::Closed),
+        }
+    }
+
+    /// Queues the answer to `request_id` ahead of what is left of the current read.
+    fn accept(&mut self, request_id: u32) -> Result<(), ProtocolError> {
+        let session = self.session()?;
+        let results =
+            guard("session", || session.accept_request(request_id))?.map_err(session_error)?;
+        for result in results.into_iter().rev() {
+            self.queue.push_front(Step::Session(result));
+        }
+        Ok(())
+    }
+
+    /// Turns down `request_id` and closes: the action carries the rejection to send first.
+    fn refuse(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        reason: String,
+    ) -> Result<Option<Action>, ProtocolError> {
+        let session = self.session()?;
+        let results = guard("session", || {
+            session.reject_request(request_id, code, &reason)
+        })?
+        .map_err(session_error)?;
+        let mut response = Vec::new();
+        for result in results {
+            if let ServerSessionResult::OutboundResponse(packet) = result {
+                response.extend_from_slice(&packet.bytes);
+            }
+        }
+        self.close();
+        Ok(Some(Action::Refuse {
+            response: response.into(),
+            reason,
+        }))
+    }
+
+    /// Accepts the publish that [`Action::Publish`] asked about.
+    pub fn accept_publish(&mut self) -> Result<(), ProtocolError> {
+        let request_id = self
+            .deciding
+            .take()
+            .ok_or(ProtocolError::NoDecisionPending)?;
+        self.publishing = true;
+        if let Err(e) = self.accept(request_id) {
+            self.close();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Refuses the publish that [`Action::Publish`] asked about, with an RTMP status `code`
+    /// (`NetStream.Publish.BadName`, `NetStream.Publish.Denied`); returns the
+    /// [`Action::Refuse`] to carry out.
+    pub fn refuse_publish(&mut self, code: &str, reason: String) -> Result<Action, ProtocolError> {
+        let request_id = self
+            .deciding
+            .take()
+            .ok_or(ProtocolError::NoDecisionPending)?;
+        match self.refuse(request_id, code, reason) {
+            Ok(Some(action)) => Ok(action),
+            Ok(None) => Err(ProtocolError::Closed),
+            Err(e) => {
+                self.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn session_error(e: ServerSessionError) -> ProtocolError {
+    ProtocolError::Session(e.to_string())
+}
+
+/// Runs a call into `rml_rtmp`, turning a panic inside it into an error.
+fn guard<T>(stage: &'static str, call: impl FnOnce() -> T) -> Result<T, ProtocolError> {
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(call));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    result.map_err(|payload| ProtocolError::ParserPanicked {
+        stage,
+        message: payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default(),
+    })
+}
+
+thread_local! {
+    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether this thread is inside a guarded call into `rml_rtmp`: a panic now will be caught
+/// and end only its connection. The fuzz target's panic hook asks, to tell known `rml_rtmp`
+/// panics from panics in our code.
+#[doc(hidden)]
+pub fn inside_guarded_call() -> bool {
+    GUARDED.with(|g| g.get() > 0)
+}
+
+/// Frames the session's input with a chunk deserializer of its own and checks each message
+/// before the session sees it.
+struct Gate {
+    limits: Limits,
+    chunks: ChunkDeserializer,
+    /// Bytes fed since a message last completed.
+    pending: usize,
+}
+
+impl Gate {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            chunks: ChunkDeserializer::new(),
+            pending: 0,
+        }
+    }
+
+    fn check(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let mut input = bytes;
+        let mut completed = false;
+        loop {
+            let chunks = &mut self.chunks;
+            let next = guard("chunk framing", || chunks.get_next_message(input))?
+                .map_err(|e| ProtocolError::Chunks(e.to_string()))?;
+            input = &[];
+            let Some(message) = next else { break };
+            completed = true;
+            self.check_message(&message)?;
+        }
+        // Counted per read: the bytes of a read that also completed a message are forgiven.
+        self.pending = if completed {
+            0
+        } else {
+            self.pending.saturating_add(bytes.len())
+        };
+        if self.pending > self.limits.max_message_bytes {
+            return Err(ProtocolError::MessageTooLarge {
+                limit: self.limits.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_message(&mut self, message: &MessagePayload) -> Result<(), ProtocolError> {
+        let type_id = message.type_id;
+        let data = &message.data[..];
+        match type_id {
+            MSG_SET_CHUNK_SIZE => {
+                // Too short or top bit set: the session's own parsing refuses it.
+                let Some(size) = data
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                else {
+                    return Ok(());
+                };
+                if size == 0 {
+                    return Err(ProtocolError::ChunkSize { size });
+                }
+                if size <= 0x7fff_ffff {
+                    // The session applies the same size at the same point of the stream.
+                    self.chunks
+                        .set_max_chunk_size(size as usize)
+                        .map_err(|_| ProtocolError::ChunkSize { size })?;
+                }
+                Ok(())
+            }
+            MSG_AMF3_DATA | MSG_AMF0_DATA | MSG_AMF3_COMMAND | MSG_AMF0_COMMAND => {
+                if data.len() > self.limits.max_command_bytes {
+                    return Err(ProtocolError::CommandTooLarge {
+                        type_id,
+                        len: data.len(),
+                        limit: self.limits.max_command_bytes,
+                    });
+                }
+                // rml_rtmp reads AMF3-flagged commands as AMF0 after a leading zero.
+                let body = match data {
+                    [0, rest @ ..] if type_id == MSG_AMF3_COMMAND => rest,
+                    _ => data,
+                };
+                let shape = amf_shape(body, self.limits.max_amf_depth).map_err(|e| match e {
+                    AmfError::TooDeep => ProtocolError::AmfTooDeep {
+                        type_id,
+                        limit: self.limits.max_amf_depth,
+                    },
+                    AmfError::Malformed(reason) => ProtocolError::Amf { type_id, reason },
+                })?;
+                let command = matches!(type_id, MSG_AMF3_COMMAND | MSG_AMF0_COMMAND);
+                if command && shape.values < 3 {
+                    return Err(ProtocolError::Amf {
+                        type_id,
+                        reason: "a command needs a name, a transaction id and an object",
+                    });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What an AMF0 body holds, as far as the limits care.
+#[derive(Debug, PartialEq, Eq)]
+struct AmfShape {
+    /// Values at the top level.
+    values: usize,
+    /// Deepest nesting of objects and arrays.
+    depth: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum AmfError {
+    TooDeep,
+    Malformed(&'static str),
+}
+
+/// Walks an AMF0 body without recursion, the way `rml_amf0::deserialize` reads it: top-level
+/// values until the end or an object-end marker; strings read as far as the bytes go; strict
+/// arrays end early at an object-end marker. Stops with [`AmfError::TooDeep`] past `max_depth`.
+fn amf_shape(data: &[u8], max_depth: usize) -> Result<AmfShape, AmfError> {
+    enum Frame {
+        Object,
+        Array { left: u32 },
+    }
+    enum Value {
+        End,
+        Scalar,
+        Open(Frame),
+    }
+    struct Reader<'a> {
+        data: &'a [u8],
+        pos: usize,
+    }
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], AmfError> {
+            let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+            let end = end.ok_or(AmfError::Malformed("truncated value"))?;
+            let bytes = &self.data[self.pos..end];
+            self.pos = end;
+            Ok(bytes)
+        }
+        fn u16(&mut self) -> Result<usize, AmfError> {
+            let b = self.take(2)?;
+            Ok(usize::from(u16::from_be_bytes([b[0], b[1]])))
+        }
+        fn u32(&mut self) -> Result<u32, AmfError> {
+            let b = self.take(4)?;
+            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        /// Skips up to `n` bytes: a short read is not an error to `rml_amf0`.
+        fn skip_short(&mut self, n: usize) {
+            self.pos = self.pos.saturating_add(n).min(self.data.len());
+        }
+        fn value(&mut self) -> Result<Value, AmfError> {
+            let Some(&marker) = self.data.get(self.pos) else {
+                return Ok(Value::End);
+            };
+            self.pos += 1;
+            Ok(match marker {
+                0x00 => {
+                    self.take(8)?;
+                    Value::Scalar
+                }
+                0x01 => {
+                    self.take(1)?;
+                    Value::Scalar
+                }
+                0x02 => {
+                    let len = self.u16()?;
+                    self.skip_short(len);
+                    Value::Scalar
+                }
+                0x03 => Value::Open(Frame::Object),
+                0x05 | 0x06 => Value::Scalar,
+                0x08 => {
+                    self.u32()?;
+                    Value::Open(Frame::Object)
+                }
+                0x09 => Value::End,
+                0x0a => Value::Open(Frame::Array { left: self.u32()? }),
+                _ => return Err(AmfError::Malformed("unknown AMF0 marker")),
+            })
+        }
+    }
+
+    let mut r = Reader { data, pos: 0 };
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut shape = AmfShape {
+        values: 0,
+        depth: 0,
+    };
+    loop {
+        let value = match stack.last_mut() {
+            None => match r.value()? {
+                Value::End => return Ok(shape),
+                v => {
+                    shape.values += 1;
+                    v
+                }
+            },
+            Some(Frame::Object) => {
+                let label = r.u16()?;
+                if label == 0 {
+                    if r.take(1)? != [0x09] {
+                        return Err(AmfError::Malformed("empty property name"));
+                    }
+                    stack.pop();
+                    continue;
+                }
+                r.skip_short(label);
+                match r.value()? {
+                    Value::End => return Err(AmfError::Malformed("property without a value")),
+                    v => v,
+                }
+            }
+            Some(Frame::Array { left }) => {
+                if *left == 0 {
+                    stack.pop();
+                    continue;
+                }
+                *left -= 1;
+                match r.value()? {
+                    Value::End => {
+                        stack.pop();
+                        continue;
+                    }
+                    v => v,
+                }
+            }
+        };
+        if let Value::Open(frame) = value {
+            stack.push(frame);
+            shape.depth = shape.depth.max(stack.len());
+            if stack.len() > max_depth {
+                return Err(AmfError::TooDeep);
+            }
+        }
+    }
+}
+
+/// What [`drive`] saw.
+#[derive(Debug, Default)]
+pub struct Drive {
+    pub publishes: usize,
+    pub tags: usize,
+    pub pictures: usize,
+    pub sent_bytes: usize,
+    pub refused: Option<String>,
+    pub error: Option<ProtocolError>,
+}
+
+/// The stream key [`publisher_prefix`] publishes to.
+pub const DRIVE_STREAM_KEY: &str = "fuzz";
+
+/// Plays `input` as everything a peer sends on one connection, as the server would, and
+/// checks what comes out (each FLV tag's framing; nothing accepted after an error). Used by
+/// the fuzz target and by the regression tests that replay its findings.
+///
+/// `input[0]` picks how: bit 0 puts [`publisher_prefix`] (a finished handshake and an
+/// accepted publish, each flight in a read of its own) before the rest; bit 1 refuses
+/// publishes instead of accepting them; bits 2-4 pick the read size for the rest (1 byte to
+/// 64 KiB: a recorded publisher replays in reads of at most 17 bytes, see
+/// [`record_publisher`]).
+#[doc(hidden)]
+pub fn drive(input: &[u8]) -> Drive {
+    const READ_SIZES: [usize; 8] = [1, 3, 17, 128, 1000, 4096, 16384, 65536];
+    let Some((&mode, rest)) = input.split_first() else {
+        return Drive::default();
+    };
+    let accept = mode & 0b10 == 0;
+    let read = READ_SIZES[usize::from(mode >> 2) & 0b111];
+    let mut protocol = Protocol::new(Limits::default());
+    let mut seen = Drive::default();
+    let prefix: &[Vec<u8>] = if mode & 1 == 1 {
+        publisher_prefix()
+    } else {
+        &[]
+    };
+    let flights = prefix.iter().map(Vec::as_slice);
+    for piece in flights.chain(rest.chunks(read)) {
+        let step = protocol.feed(piece).and_then(|()| {
+            while let Some(action) = protocol.poll()? {
+                match action {
+                    Action::Send(bytes) => seen.sent_bytes += bytes.len(),
+                    Action::Publish { stream_key: _ } if accept => {
+                        seen.publishes += 1;
+                        protocol.accept_publish()?;
+                    }
+                    Action::Publish { stream_key: _ } => {
+                        let refusal = protocol
+                            .refuse_publish("NetStream.Publish.BadName", "refused".to_owned())?;
+                        assert!(matches!(refusal, Action::Refuse { .. }), "{refusal:?}");
+                        seen.refused = Some("publish refused".to_owned());
+                        return Err(ProtocolError::Closed);
+                    }
+                    Action::Tag(tag) => {
+                        check_tag(&tag);
+                        seen.tags += 1;
+                        seen.pictures += usize::from(tag.picture);
+                    }
+                    Action::PublishFinished => {}
+                    Action::Refuse { reason, .. } => {
+                        seen.refused = Some(reason);
+                        return Err(ProtocolError::Closed);
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = step {
+            assert!(
+                matches!(protocol.feed(b"\x03"), Err(ProtocolError::Closed)),
+                "a failed connection must stay closed"
+            );
+            seen.error = Some(e);
+            break;
+        }
+    }
+    seen
+}
+
+/// Asserts an FLV tag is framed as its header says.
+fn check_tag(tag: &MediaTag) {
+    let b = &tag.bytes[..];
+    assert!(b.len() >= 15, "tag shorter than its framing");
+    let size = u32::from_be_bytes([0, b[1], b[2], b[3]]) as usize;
+    assert_eq!(b[0], tag.kind, "tag type");
+    assert!(matches!(b[0], flv::TAG_AUDIO | flv::TAG_VIDEO), "tag type");
+    assert_eq!(b.len(), 11 + size + 4, "data size field");
+    let stamp = u32::from_be_bytes([b[7], b[4], b[5], b[6]]);
+    assert_eq!(stamp, tag.timestamp_ms, "timestamp");
+    let previous = u32::from_be_bytes([
+        b[b.len() - 4],
+        b[b.len() - 3],
+        b[b.len() - 2],
+        b[b.len() - 1],
+    ]);
+    assert_eq!(previous as usize, 11 + size, "PreviousTagSize");
+    assert_eq!(tag.picture, flv::is_picture(tag.kind, &b[11..11 + size]));
+}
+
+/// What a real publisher sends up to an accepted publish on [`DRIVE_STREAM_KEY`]: handshake,
+/// connect, createStream, publish, as the flights it sent between the server's answers.
+/// Recorded once per process from `rml_rtmp`'s client talking to a [`Protocol`] (our server
+/// checks no handshake digest, so the bytes replay).
+#[doc(hidden)]
+pub fn publisher_prefix() -> &'static [Vec<u8>] {
+    static PREFIX: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| record_publisher(&[]))
+}
+
+/// Records a client's flights of bytes (each sent after the server's last answer): handshake,
+/// connect and publish, then `media` as (kind, timestamp, body) messages. Panics if our server
+/// does not take it.
+///
+/// Replay a flight only once the server has answered the one before: like `rml_rtmp`, our
+/// server reads a whole read before it answers, so a command pipelined behind a request that
+/// is still unanswered (createStream behind connect) fails as it would on a real socket.
+#[doc(hidden)]
+pub fn record_publisher(media: &[(u8, u32, &[u8])]) -> Vec<Vec<u8>> {
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+        PublishRequestType,
+    };
+    use rml_rtmp::time::RtmpTimestamp;
+
+    let mut server = Protocol::new(Limits::default());
+    let mut sent = Vec::new();
+    // Feeds the client's bytes to the server (accepting publishes); returns its answer.
+    let mut exchange = |bytes: &[u8], sent: &mut Vec<Vec<u8>>| -> Vec<u8> {
+        sent.push(bytes.to_vec());
+        server
+            .feed(bytes)
+            .expect("our server takes the client's bytes");
+        let mut answer = Vec::new();
+        while let Some(action) = server.poll().expect("our server takes the client") {
+            match action {
+                Action::Send(b) => answer.extend_from_slice(&b),
+                Action::Publish { .. } => server.accept_publish().expect("accept"),
+                _ => {}
+            }
+        }
+        answer
+    };
+
+    let mut handshake = Handshake::new(PeerType::Client);
+    let c0c1 = handshake
+        .generate_outbound_p0_and_p1()
+        .expect("client handshake");
+    let s0s1s2 = exchange(&c0c1, &mut sent);
+    // The server's answer to C2 opens its session (window size, bandwidth, chunk size).
+    let opening = match handshake.process_bytes(&s0s1s2).expect("server handshake") {
+        HandshakeProcessResult::Completed { response_bytes, .. } => {
+            exchange(&response_bytes, &mut sent)
+        }
+        HandshakeProcessResult::InProgress { .. } => panic!("handshake not finished"),
+    };
+
+    let (mut client, mut outbound) =
+        ClientSession::new(ClientSessionConfig::new()).expect("client");
+    outbound.extend(client.handle_input(&opening).expect("server's opening"));
+    outbound.push(
+        client
+            .request_connection(APP_NAME.to_owned())
+            .expect("connect"),
+    );
+    let mut publishing = false;
+    for _ in 0..16 {
+        let mut bytes = Vec::new();
+        for result in outbound.drain(..) {
+            if let ClientSessionResult::OutboundResponse(packet) = result {
+                bytes.extend_from_slice(&packet.bytes);
+            }
+        }
+        let answer = exchange(&bytes, &mut sent);
+        for result in client.handle_input(&answer).expect("client input") {
+            match result {
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => {
+                    outbound.push(
+                        client
+                            .request_publishing(
+                                DRIVE_STREAM_KEY.to_owned(),
+                                PublishRequestType::Live,
+                            )
+                            .expect("publish"),
+                    );
+                }
+                ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => {
+                    publishing = true;
+                }
+                other => outbound.push(other),
+            }
+        }
+        if publishing {
+            break;
+        }
+    }
+    assert!(publishing, "our server never accepted the publish");
+    for &(kind, timestamp, body) in media {
+        let body = Bytes::copy_from_slice(body);
+        let stamp = RtmpTimestamp::new(timestamp);
+        let packet = if kind == flv::TAG_VIDEO {
+            client.publish_video_data(body, stamp, false)
+        } else {
+            client.publish_audio_data(body, stamp, false)
+        };
+        if let ClientSessionResult::OutboundResponse(packet) = packet.expect("media") {
+            exchange(&packet.bytes, &mut sent);
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AVC_HEADER: &[u8] = &[0x17, 0x00, 0, 0, 0, 1, 0x64, 0, 0x1f];
+    const AVC_KEYFRAME: &[u8] = &[0x17, 0x01, 0, 0, 0, 0, 0, 0, 2, 0x65, 0x88];
+    const AAC_FRAME: &[u8] = &[0xaf, 0x01, 0x21, 0x10];
+
+    /// Runs reads through a fresh protocol, accepting publishes; returns the actions.
+    fn run<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Action>, Option<ProtocolError>) {
+        let mut p = Protocol::new(Limits::default());
+        let mut actions = Vec::new();
+        for piece in reads {
+            let step = p.feed(piece).and_then(|()| {
+                while let Some(a) = p.poll()? {
+                    if matches!(a, Action::Publish { .. }) {
+                        p.accept_publish()?;
+                    }
+                    actions.push(a);
+                }
+                Ok(())
+            });
+            if let Err(e) = step {
+                return (actions, Some(e));
+            }
+        }
+        (actions, None)
+    }
+
+    #[test]
+    fn a_publisher_gets_its_media_out_as_flv_tags() {
+        let flights = record_publisher(&[
+            (flv::TAG_VIDEO, 0, AVC_HEADER),
+            (flv::TAG_AUDIO, 0, AAC_FRAME),
+            (flv::TAG_VIDEO, 33, AVC_KEYFRAME),
+        ]);
+        let bytes = flights.concat();
+        // As sent, and in reads too short to hold an unanswered request and the next one.
+        let as_sent: Vec<&[u8]> = flights.iter().map(Vec::as_slice).collect();
+        for read in [0, 1, 7, 17] {
+            let reads = match read {
+                0 => as_sent.clone(),
+                n => bytes.chunks(n).collect(),
+            };
+            let (actions, error) = run(reads);
+            assert!(error.is_none(), "read {read}: {error:?}");
+            let publishes: Vec<_> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Publish { stream_key } => Some(stream_key.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(publishes, [DRIVE_STREAM_KEY], "read {read}");
+            let tags: Vec<_> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Tag(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(tags.len(), 3, "read {read}: {actions:?}");
+            assert_eq!(
+                tags[2].bytes,
+                flv::tag(flv::TAG_VIDEO, 33, AVC_KEYFRAME).unwrap()
+            );
+            assert_eq!(
+                tags.iter().map(|t| t.picture).collect::<Vec<_>>(),
+                [false, false, true]
+            );
+        }
+    }
+
+    /// A chunk with a full header on chunk stream 3, message stream 0, in one chunk.
+    fn message(type_id: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![0x03, 0, 0, 0];
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(type_id);
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn after_handshake(rest: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![3u8];
+        bytes.extend_from_slice(&[0u8; 1536 * 2]);
+        bytes.extend_from_slice(rest);
+        bytes
+    }
+
+    #[test]
+    fn garbage_before_the_handshake_is_refused() {
+        let (_, error) = run(b"GET / HTTP/1.1\r\n\r\n".chunks(4096));
+        assert!(
+            matches!(error, Some(ProtocolError::Handshake(_))),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_zero_chunk_size_is_refused() {
+        let bytes = after_handshake(&message(1, &0u32.to_be_bytes()));
+        let (_, error) = run(bytes.chunks(4096));
+        assert!(
+            matches!(error, Some(ProtocolError::ChunkSize { size: 0 })),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn an_endless_message_is_cut_off() {
+        // The largest chunk size, then a video message claiming 16 MiB that never ends.
+        let mut rest = message(1, &0x7fff_ffffu32.to_be_bytes());
+        rest.extend_from_slice(&[0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0]);
+        rest.resize(rest.len() + DEFAULT_MAX_MESSAGE_BYTES + DEFAULT_MAX_READ, 0);
+        let (_, error) = run(after_handshake(&rest).chunks(DEFAULT_MAX_READ));
+        assert!(
+            matches!(error, Some(ProtocolError::MessageTooLarge { .. })),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn deep_amf_is_refused_before_rml_amf0_recurses() {
+        // "connect", 1, then 100 000 nested strict arrays: would overflow rml_amf0's stack.
+        let mut amf = vec![0x02, 0, 7];
+        amf.extend_from_slice(b"connect");
+        amf.push(0x00);
+        amf.extend_from_slice(&1f64.to_be_bytes());
+        for _ in 0..100_000 {
+            amf.extend_from_slice(&[0x0a, 0, 0, 0, 1]);
+        }
+        let limits = Limits {
+            max_command_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        let mut p = Protocol::new(limits);
+        let mut chunked = message(1, &0x7fff_ffffu32.to_be_bytes());
+        chunked.extend(message(20, &amf));
+        let error = p.feed(&after_handshake(&chunked)).err();
+        assert!(
+            matches!(error, Some(ProtocolError::AmfTooDeep { type_id: 20, .. })),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_command_too_short_for_rml_rtmp_is_refused() {
+        // rml_rtmp 0.8 slices three values out of every command and panics on fewer.
+        let mut amf = vec![0x02, 0, 7];
+        amf.extend_from_slice(b"connect");
+        let (_, error) = run(after_handshake(&message(20, &amf)).chunks(4096));
+        assert!(
+            matches!(error, Some(ProtocolError::Amf { type_id: 20, .. })),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_panic_in_rml_rtmp_ends_only_the_connection() {
+        // Chunks of two messages interleaved: rml_rtmp 0.8 keeps one payload buffer for all
+        // chunk streams and subtracts past zero (fuzz/regressions/rml-chunk-length-underflow).
+        let mut rest = vec![0x03, 0, 0, 0, 0, 0, 200, 9, 1, 0, 0, 0];
+        rest.extend_from_slice(&[0x17; 128]);
+        rest.extend_from_slice(&[0x04, 0, 0, 0, 0, 0, 10, 8, 1, 0, 0, 0]);
+        rest.extend_from_slice(&[0xaf; 10]);
+        let mut p = Protocol::new(Limits::default());
+        let error = p.feed(&after_handshake(&rest)).err();
+        assert!(
+            matches!(error, Some(ProtocolError::ParserPanicked { .. })),
+            "{error:?}"
+        );
+        assert!(!inside_guarded_call());
+        assert!(matches!(p.feed(&[0x03]), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn amf_shape_follows_rml_amf0() {
+        let shape = |d: &[u8]| amf_shape(d, 4);
+        // A string, a number, an object {a: null}.
+        let mut d = vec![0x02, 0, 1, b'x', 0x00];
+        d.extend_from_slice(&[0; 8]);
+        d.extend_from_slice(&[0x03, 0, 1, b'a', 0x05, 0, 0, 0x09]);
+        assert_eq!(
+            shape(&d),
+            Ok(AmfShape {
+                values: 3,
+                depth: 1
+            })
+        );
+        // A top-level object-end marker stops the read.
+        assert_eq!(
+            shape(&[0x05, 0x09, 0x05]),
+            Ok(AmfShape {
+                values: 1,
+                depth: 0
+            })
+        );
+        // A short string reads as far as the bytes go.
+        assert_eq!(
+            shape(&[0x02, 0, 9, b'a']),
+            Ok(AmfShape {
+                values: 1,
+                depth: 0
+            })
+        );
+        // A strict array ends at its count or at an end marker.
+        assert_eq!(
+            shape(&[0x0a, 0, 0, 0, 9, 0x0a, 0, 0, 0, 1, 0x05, 0x09, 0x05]),
+            Ok(AmfShape {
+                values: 2,
+                depth: 2
+            })
+        );
+        assert_eq!(
+            shape(&[0x03, 0x00]),
+            Err(AmfError::Malformed("truncated value"))
+        );
+        assert_eq!(
+            shape(&[0x03, 0x00, 0x01, b'a']),
+            Err(AmfError::Malformed("property without a value"))
+        );
+        let deep: Vec<u8> = [0x0a, 0, 0, 0, 1].repeat(5);
+        assert_eq!(shape(&deep), Err(AmfError::TooDeep));
+        assert_eq!(
+            shape(&[0x11]),
+            Err(AmfError::Malformed("unknown AMF0 marker"))
+        );
+    }
+
+    #[test]
+    fn the_fuzz_driver_accepts_the_recorded_publisher() {
+        let mut input = vec![0b0000_0001];
+        input.extend_from_slice(&[0xc3]);
+        let seen = drive(&input);
+        assert_eq!(seen.publishes, 1, "{seen:?}");
+    }
+
+    /// Refreshes the fuzz target's starting corpus in `fuzz/seeds/`:
+    /// `cargo test --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        std::fs::create_dir_all(&dir).expect("fuzz/seeds");
+        let flights = record_publisher(&[
+            (flv::TAG_VIDEO, 0, AVC_HEADER),
+            (flv::TAG_AUDIO, 0, AAC_FRAME),
+            (flv::TAG_VIDEO, 33, AVC_KEYFRAME),
+            (flv::TAG_AUDIO, 21, AAC_FRAME),
+        ]);
+        let whole = flights.concat();
+        let media = flights[record_publisher(&[]).len()..].concat();
+        const READ_17: u8 = 2 << 2;
+        const READ_4096: u8 = 5 << 2;
+        let seeds: [(&str, u8, &[u8]); 4] = [
+            ("publisher-in-17-byte-reads", READ_17, &whole),
+            ("publisher-byte-by-byte", 0, &whole),
+            ("publisher-refused", READ_17 | 0b10, &whole),
+            ("media-after-prefix", READ_4096 | 1, &media),
+        ];
+        for (name, mode, bytes) in seeds {
+            let mut input = vec![mode];
+            input.extend_from_slice(bytes);
+            std::fs::write(dir.join(name), input).expect("write seed");
+        }
+    }
+
+    /// Inputs the fuzzer found, kept in `fuzz/regressions/`, and its seeds: none may panic
+    /// out of the core. Each regression input must end its connection with an error.
+    #[test]
+    fn fuzz_inputs_replay() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let files = |dir: &str| {
+            let mut paths: Vec<_> = std::fs::read_dir(root.join(dir))
+                .unwrap_or_else(|e| panic!("fuzz/{dir}: {e}"))
+                .map(|entry| entry.expect("directory entry").path())
+                .filter(|p| p.file_name().is_some_and(|n| n != "README.md"))
+                .collect();
+            paths.sort();
+            paths
+        };
+        let seeds = files("seeds");
+        assert!(!seeds.is_empty(), "no seeds in fuzz/seeds");
+        for path in seeds {
+            let seen = drive(&std::fs::read(&path).expect("seed"));
+            eprintln!("{}: {seen:?}", path.display());
+            assert!(
+                seen.publishes + usize::from(seen.refused.is_some()) > 0,
+                "{}",
+                path.display()
+            );
+        }
+        let regressions = files("regressions");
+        assert!(!regressions.is_empty(), "no inputs in fuzz/regressions");
+        for path in regressions {
+            let seen = drive(&std::fs::read(&path).expect("regression input"));
+            eprintln!("{}: {seen:?}", path.display());
+            assert!(
+                seen.error.is_some(),
+                "{}: the connection should have ended: {seen:?}",
+                path.display()
+            );
+        }
+    }
+}
