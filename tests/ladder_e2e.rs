@@ -93,10 +93,18 @@ async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
 
     // Every segment decodes at its rendition's size and starts with a keyframe; segments with
     // the same sequence number start on the same frame and last as long in every rendition.
+    // Fetched first, all of them: the window moves on while ffprobe reads them.
+    let mut fetched = BTreeMap::new();
+    for (name, _, _) in renditions {
+        fetched.insert(
+            name,
+            fetch_segments(&daemon, "ladder", name, &playlists[name]).await,
+        );
+    }
     let mut starts: BTreeMap<u64, Vec<(f64, f64, &str)>> = BTreeMap::new();
     for ((name, width, height), variant) in renditions.iter().zip(&variants) {
         let playlist = &playlists[name];
-        let segments = fetch_segments(&daemon, "ladder", name, playlist).await;
+        let segments = &fetched[name];
         let mut bytes = 0;
         for ((sequence, size, file), (extinf, uri)) in segments.iter().zip(&playlist.segments) {
             let frames = video_frames(file);
