@@ -60,7 +60,7 @@ pub struct ServerSettings {
     pub api_listen: SocketAddr,
     /// Address of the RTMP ingest server.
     pub rtmp_listen: SocketAddr,
-    /// Where HLS segments (and, later, relay state) are written.
+    /// Where HLS segments and the relays made over the API (`relays.json`) are written.
     pub data_dir: PathBuf,
 }
 

@@ -1,8 +1,10 @@
-//! The daemon: checks GStreamer, builds the registry and the configured relays, runs the RTMP
-//! and HTTP servers until shutdown, then stops every relay.
+//! The daemon: checks GStreamer, builds the registry and the configured relays, restores the
+//! relays saved in the data dir, runs the RTMP and HTTP servers until shutdown, then stops
+//! every relay.
 //!
 //! Owns start-up order and shutdown. Listeners are passed in already bound, so tests can bind
-//! `127.0.0.1:0` and read the ports back.
+//! `127.0.0.1:0` and read the ports back; nothing is accepted on them before the saved relays
+//! are back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use crate::api;
 use crate::config::Config;
 use crate::ingest;
 use crate::pipeline::{self, PipelineError};
-use crate::relay::registry::{Registry, RegistryError};
+use crate::relay::registry::{Origin, Registry, RegistryError};
+use crate::relay::store::{Store, StoreError};
 use crate::relay::{RelayContext, RelayError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum DaemonError {
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
     Start(#[from] RelayError),
+    #[error("saved relays: {0}; the daemon will not start without them: fix the file, or move it away to start without the relays it holds")]
+    State(#[from] StoreError),
 }
 
 /// Runs the daemon on bound listeners until `shutdown` completes.
@@ -57,18 +62,26 @@ pub async fn run(
         source,
     })?;
 
-    let registry = Arc::new(Registry::new(RelayContext {
-        program: config.program.clone(),
-        hls: config.hls.clone(),
-        hls_root: hls_root.clone(),
-        slates: Default::default(),
-    }));
+    // A state file that cannot be read stops the start here, before any relay runs.
+    let store = Store::new(&config.server.data_dir);
+    let saved = store.load()?;
+
+    let registry = Arc::new(Registry::new(
+        RelayContext {
+            program: config.program.clone(),
+            hls: config.hls.clone(),
+            hls_root: hls_root.clone(),
+            slates: Default::default(),
+        },
+        Some(store),
+    ));
     for spec in config.relays {
         let id = spec.id.clone();
-        let handle = registry.create(spec)?;
+        let handle = registry.create(spec, Origin::Config)?;
         handle.start().await?;
         info!(relay = %id, "relay from the config started");
     }
+    registry.restore(saved).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let rtmp_addr = rtmp_listener.local_addr().ok();

@@ -3,8 +3,9 @@
 //! Map of the modules:
 //! - [`config`]: the TOML config file and its validation (the settings the operator asked for).
 //! - [`relay`]: one actor per relay owning its GStreamer pipelines, the relay spec (the JSON
-//!   shape shared by the config file and the API), and the registry that maps ids and stream
-//!   keys to actors.
+//!   shape shared by the config file and the API), the registry that maps ids and stream
+//!   keys to actors and decides when the API's relays are saved, and the state file
+//!   (`relay::store`) they are saved to and restored from.
 //! - [`pipeline`]: builds the media graphs (ingest → program → HLS, and one pipeline per RTMP
 //!   destination) and turns bus errors into owned errors. Only relay actors call it.
 //! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.

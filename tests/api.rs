@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use serde_json::{json, Value};
 
 /// Sends raw bytes over HTTP/1.1 and returns everything the server answers.
 async fn raw_http(api: &str, request: &str) -> String {
@@ -16,6 +17,54 @@ async fn raw_http(api: &str, request: &str) -> String {
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Sends one request over raw HTTP/1.1, so the path reaches the server exactly as written,
+/// and returns the status and the JSON body.
+async fn raw_request(api: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    parse_reply(&raw_http(api, &request).await)
+}
+
+/// The status and JSON body of a raw HTTP/1.1 reply (warp's JSON replies carry a length).
+fn parse_reply(reply: &str) -> (u16, Value) {
+    let status = reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Sends `head` and then a chunked body of `chunks` chunks of 64 KiB, reading the reply while
+/// it writes (the server may answer and close before the body is all sent).
+async fn chunked_request(api: &str, head: &str, chunks: usize) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "{head}\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+        write.write_all(head.as_bytes()).await?;
+        for _ in 0..chunks {
+            write.write_all(chunk.as_bytes()).await?;
+        }
+        write.write_all(b"0\r\n\r\n").await
+    });
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut reply)).await;
+    // The server may close before the body is all written; that is what is tested.
+    let _ = writer.await;
+    parse_reply(&String::from_utf8_lossy(&reply))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,8 +153,8 @@ async fn relay_crud_and_errors() {
     assert_eq!(status, 404, "{body}");
     assert!(body["error"]["message"].is_string());
 
-    // HLS serving cannot leave its directory.
-    let (status, _) = daemon.get("/hls/../../etc/passwd").await;
+    // HLS serving cannot leave its directory (sent raw: an HTTP client would resolve `..`).
+    let (status, _) = raw_request(&daemon.api, "GET", "/hls/../../etc/passwd", "").await;
     assert_eq!(status, 404);
 
     // A rendition taller than the program is refused at start, with the field named.
@@ -327,4 +376,453 @@ fn check_config_names_the_bad_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One bad request and what it must get: status, `/api/v1` error code (`None` on the
+/// compatible routes, whose body is `{"error": "..."}`), and words the message must hold.
+struct Bad {
+    method: &'static str,
+    path: String,
+    body: String,
+    status: u16,
+    code: Option<&'static str>,
+    needle: String,
+}
+
+fn bad(
+    method: &'static str,
+    path: impl Into<String>,
+    body: impl Into<String>,
+    status: u16,
+    code: Option<&'static str>,
+    needle: impl Into<String>,
+) -> Bad {
+    Bad {
+        method,
+        path: path.into(),
+        body: body.into(),
+        status,
+        code,
+        needle: needle.into(),
+    }
+}
+
+/// Checks one reply against what the bad request must get.
+fn check_bad(case: &Bad, status: u16, reply: &Value) {
+    let what = format!(
+        "{} {} {:.80} -> {status} {reply}",
+        case.method, case.path, case.body
+    );
+    assert_eq!(status, case.status, "{what}");
+    let message = match case.code {
+        Some(code) => {
+            assert_eq!(reply["error"]["code"], code, "{what}");
+            reply["error"]["message"].as_str()
+        }
+        None => reply["error"].as_str(),
+    };
+    let message = message.unwrap_or_else(|| panic!("no error message: {what}"));
+    assert!(
+        message.contains(&case.needle),
+        "{what}: wants {:?}",
+        case.needle
+    );
+}
+
+/// Malformed JSON, unknown fields, huge bodies and bad ids get a 4xx naming the field or the
+/// limit on every route that takes a body or an id, and a running relay is untouched by them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_4xx_and_leaves_a_running_relay_alone() {
+    let daemon = Daemon::start("").await;
+    let api = daemon.api.clone();
+    let url = "rtmp://127.0.0.1:1/live2/KEY";
+    let (status, body) = daemon
+        .post(
+            "/api/v1/relays",
+            &json!({"id": "live", "ingest": {"stream_key": "live-key"},
+                    "outputs": [{"id": "youtube", "url": url}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = daemon.post("/api/v1/relays/live/start", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "starting", "{body}");
+    let score = r#"{"home":{"name":"NAVI","score":2},"away":{"name":"G2","score":0}}"#;
+    let (status, body) = raw_request(&api, "PUT", "/api/v1/relays/live/score", score).await;
+    assert_eq!(status, 200, "{body}");
+    let before = daemon
+        .wait_on_air("live", "slate", Duration::from_secs(20))
+        .await;
+    let (_, score_before) = daemon.get("/api/v1/relays/live/score").await;
+
+    let long = "x".repeat(65);
+    let relay = |id: &str, key: &str| json!({"id": id, "ingest": {"stream_key": key}}).to_string();
+    let output = r#"{"id":"twitch","url":"rtmp://h/a/k"}"#;
+    let invalid_body = Some("invalid_body");
+    let invalid_relay = Some("invalid_relay");
+    let invalid_id = Some("invalid_id");
+    let mut cases = vec![
+        // Malformed JSON, on every route with a body.
+        bad("POST", "/api/v1/relays", r#"{"id":"#, 400, invalid_body, "invalid JSON body"),
+        bad("PATCH", "/api/v1/relays/live", "{not json", 400, invalid_body, "invalid JSON body"),
+        bad("PATCH", "/api/v1/relays/live", "", 400, invalid_body, "empty"),
+        bad("PATCH", "/api/v1/relays/live", "[]", 400, invalid_body, "JSON object"),
+        bad("POST", "/api/v1/relays/live/outputs", "[1,", 400, invalid_body, "invalid JSON body"),
+        bad("PUT", "/api/v1/relays/live/score", r#"{"home":"#, 400, invalid_body, "invalid JSON body"),
+        // Unknown fields, named.
+        bad(
+            "POST",
+            "/api/v1/relays",
+            r#"{"id":"x","ingest":{"stream_key":"x-key"},"outptus":[]}"#,
+            400,
+            invalid_body,
+            "unknown field `outptus`",
+        ),
+        bad(
+            "POST",
+            "/api/v1/relays",
+            r#"{"id":"x","ingest":{"stream_key":"x-key","bogus":1}}"#,
+            400,
+            invalid_body,
+            "unknown field `bogus`",
+        ),
+        bad("PATCH", "/api/v1/relays/live", r#"{"outptus":[]}"#, 400, invalid_body, "unknown field `outptus`"),
+        bad(
+            "POST",
+            "/api/v1/relays/live/outputs",
+            r#"{"id":"twitch","url":"rtmp://h/a/k","colour":"red"}"#,
+            400,
+            invalid_body,
+            "unknown field `colour`",
+        ),
+        bad(
+            "PUT",
+            "/api/v1/relays/live/score",
+            r#"{"home":{"name":"A","score":1},"away":{"name":"B","score":2},"extra":1}"#,
+            400,
+            invalid_body,
+            "unknown field `extra`",
+        ),
+        // Bad ids in bodies, with the field and the rule named.
+        bad("POST", "/api/v1/relays", relay("", "x-key"), 400, invalid_relay, "id: must be 1 to 64 characters"),
+        bad("POST", "/api/v1/relays", relay(&long, "x-key"), 400, invalid_relay, "id: must be 1 to 64 characters"),
+        bad("POST", "/api/v1/relays", relay("..", "x-key"), 400, invalid_relay, r#"id: ".." may only hold"#),
+        bad("POST", "/api/v1/relays", relay("../etc", "x-key"), 400, invalid_relay, "id: "),
+        bad("POST", "/api/v1/relays", relay("x", "../k"), 400, invalid_relay, "ingest.stream_key: "),
+        bad(
+            "POST",
+            "/api/v1/relays",
+            json!({"id": "x", "ingest": {"stream_key": "x-key"}, "outputs": [{"id": "a/b", "url": url}]})
+                .to_string(),
+            400,
+            invalid_relay,
+            "outputs[0].id: ",
+        ),
+        bad(
+            "POST",
+            "/api/v1/relays/live/outputs",
+            json!({"id": "..", "url": url}).to_string(),
+            400,
+            invalid_relay,
+            r#"id: ".." may only hold"#,
+        ),
+        bad("PATCH", "/api/v1/relays/live", r#"{"id":"other"}"#, 400, invalid_relay, "id: a relay's id cannot change"),
+        bad(
+            "PATCH",
+            "/api/v1/relays/live",
+            r#"{"ingest":{"stream_key":"a b"}}"#,
+            400,
+            invalid_relay,
+            "ingest.stream_key: ",
+        ),
+        // A good patch on a running relay is refused, and says why.
+        bad("PATCH", "/api/v1/relays/live", r#"{"outputs":[]}"#, 409, Some("relay_state"), "stop it before changing it"),
+        // Empty ids in the path.
+        bad("POST", "/api/v1/relays//start", "", 400, invalid_id, "id in the path: must be 1 to 64 characters"),
+        bad("GET", "/api/v1/relays//score", "", 400, invalid_id, "id in the path: must be 1 to 64"),
+        bad("DELETE", "/api/v1/relays/", "", 400, invalid_id, "id in the path: must be 1 to 64"),
+        bad("PATCH", "/api/v1/relays/", "{}", 400, invalid_id, "id in the path: must be 1 to 64"),
+        bad(
+            "DELETE",
+            "/api/v1/relays/live/outputs/",
+            "",
+            400,
+            invalid_id,
+            "output_id in the path: must be 1 to 64",
+        ),
+    ];
+    // Bad ids in the path, on every route that takes one.
+    for id in ["..", "%2e%2e", "a%2Fb", ".hidden", "a%20b", long.as_str()] {
+        let needle = if id.len() > 64 {
+            "id in the path: must be 1 to 64 characters".to_owned()
+        } else {
+            format!("id in the path: {:?} may only hold", id)
+        };
+        for (method, path, body) in [
+            ("GET", format!("/api/v1/relays/{id}"), ""),
+            ("PATCH", format!("/api/v1/relays/{id}"), "{}"),
+            ("DELETE", format!("/api/v1/relays/{id}"), ""),
+            ("POST", format!("/api/v1/relays/{id}/start"), ""),
+            ("POST", format!("/api/v1/relays/{id}/stop"), ""),
+            ("POST", format!("/api/v1/relays/{id}/outputs"), output),
+            ("DELETE", format!("/api/v1/relays/{id}/outputs/youtube"), ""),
+            ("GET", format!("/api/v1/relays/{id}/score"), ""),
+            ("PUT", format!("/api/v1/relays/{id}/score"), score),
+        ] {
+            cases.push(bad(method, path, body, 400, invalid_id, needle.clone()));
+        }
+        cases.push(bad(
+            "DELETE",
+            format!("/api/v1/relays/live/outputs/{id}"),
+            "",
+            400,
+            invalid_id,
+            format!("output_{needle}"),
+        ));
+    }
+    // The compatible routes: the same checks, in the old service's error body.
+    let start =
+        |name: &str, url: &str| json!({"youtube_url": url, "stream_name": name}).to_string();
+    cases.extend([
+        bad(
+            "POST",
+            "/start_stream",
+            r#"{"youtube_url":"#,
+            400,
+            None,
+            "invalid JSON body",
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            json!({"youtube_url": url, "stream_name": "m", "extra": 1}).to_string(),
+            400,
+            None,
+            "unknown field `extra`",
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            start("../x", url),
+            400,
+            None,
+            r#"stream_name: "../x" may only hold"#,
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            start("a/b", url),
+            400,
+            None,
+            "stream_name: ",
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            start(&long, url),
+            400,
+            None,
+            "stream_name: must be 1 to 64 characters",
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            start("m", "http://x"),
+            400,
+            None,
+            "youtube_url: ",
+        ),
+        bad(
+            "POST",
+            "/start_stream",
+            start("live-key", url),
+            409,
+            None,
+            "Stream live-key is already active",
+        ),
+        bad(
+            "POST",
+            "/stop_stream",
+            r#"{"stream_name":"#,
+            400,
+            None,
+            "invalid JSON body",
+        ),
+        bad(
+            "POST",
+            "/stop_stream",
+            r#"{"stream_name":"live-key","force":true}"#,
+            400,
+            None,
+            "unknown field `force`",
+        ),
+        bad(
+            "POST",
+            "/stop_stream",
+            r#"{"stream_name":"../live-key"}"#,
+            400,
+            None,
+            "stream_name: ",
+        ),
+        bad(
+            "POST",
+            "/stop_stream",
+            json!({"stream_name": long}).to_string(),
+            400,
+            None,
+            "stream_name: must be 1 to 64",
+        ),
+    ]);
+    for case in &cases {
+        let (status, reply) = raw_request(&api, case.method, &case.path, &case.body).await;
+        check_bad(case, status, &reply);
+    }
+
+    // Bodies over 1 MiB, announced or chunked, on every route with a body.
+    let limit = "1048576 bytes";
+    for (method, path, code) in [
+        ("POST", "/api/v1/relays", Some("body_too_large")),
+        ("PATCH", "/api/v1/relays/live", Some("body_too_large")),
+        (
+            "POST",
+            "/api/v1/relays/live/outputs",
+            Some("body_too_large"),
+        ),
+        ("PUT", "/api/v1/relays/live/score", Some("body_too_large")),
+        ("POST", "/start_stream", None),
+        ("POST", "/stop_stream", None),
+    ] {
+        let case = bad(method, path, "", 413, code, limit);
+        let announced = raw_http(
+            &api,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Content-Length: 2097152\r\nConnection: close\r\n\r\n{{"
+            ),
+        )
+        .await;
+        let (status, reply) = parse_reply(&announced);
+        check_bad(&case, status, &reply);
+        let (status, reply) = chunked_request(&api, &format!("{method} {path} HTTP/1.1"), 17).await;
+        check_bad(&case, status, &reply);
+    }
+
+    // Nothing was made, and the running relay is as it was: same spec, same state, same score,
+    // and never restarted (its uptime only grew).
+    let (_, list) = daemon.get("/api/v1/relays").await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .map(|l| l.iter().filter_map(|r| r["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["live"], "{list}");
+    let after = daemon.relay("live").await;
+    let (up_before, up_after) = (&before["uptime"], &after["uptime"]);
+    assert!(
+        up_after.as_f64() >= up_before.as_f64() && up_before.as_f64().is_some(),
+        "uptime {up_before} then {up_after}"
+    );
+    assert_eq!(lasting(&after), lasting(&before));
+    let (_, mut score_after) = daemon.get("/api/v1/relays/live/score").await;
+    let mut score_before = score_before;
+    score_after["age"].take();
+    score_before["age"].take();
+    assert_eq!(score_after, score_before);
+    assert_eq!(score_after["source"], "manual", "{score_after}");
+    let (_, streams) = daemon.get("/list_streams").await;
+    assert!(streams["live-key"].is_object(), "{streams}");
+}
+
+/// What a relay's JSON keeps while nothing is done to it: its spec, its state and what it shows,
+/// but not its counters.
+fn lasting(relay: &Value) -> Value {
+    let outputs: Vec<Value> = relay["outputs"]
+        .as_array()
+        .map(|outputs| {
+            outputs
+                .iter()
+                .map(|o| json!({"id": o["id"], "url": o["url"], "preset": o["preset"]}))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "id": relay["id"],
+        "ingest": relay["ingest"],
+        "transcode": relay["transcode"],
+        "state": relay["state"],
+        "showing": relay["on_air"]["showing"],
+        "publisher": relay["publisher"],
+        "outputs": outputs,
+    })
+}
+
+/// PATCH changes a stopped relay (a JSON merge patch of its spec) and keeps a hand-set score.
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_changes_a_stopped_relay() {
+    let daemon = Daemon::start("").await;
+    let url = "rtmp://127.0.0.1:1/live2/KEY";
+    for (id, key) in [("a", "a-key"), ("b", "b-key")] {
+        let spec =
+            json!({"id": id, "ingest": {"stream_key": key}, "overlay": {"stale_after": "5s"}});
+        let (status, body) = daemon.post("/api/v1/relays", &spec.to_string()).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let score = r#"{"home":{"name":"NAVI","score":2},"away":{"name":"G2","score":0}}"#;
+    let (status, _) = raw_request(&daemon.api, "PUT", "/api/v1/relays/a/score", score).await;
+    assert_eq!(status, 200);
+
+    let patch = json!({"overlay": null, "hls": {"renditions": ["480p", "360p"]},
+                       "outputs": [{"id": "yt", "url": url}]});
+    let (status, body) =
+        raw_request(&daemon.api, "PATCH", "/api/v1/relays/a", &patch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("overlay").is_none(), "{body}");
+    assert_eq!(body["hls"]["renditions"], json!(["480p", "360p"]), "{body}");
+    assert_eq!(body["outputs"][0]["id"], "yt", "{body}");
+    assert_eq!(body["state"], "stopped", "{body}");
+    assert_eq!(daemon.relay("a").await["outputs"][0]["url"], url);
+    let (_, board) = daemon.get("/api/v1/relays/a/score").await;
+    assert_eq!(
+        (
+            board["source"].as_str(),
+            board["scoreboard"]["home"]["score"].as_str()
+        ),
+        (Some("manual"), Some("2")),
+        "{board}"
+    );
+
+    // Another relay's stream key, an unknown relay, a running relay.
+    let (status, body) = raw_request(
+        &daemon.api,
+        "PATCH",
+        "/api/v1/relays/a",
+        r#"{"ingest":{"stream_key":"b-key"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("stream_key_in_use")),
+        "{body}"
+    );
+    let (status, body) = raw_request(&daemon.api, "PATCH", "/api/v1/relays/nope", "{}").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("relay_not_found")),
+        "{body}"
+    );
+    let (status, _) = daemon.post("/api/v1/relays/a/start", "").await;
+    assert_eq!(status, 200);
+    let (status, body) = raw_request(
+        &daemon.api,
+        "PATCH",
+        "/api/v1/relays/a",
+        r#"{"outputs":[]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("relay_state")),
+        "{body}"
+    );
+    assert_eq!(daemon.relay("a").await["outputs"][0]["id"], "yt");
 }

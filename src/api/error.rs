@@ -11,6 +11,7 @@ use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use crate::relay::registry::RegistryError;
+use crate::relay::spec::SpecError;
 use crate::relay::RelayError;
 
 /// An `/api/v1` error.
@@ -41,6 +42,16 @@ impl ApiError {
     pub fn bad_body(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
     }
+
+    /// An id in the path that no relay or destination could have: empty, too long, or with
+    /// characters outside the safe set (which rules out `..` and `/`).
+    pub fn invalid_id(e: SpecError) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{} in the path: {}", e.field, e.message),
+        )
+    }
 }
 
 impl Reply for ApiError {
@@ -57,23 +68,31 @@ impl From<RegistryError> for ApiError {
             RegistryError::DuplicateId(_) => (StatusCode::CONFLICT, "relay_exists"),
             RegistryError::DuplicateKey { .. } => (StatusCode::CONFLICT, "stream_key_in_use"),
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "relay_not_found"),
+            RegistryError::Relay(e) => relay_status(e),
+            RegistryError::BadPatch(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            RegistryError::Running(_) => (StatusCode::CONFLICT, "relay_state"),
+            RegistryError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
         };
         Self::new(status, code, e.to_string())
     }
 }
 
+fn relay_status(e: &RelayError) -> (StatusCode, &'static str) {
+    match e {
+        RelayError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_relay"),
+        RelayError::NotRunning { .. }
+        | RelayError::AlreadyPublishing { .. }
+        | RelayError::NotPush { .. } => (StatusCode::CONFLICT, "relay_state"),
+        RelayError::Pipeline { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "pipeline"),
+        RelayError::Gone { .. } => (StatusCode::NOT_FOUND, "relay_not_found"),
+        RelayError::OutputExists { .. } => (StatusCode::CONFLICT, "output_exists"),
+        RelayError::NoSuchOutput { .. } => (StatusCode::NOT_FOUND, "output_not_found"),
+    }
+}
+
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
-        let (status, code) = match &e {
-            RelayError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_relay"),
-            RelayError::NotRunning { .. }
-            | RelayError::AlreadyPublishing { .. }
-            | RelayError::NotPush { .. } => (StatusCode::CONFLICT, "relay_state"),
-            RelayError::Pipeline { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "pipeline"),
-            RelayError::Gone { .. } => (StatusCode::NOT_FOUND, "relay_not_found"),
-            RelayError::OutputExists { .. } => (StatusCode::CONFLICT, "output_exists"),
-            RelayError::NoSuchOutput { .. } => (StatusCode::NOT_FOUND, "output_not_found"),
-        };
+        let (status, code) = relay_status(&e);
         Self::new(status, code, e.to_string())
     }
 }
@@ -111,6 +130,27 @@ impl warp::reject::Reject for BodyTooLarge {}
 pub struct BodyUnreadable;
 impl warp::reject::Reject for BodyUnreadable {}
 
+fn body_too_large() -> String {
+    format!(
+        "the request body is over the limit of {} bytes",
+        super::MAX_BODY_BYTES
+    )
+}
+
+const BODY_UNREADABLE: &str = "the request body could not be read";
+
+/// Maps the body errors of a compatible route to the old service's error body; leaves every
+/// other rejection to [`recover`].
+pub async fn recover_compat(rejection: Rejection) -> Result<Response, Rejection> {
+    if rejection.find::<BodyTooLarge>().is_some() {
+        Ok(CompatError::new(StatusCode::PAYLOAD_TOO_LARGE, body_too_large()).into_response())
+    } else if rejection.find::<BodyUnreadable>().is_some() {
+        Ok(CompatError::new(StatusCode::BAD_REQUEST, BODY_UNREADABLE).into_response())
+    } else {
+        Err(rejection)
+    }
+}
+
 /// Maps warp's own rejections (no route, wrong method, body too large) to JSON.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
@@ -119,17 +159,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!(
-                "request bodies are limited to {} bytes",
-                super::MAX_BODY_BYTES
-            ),
+            body_too_large(),
         )
     } else if rejection.find::<BodyUnreadable>().is_some() {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the request body could not be read",
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", BODY_UNREADABLE)
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -14,7 +14,8 @@ use warp::Reply;
 use super::error::{ApiError, CompatError};
 use super::wire::{RelayView, ScoreView};
 use crate::relay::registry::{Registry, RegistryError};
-use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, RelaySpec};
+use crate::relay::spec::{check_name, HlsSpec, IngestSpec, OutputSpec, RelaySpec};
+use crate::relay::RelayHandle;
 use crate::scores::Scoreboard;
 
 /// The name of the destination the compatible `/start_stream` creates.
@@ -26,6 +27,17 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
         return Err("the request body is empty; send JSON".to_owned());
     }
     serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+/// Checks an id taken from the path (`id` or `output_id`) before anything is looked up.
+fn path_id(field: &str, value: &str) -> Result<(), ApiError> {
+    check_name(field, value).map_err(ApiError::invalid_id)
+}
+
+/// The relay with a valid path `id`.
+fn relay(registry: &Registry, id: &str) -> Result<RelayHandle, ApiError> {
+    path_id("id", id)?;
+    registry.get(id).ok_or_else(|| ApiError::not_found(id))
 }
 
 fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Response {
@@ -49,40 +61,49 @@ pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> 
 
 pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Response, ApiError> {
     let spec: RelaySpec = parse(&body).map_err(ApiError::bad_body)?;
-    let handle = registry.create(spec)?;
-    let status = handle.status().await?;
+    let status = registry.create_saved(spec).await?;
     Ok(json_reply(StatusCode::CREATED, &RelayView::from(status)))
 }
 
 pub async fn get_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let handle = relay(&registry, &id)?;
     Ok(json_reply(
         StatusCode::OK,
         &RelayView::from(handle.status().await?),
     ))
 }
 
+/// `PATCH /api/v1/relays/{id}`: a JSON merge patch of a stopped relay's spec.
+pub async fn patch_relay(
+    id: String,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    relay(&registry, &id)?;
+    let patch: serde_json::Value = parse(&body).map_err(ApiError::bad_body)?;
+    let status = registry.patch(&id, &patch).await?;
+    Ok(json_reply(StatusCode::OK, &RelayView::from(status)))
+}
+
 pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    registry.remove(&id).await.map_err(|e| match e {
-        RegistryError::NotFound(_) => ApiError::not_found(&id),
-        other => other.into(),
-    })?;
+    path_id("id", &id)?;
+    registry.remove(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn start_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    path_id("id", &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &RelayView::from(handle.start().await?),
+        &RelayView::from(registry.start(&id).await?),
     ))
 }
 
 pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    path_id("id", &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &RelayView::from(handle.stop().await?),
+        &RelayView::from(registry.stop(&id).await?),
     ))
 }
 
@@ -92,11 +113,11 @@ pub async fn add_output(
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    relay(&registry, &id)?;
     let spec: OutputSpec = parse(&body).map_err(ApiError::bad_body)?;
     Ok(json_reply(
         StatusCode::CREATED,
-        &RelayView::from(handle.add_output(spec).await?),
+        &RelayView::from(registry.add_output(&id, spec).await?),
     ))
 }
 
@@ -106,13 +127,14 @@ pub async fn remove_output(
     output_id: String,
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
-    handle.remove_output(output_id).await?;
+    path_id("id", &id)?;
+    path_id("output_id", &output_id)?;
+    registry.remove_output(&id, &output_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn get_score(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let handle = relay(&registry, &id)?;
     Ok(json_reply(
         StatusCode::OK,
         &ScoreView::from(handle.score().await?),
@@ -125,7 +147,7 @@ pub async fn put_score(
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let handle = registry.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let handle = relay(&registry, &id)?;
     let board: Scoreboard = parse(&body).map_err(ApiError::bad_body)?;
     board
         .check()
@@ -136,15 +158,32 @@ pub async fn put_score(
     ))
 }
 
+/// A bad id anywhere under `/api/v1/relays/` that no route took because it is empty
+/// (`/api/v1/relays//start`, `DELETE /api/v1/relays/`, `.../outputs/`).
+pub fn empty_path_id(full_path: &str) -> Option<ApiError> {
+    let rest = full_path.strip_prefix("/api/v1/relays/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let field = match segments.as_slice() {
+        ["", ..] => "id",
+        [_, "outputs", "", ..] => "output_id",
+        _ => return None,
+    };
+    Some(ApiError::invalid_id(
+        check_name(field, "").expect_err("an empty name is always refused"),
+    ))
+}
+
 // The compatible routes of the older relay service.
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StartStream {
     youtube_url: Option<String>,
     stream_name: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StopStream {
     stream_name: Option<String>,
 }
@@ -159,12 +198,37 @@ fn required(field: Option<String>, name: &str) -> Result<String, CompatError> {
     }
 }
 
+fn bad_request(message: impl Into<String>) -> CompatError {
+    CompatError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// A registry error on a compatible route, for stream `name`.
+fn compat_error(e: RegistryError, name: &str) -> CompatError {
+    match e {
+        RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. } => CompatError::new(
+            StatusCode::CONFLICT,
+            format!("Stream {name} is already active"),
+        ),
+        RegistryError::NotFound(_) => {
+            CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))
+        }
+        e @ RegistryError::NotSaved(_) => {
+            CompatError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        other => bad_request(other.to_string()),
+    }
+}
+
 /// `POST /start_stream`: a relay named after the stream key, pushing to one URL, started.
 pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
-    let req: StartStream =
-        parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
+    let req: StartStream = parse(&body).map_err(bad_request)?;
     let youtube_url = required(req.youtube_url, "youtube_url")?;
     let name = required(req.stream_name, "stream_name")?;
+    check_name("stream_name", &name).map_err(|e| bad_request(e.to_string()))?;
+    let output = OutputSpec::new(COMPAT_OUTPUT_ID, youtube_url.clone());
+    output
+        .validate("")
+        .map_err(|e| bad_request(format!("youtube_url: {}", e.message)))?;
     let spec = RelaySpec {
         id: name.clone(),
         ingest: IngestSpec {
@@ -173,19 +237,20 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
         },
         overlay: None,
         hls: HlsSpec::default(),
-        outputs: vec![OutputSpec::new(COMPAT_OUTPUT_ID, youtube_url.clone())],
+        outputs: vec![output],
         transcode: true,
     };
-    let handle = registry.create(spec).map_err(|e| match e {
-        RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. } => CompatError::new(
-            StatusCode::CONFLICT,
-            format!("Stream {name} is already active"),
-        ),
-        other => CompatError::new(StatusCode::BAD_REQUEST, other.to_string()),
-    })?;
-    if let Err(e) = handle.start().await {
-        let _ = registry.remove(&name).await;
-        return Err(CompatError::new(StatusCode::BAD_REQUEST, e.to_string()));
+    registry
+        .create_saved(spec)
+        .await
+        .map_err(|e| compat_error(e, &name))?;
+    match registry.start(&name).await {
+        Ok(_) => {}
+        Err(e @ RegistryError::NotSaved(_)) => return Err(compat_error(e, &name)),
+        Err(e) => {
+            let _ = registry.remove(&name).await;
+            return Err(bad_request(e.to_string()));
+        }
     }
     Ok(json_reply(
         StatusCode::OK,
@@ -198,15 +263,16 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
 
 /// `POST /stop_stream`: stops and removes the relay that owns the stream key.
 pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
-    let req: StopStream = parse(&body).map_err(|m| CompatError::new(StatusCode::BAD_REQUEST, m))?;
+    let req: StopStream = parse(&body).map_err(bad_request)?;
     let name = required(req.stream_name, "stream_name")?;
+    check_name("stream_name", &name).map_err(|e| bad_request(e.to_string()))?;
     let handle = registry.by_stream_key(&name).ok_or_else(|| {
         CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))
     })?;
     registry
         .remove(handle.id())
         .await
-        .map_err(|e| CompatError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        .map_err(|e| compat_error(e, &name))?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({ "message": format!("Stream {name} stopped successfully") }),

@@ -94,6 +94,12 @@ pub fn routes(
         .and(with_registry.clone())
         .then(handlers::get_relay)
         .and_then(finish);
+    let patch = relay
+        .and(warp::patch())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::patch_relay)
+        .and_then(finish);
     let delete = relay
         .and(warp::delete())
         .and(with_registry.clone())
@@ -135,18 +141,26 @@ pub fn routes(
         .then(handlers::put_score)
         .and_then(finish);
 
-    let start_stream = warp::path!("start_stream")
-        .and(warp::post())
-        .and(with_registry.clone())
-        .and(body.clone())
-        .then(handlers::start_stream)
-        .and_then(finish);
-    let stop_stream = warp::path!("stop_stream")
-        .and(warp::post())
-        .and(with_registry.clone())
-        .and(body)
-        .then(handlers::stop_stream)
-        .and_then(finish);
+    // Once the path and method match, a compatible route answers its body errors in the old
+    // service's shape too.
+    let start_stream = warp::path!("start_stream").and(warp::post()).and(
+        with_registry
+            .clone()
+            .and(body.clone())
+            .then(handlers::start_stream)
+            .and_then(finish)
+            .recover(error::recover_compat)
+            .unify(),
+    );
+    let stop_stream = warp::path!("stop_stream").and(warp::post()).and(
+        with_registry
+            .clone()
+            .and(body)
+            .then(handlers::stop_stream)
+            .and_then(finish)
+            .recover(error::recover_compat)
+            .unify(),
+    );
     let list_streams = warp::path!("list_streams")
         .and(warp::get())
         .and(with_registry)
@@ -159,12 +173,22 @@ pub fn routes(
         .then(move |tail: warp::path::Tail| hls::serve(hls_root.clone(), tail.as_str().to_owned()))
         .and_then(finish);
 
+    // Last: an empty id under /api/v1/relays/ matches no route above; say so.
+    let empty_id = warp::path::full().and_then(|path: warp::path::FullPath| async move {
+        match handlers::empty_path_id(path.as_str()) {
+            Some(error) => Ok(error.into_response()),
+            None => Err(warp::reject::not_found()),
+        }
+    });
+
     healthz
         .or(list)
         .unify()
         .or(create)
         .unify()
         .or(get)
+        .unify()
+        .or(patch)
         .unify()
         .or(delete)
         .unify()
@@ -187,6 +211,8 @@ pub fn routes(
         .or(list_streams)
         .unify()
         .or(hls)
+        .unify()
+        .or(empty_id)
         .unify()
         .recover(error::recover)
         .unify()

@@ -8,6 +8,7 @@
 pub mod registry;
 pub mod spec;
 pub mod state;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,13 +1,23 @@
-//! The registry: every relay by id, and the push relays by stream key.
+//! The registry: every relay by id, the push relays by stream key, and the saved desired state
+//! of the relays made over the API.
 //!
-//! Owns the map of relay handles and the uniqueness of ids and stream keys. It must not touch
-//! pipelines; it only spawns actors and hands out their handles.
+//! Owns the map of relay handles, the uniqueness of ids and stream keys, and when the state
+//! file is written: after every operator change to a relay made over the API, one write at a
+//! time, each from a fresh snapshot of the actors. Operator changes to one relay run one at a
+//! time. It must not touch pipelines; it only spawns actors and talks to them through their
+//! handles.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::spec::{RelaySpec, SpecError};
-use super::{spawn, RelayContext, RelayHandle};
+use serde_json::Value;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tracing::{error, info, warn};
+
+use super::spec::{OutputSpec, RelaySpec, SpecError};
+use super::store::{SavedRelay, Store, StoreError};
+use super::{spawn, RelayContext, RelayError, RelayHandle, RelayPhase, RelayStatus};
+use crate::scores::Source as ScoreSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -19,43 +29,71 @@ pub enum RegistryError {
     DuplicateKey { owner: String },
     #[error("no relay with id {0:?}")]
     NotFound(String),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error("invalid patch: {0}")]
+    BadPatch(String),
+    #[error("relay {0} is running; stop it before changing it (destinations can be added and removed while it runs)")]
+    Running(String),
+    #[error("the change was made, but {0}; it will be lost when the daemon restarts")]
+    NotSaved(StoreError),
+}
+
+/// Where a relay came from. Only relays made over the API are saved: the config file is the
+/// source of its own relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    Api,
 }
 
 struct Entry {
     handle: RelayHandle,
     stream_key: Option<String>,
+    origin: Origin,
+    /// Held through each operator change, so changes to one relay never interleave.
+    ops: Arc<Mutex<()>>,
+}
+
+/// The state file and what was last written to it.
+struct Saved {
+    store: Option<Store>,
+    relays: BTreeMap<String, SavedRelay>,
+    /// Set at shutdown: the actors are going away, and that is not the operator's doing.
+    closed: bool,
 }
 
 pub struct Registry {
     ctx: Arc<RelayContext>,
     relays: RwLock<BTreeMap<String, Entry>>,
+    saved: Mutex<Saved>,
 }
 
 impl Registry {
-    pub fn new(ctx: RelayContext) -> Self {
+    /// A registry that saves the relays made over the API to `store`, if given.
+    pub fn new(ctx: RelayContext, store: Option<Store>) -> Self {
         Self {
             ctx: Arc::new(ctx),
             relays: RwLock::new(BTreeMap::new()),
+            saved: Mutex::new(Saved {
+                store,
+                relays: BTreeMap::new(),
+                closed: false,
+            }),
         }
     }
 
-    /// Validates `spec` and spawns its actor (stopped).
-    pub fn create(&self, spec: RelaySpec) -> Result<RelayHandle, RegistryError> {
+    /// Validates `spec` and spawns its actor (stopped). Nothing is saved: see
+    /// [`Registry::create_saved`].
+    pub fn create(&self, spec: RelaySpec, origin: Origin) -> Result<RelayHandle, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         let mut relays = self.relays.write().expect("registry lock poisoned");
         if relays.contains_key(&spec.id) {
             return Err(RegistryError::DuplicateId(spec.id));
         }
         let stream_key = spec.ingest.stream_key.clone();
-        if let Some(key) = &stream_key {
-            if let Some((owner, _)) = relays
-                .iter()
-                .find(|(_, e)| e.stream_key.as_deref() == Some(key))
-            {
-                return Err(RegistryError::DuplicateKey {
-                    owner: owner.clone(),
-                });
-            }
+        if let Some(owner) = key_owner(&relays, stream_key.as_deref(), None) {
+            return Err(RegistryError::DuplicateKey { owner });
         }
         let id = spec.id.clone();
         let handle = spawn(spec, self.ctx.clone());
@@ -64,9 +102,53 @@ impl Registry {
             Entry {
                 handle: handle.clone(),
                 stream_key,
+                origin,
+                ops: Arc::default(),
             },
         );
         Ok(handle)
+    }
+
+    /// Creates a relay for the API (stopped) and saves it.
+    pub async fn create_saved(&self, spec: RelaySpec) -> Result<RelayStatus, RegistryError> {
+        let handle = self.create(spec, Origin::Api)?;
+        let status = handle.status().await?;
+        self.save().await?;
+        Ok(status)
+    }
+
+    /// Brings back the relays saved before the last stop, each started if the operator had it
+    /// running. Call it after the config's relays exist: a saved relay whose id or stream key
+    /// a config relay has is skipped (the config wins), with a warning that carries its spec,
+    /// and it leaves the file at the next write.
+    pub async fn restore(&self, saved: Vec<SavedRelay>) {
+        for relay in saved {
+            let id = relay.spec.id.clone();
+            let spec_json = serde_json::to_string(&relay.spec).unwrap_or_default();
+            let handle = match self.create(relay.spec.clone(), Origin::Api) {
+                Ok(handle) => handle,
+                Err(e @ (RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. })) => {
+                    warn!(relay = %id, reason = %e, spec = %spec_json, "saved relay skipped: a relay from the config has its id or stream key, and the config wins");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(relay = %id, reason = %e, spec = %spec_json, "saved relay skipped");
+                    continue;
+                }
+            };
+            self.saved
+                .lock()
+                .await
+                .relays
+                .insert(id.clone(), relay.clone());
+            if relay.running {
+                if let Err(e) = handle.start().await {
+                    warn!(relay = %id, reason = %e, "saved relay restored but cannot start; it stays stopped");
+                    continue;
+                }
+            }
+            info!(relay = %id, running = relay.running, "relay restored from the saved state");
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<RelayHandle> {
@@ -89,8 +171,133 @@ impl Registry {
         relays.values().map(|e| e.handle.clone()).collect()
     }
 
-    /// Removes a relay, waits for its actor to stop its pipelines, and deletes its HLS files.
+    /// Takes the relay's operator lock and returns its current handle.
+    async fn operate(
+        &self,
+        id: &str,
+    ) -> Result<(OwnedMutexGuard<()>, RelayHandle, Origin), RegistryError> {
+        loop {
+            let ops = {
+                let relays = self.relays.read().expect("registry lock poisoned");
+                let entry = relays
+                    .get(id)
+                    .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+                entry.ops.clone()
+            };
+            let guard = ops.clone().lock_owned().await;
+            let relays = self.relays.read().expect("registry lock poisoned");
+            match relays.get(id) {
+                Some(e) if Arc::ptr_eq(&e.ops, &ops) => {
+                    return Ok((guard, e.handle.clone(), e.origin))
+                }
+                // Deleted and made again while we waited: take the new one's lock.
+                Some(_) => continue,
+                None => return Err(RegistryError::NotFound(id.to_owned())),
+            }
+        }
+    }
+
+    /// Saves after a change to a relay of `origin`.
+    async fn saved_if(&self, origin: Origin) -> Result<(), RegistryError> {
+        match origin {
+            Origin::Api => self.save().await,
+            Origin::Config => Ok(()),
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<RelayStatus, RegistryError> {
+        let (_ops, handle, origin) = self.operate(id).await?;
+        let status = handle.start().await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<RelayStatus, RegistryError> {
+        let (_ops, handle, origin) = self.operate(id).await?;
+        let status = handle.stop().await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    pub async fn add_output(
+        &self,
+        id: &str,
+        spec: OutputSpec,
+    ) -> Result<RelayStatus, RegistryError> {
+        let (_ops, handle, origin) = self.operate(id).await?;
+        let status = handle.add_output(spec).await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    pub async fn remove_output(
+        &self,
+        id: &str,
+        output_id: &str,
+    ) -> Result<RelayStatus, RegistryError> {
+        let (_ops, handle, origin) = self.operate(id).await?;
+        let status = handle.remove_output(output_id.to_owned()).await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    /// Changes a stopped relay: `patch` is a JSON merge patch (RFC 7396) of its spec. The
+    /// relay gets a new actor with the new spec; a score set by hand carries over.
+    pub async fn patch(&self, id: &str, patch: &Value) -> Result<RelayStatus, RegistryError> {
+        if !patch.is_object() {
+            return Err(RegistryError::BadPatch(
+                "the body must be a JSON object of the fields to change".to_owned(),
+            ));
+        }
+        let (_ops, old, origin) = self.operate(id).await?;
+        let current = old.status().await?;
+        // A bad patch is refused as such, whatever state the relay is in.
+        let mut doc = serde_json::to_value(&current.spec).expect("relay specs always serialize");
+        merge_patch(&mut doc, patch);
+        let spec: RelaySpec =
+            serde_json::from_value(doc).map_err(|e| RegistryError::BadPatch(e.to_string()))?;
+        if spec.id != id {
+            return Err(RegistryError::Invalid(SpecError {
+                field: "id".to_owned(),
+                message: "a relay's id cannot change; create a new relay instead".to_owned(),
+            }));
+        }
+        spec.validate().map_err(RegistryError::Invalid)?;
+        if current.phase != RelayPhase::Stopped {
+            return Err(RegistryError::Running(id.to_owned()));
+        }
+        if spec == current.spec {
+            return Ok(current);
+        }
+        let score = old.score().await?;
+        let new = {
+            let mut relays = self.relays.write().expect("registry lock poisoned");
+            let stream_key = spec.ingest.stream_key.clone();
+            if let Some(owner) = key_owner(&relays, stream_key.as_deref(), Some(id)) {
+                return Err(RegistryError::DuplicateKey { owner });
+            }
+            let entry = relays
+                .get_mut(id)
+                .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+            let new = spawn(spec, self.ctx.clone());
+            entry.handle = new.clone();
+            entry.stream_key = stream_key;
+            new
+        };
+        old.shutdown().await;
+        if let (Some(board), Some(ScoreSource::Manual)) = (score.scoreboard, score.source) {
+            new.set_score(board).await?;
+        }
+        info!(relay = %id, "relay changed by patch");
+        let status = new.status().await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    /// Removes a relay, waits for its actor to stop its pipelines, deletes its HLS files, and
+    /// saves.
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
+        let (_ops, _, _) = self.operate(id).await?;
         let entry = {
             let mut relays = self.relays.write().expect("registry lock poisoned");
             relays.remove(id)
@@ -100,14 +307,79 @@ impl Registry {
         let dir = self.ctx.hls_root.join(id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(relay = id, dir = %dir.display(), error = %e, "cannot delete HLS files");
+                warn!(relay = id, dir = %dir.display(), error = %e, "cannot delete HLS files");
             }
         }
-        Ok(())
+        self.saved_if(entry.origin).await
     }
 
-    /// Shuts every relay down, concurrently.
+    /// Writes the desired state of every relay made over the API: its spec and whether it
+    /// should run, as its actor has them now. Writes are serialized and each takes its own
+    /// snapshot, so the file always holds every change that completed before the write.
+    pub async fn save(&self) -> Result<(), RegistryError> {
+        let mut saved = self.saved.lock().await;
+        if saved.closed {
+            return Ok(());
+        }
+        let Some(store) = saved.store.clone() else {
+            return Ok(());
+        };
+        let handles: Vec<RelayHandle> = {
+            let relays = self.relays.read().expect("registry lock poisoned");
+            relays
+                .values()
+                .filter(|e| e.origin == Origin::Api)
+                .map(|e| e.handle.clone())
+                .collect()
+        };
+        let statuses = futures_util::future::join_all(handles.iter().map(|h| h.status())).await;
+        let mut next = BTreeMap::new();
+        for (handle, status) in handles.iter().zip(statuses) {
+            let id = handle.id().to_owned();
+            let relay = match status {
+                Ok(s) => SavedRelay {
+                    running: s.phase != RelayPhase::Stopped,
+                    spec: s.spec,
+                },
+                // An actor that is gone while still listed keeps what was last saved.
+                Err(e) => match saved.relays.get(&id) {
+                    Some(last) => {
+                        warn!(relay = %id, reason = %e, "relay not answering; its last saved state is kept");
+                        last.clone()
+                    }
+                    None => continue,
+                },
+            };
+            next.insert(id, relay);
+        }
+        let list: Vec<SavedRelay> = next.values().cloned().collect();
+        let path = store.path().display().to_string();
+        let file = store.path().to_owned();
+        let written = tokio::task::spawn_blocking(move || store.save(&list))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Write {
+                    path: file,
+                    source: std::io::Error::other(e),
+                })
+            });
+        match written {
+            Ok(()) => {
+                tracing::debug!(file = %path, relays = next.len(), "relay state saved");
+                saved.relays = next;
+                Ok(())
+            }
+            Err(e) => {
+                error!(file = %path, error = %e, "cannot save the relay state");
+                Err(RegistryError::NotSaved(e))
+            }
+        }
+    }
+
+    /// Shuts every relay down, concurrently. Saving stops first: relays stopping because the
+    /// daemon does stay saved as the operator left them.
     pub async fn shutdown_all(&self) {
+        self.saved.lock().await.closed = true;
         let handles = {
             let mut relays = self.relays.write().expect("registry lock poisoned");
             std::mem::take(&mut *relays)
@@ -116,5 +388,58 @@ impl Registry {
             e.handle.shutdown().await;
         });
         futures_util::future::join_all(waits).await;
+    }
+}
+
+/// The relay, other than `except`, that has `stream_key`.
+fn key_owner(
+    relays: &BTreeMap<String, Entry>,
+    stream_key: Option<&str>,
+    except: Option<&str>,
+) -> Option<String> {
+    let key = stream_key?;
+    relays
+        .iter()
+        .find(|(id, e)| Some(id.as_str()) != except && e.stream_key.as_deref() == Some(key))
+        .map(|(id, _)| id.clone())
+}
+
+/// Applies a JSON merge patch (RFC 7396): objects merge, `null` removes, anything else
+/// replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(fields) = target {
+        for (key, value) in changes {
+            if value.is_null() {
+                fields.remove(key);
+            } else {
+                merge_patch(fields.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut doc,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"m": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"m": 1}})
+        );
     }
 }

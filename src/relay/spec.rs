@@ -31,7 +31,7 @@ pub const OUTPUT_PRESETS: &[(&str, u32)] = &[("youtube", 51_000), ("twitch", 600
 pub const OUTPUT_GOP_SECONDS: u32 = 2;
 
 /// The longest id or stream key we accept; they end up in paths and URLs.
-const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -474,8 +474,9 @@ impl RelaySpec {
     }
 }
 
-/// Ids and stream keys become path segments and URL parts: keep them plain.
-fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
+/// Ids and stream keys become path segments and URL parts: keep them plain. The error names
+/// `field` and the limit it breaks.
+pub fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     if value.is_empty() || value.len() > MAX_NAME_LEN {
         return Err(SpecError::new(
             field,

@@ -140,15 +140,40 @@ pub fn relay_config(id: &str, ingest: &str, extra: &str) -> String {
     format!("{TEST_PROGRAM}\n[[relay]]\nid = \"{id}\"\ningest = {{ {ingest} }}\n{extra}\n")
 }
 
+/// A daemon that exited before it served: its status, its log, and its directory.
+pub struct DaemonExit {
+    pub status: std::process::ExitStatus,
+    pub log: String,
+    pub dir: tempfile::TempDir,
+}
+
 impl Daemon {
     /// Starts the daemon with `config` (TOML) and waits for `/healthz`.
     pub async fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
+        Self::start_in(dir).await
+    }
+
+    /// Starts the daemon on `dir`: its `scorecast.toml`, its `data/` as the data dir.
+    pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        match Self::try_start_in(dir).await {
+            Ok(daemon) => daemon,
+            Err(exit) => panic!("scorecast exited at start ({}):\n{}", exit.status, exit.log),
+        }
+    }
+
+    /// Starts the daemon on `dir` and waits for `/healthz`; `Err` if it exits first. Its
+    /// log is appended to `dir/daemon.log`, so the log of a restarted daemon holds both runs.
+    pub async fn try_start_in(dir: tempfile::TempDir) -> Result<Self, DaemonExit> {
         let config_path = dir.path().join("scorecast.toml");
-        std::fs::write(&config_path, config).expect("write config");
         let api_port = free_port();
         let rtmp_port = free_port();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .expect("log file");
         let process = Process::spawn(
             "scorecast",
             Command::new(env!("CARGO_BIN_EXE_scorecast"))
@@ -179,7 +204,12 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = daemon.process.try_wait() {
-                panic!("scorecast exited at start ({status}):\n{}", daemon.log());
+                let log = daemon.log();
+                return Err(DaemonExit {
+                    status,
+                    log,
+                    dir: daemon.dir,
+                });
             }
             if let Ok(r) = daemon.http.get(&url).send().await {
                 if r.status().is_success() {
@@ -193,7 +223,22 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        daemon
+        Ok(daemon)
+    }
+
+    /// Stops the daemon with SIGTERM, as systemd does, asserts it exits cleanly, and hands
+    /// back its directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        let Daemon {
+            dir, mut process, ..
+        } = self;
+        process.signal("TERM");
+        let status = process
+            .wait_exit("scorecast to exit on SIGTERM", Duration::from_secs(20))
+            .await;
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        assert!(status.success(), "scorecast exited with {status}:\n{log}");
+        dir
     }
 
     pub fn log(&self) -> String {

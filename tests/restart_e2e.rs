@@ -1,0 +1,297 @@
+//! Restarts: relays made over the API survive the daemon's stop (SIGTERM, as systemd sends)
+//! and start, with the spec and desired state the API last left them in; the config's relays
+//! are not saved and win any clash; a state file that cannot be read stops the start, named.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const URL: &str = "rtmp://127.0.0.1:1/live2/KEY";
+
+fn state_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("data/relays.json")
+}
+
+fn read_state(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(state_file(dir)).expect("relays.json written");
+    serde_json::from_str(&text).expect("relays.json is JSON")
+}
+
+/// What the operator asked of a relay, from its API view: the spec and whether it should run.
+fn desired(view: &Value) -> Value {
+    let outputs: Vec<Value> = view["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            for live in ["state", "retry", "last_error", "bytes_sent", "uptime"] {
+                o.as_object_mut().expect("an object").remove(live);
+            }
+            o
+        })
+        .collect();
+    json!({
+        "id": view["id"], "ingest": view["ingest"], "overlay": view["overlay"],
+        "hls": view["hls"], "outputs": outputs, "transcode": view["transcode"],
+        "running": view["state"] != "stopped",
+    })
+}
+
+async fn all_desired(daemon: &Daemon) -> Vec<Value> {
+    let (status, list) = daemon.get("/api/v1/relays").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(desired)
+        .collect()
+}
+
+async fn expect(daemon: &Daemon, method: &str, path: &str, body: &str, status: u16) -> Value {
+    let url = format!("{}{path}", daemon.api);
+    let request = match method {
+        "POST" => daemon.http.post(url),
+        "PATCH" => daemon.http.patch(url),
+        "DELETE" => daemon.http.delete(url),
+        other => panic!("no {other} here"),
+    };
+    let reply = request
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let got = reply.status().as_u16();
+    let value = reply.json().await.unwrap_or(Value::Null);
+    assert_eq!(got, status, "{method} {path} {body} -> {value}");
+    value
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_relays_come_back_after_a_restart() {
+    let config = relay_config("cfg", r#"stream_key = "cfg-key""#, "");
+    let daemon = Daemon::start(&config).await;
+
+    // alpha: started, one output added and one removed while it runs.
+    let alpha = json!({"id": "alpha", "ingest": {"stream_key": "alpha-key"},
+                       "overlay": {"stale_after": "5s", "position": "top-right"},
+                       "outputs": [{"id": "yt", "url": URL}]});
+    expect(&daemon, "POST", "/api/v1/relays", &alpha.to_string(), 201).await;
+    expect(&daemon, "POST", "/api/v1/relays/alpha/start", "", 200).await;
+    let twitch = json!({"id": "twitch", "url": "rtmp://127.0.0.1:1/app/KEY", "preset": "twitch",
+                        "height": 480});
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays/alpha/outputs",
+        &twitch.to_string(),
+        201,
+    )
+    .await;
+    expect(
+        &daemon,
+        "DELETE",
+        "/api/v1/relays/alpha/outputs/yt",
+        "",
+        204,
+    )
+    .await;
+    // beta: changed by PATCH, started and stopped again.
+    let beta = json!({"id": "beta", "ingest": {"url": "rtmp://127.0.0.1:1/live/src"}});
+    expect(&daemon, "POST", "/api/v1/relays", &beta.to_string(), 201).await;
+    let patch = json!({"hls": {"renditions": ["480p", {"name": "low", "width": 426, "height": 240,
+                       "video_kbps": 300}]}, "outputs": [{"id": "yt", "url": URL, "max_retries": 3}]});
+    expect(
+        &daemon,
+        "PATCH",
+        "/api/v1/relays/beta",
+        &patch.to_string(),
+        200,
+    )
+    .await;
+    expect(&daemon, "POST", "/api/v1/relays/beta/start", "", 200).await;
+    expect(&daemon, "POST", "/api/v1/relays/beta/stop", "", 200).await;
+    // gamma: deleted. The compatible routes: match1 started, match2 started and stopped.
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays",
+        r#"{"id":"gamma","ingest":{"stream_key":"g"}}"#,
+        201,
+    )
+    .await;
+    expect(&daemon, "DELETE", "/api/v1/relays/gamma", "", 204).await;
+    for name in ["match1", "match2"] {
+        let start = json!({"youtube_url": URL, "stream_name": name});
+        expect(&daemon, "POST", "/start_stream", &start.to_string(), 200).await;
+    }
+    expect(
+        &daemon,
+        "POST",
+        "/stop_stream",
+        r#"{"stream_name":"match2"}"#,
+        200,
+    )
+    .await;
+    // delta and epsilon: the next config takes their stream key and id.
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays",
+        r#"{"id":"delta","ingest":{"stream_key":"delta-key"}}"#,
+        201,
+    )
+    .await;
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays",
+        r#"{"id":"epsilon","ingest":{"stream_key":"eps-key"}}"#,
+        201,
+    )
+    .await;
+    // The config's relay is changed too, but the config stays its source.
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays/cfg/outputs",
+        &json!({"id": "yt", "url": URL}).to_string(),
+        201,
+    )
+    .await;
+
+    let before = all_desired(&daemon).await;
+    let ids: Vec<&str> = before.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, ["alpha", "beta", "cfg", "delta", "epsilon", "match1"]);
+    let running: Vec<bool> = before.iter().map(|r| r["running"] == true).collect();
+    assert_eq!(running, [true, false, true, false, false, true]);
+
+    // The file holds the API's relays only, as the API left them, readable by the daemon alone.
+    let saved = read_state(daemon.dir.path());
+    assert_eq!(saved["version"], 1, "{saved}");
+    let saved_ids: Vec<&str> = saved["relays"]
+        .as_array()
+        .expect("relays")
+        .iter()
+        .filter_map(|r| r["spec"]["id"].as_str())
+        .collect();
+    assert_eq!(
+        saved_ids,
+        ["alpha", "beta", "delta", "epsilon", "match1"],
+        "{saved}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state_file(daemon.dir.path()))
+        .expect("relays.json")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // SIGTERM stops every relay; the file still says what the operator wanted.
+    let dir = daemon.stop().await;
+    assert_eq!(
+        read_state(dir.path()),
+        saved,
+        "the shutdown changed the saved state"
+    );
+
+    let daemon = Daemon::start_in(dir).await;
+    let after = all_desired(&daemon).await;
+    // Everything as it was, but the config's relay: the config is its source, so the output
+    // added over the API is gone.
+    let mut expected = before.clone();
+    expected[2]["outputs"] = json!([]);
+    assert_eq!(after, expected);
+    daemon
+        .wait_on_air("alpha", "slate", Duration::from_secs(20))
+        .await;
+    let (_, streams) = daemon.get("/list_streams").await;
+    assert!(streams["match1"].is_object(), "{streams}");
+
+    // Changes go on being saved after the restart.
+    expect(&daemon, "POST", "/api/v1/relays/alpha/stop", "", 200).await;
+    let saved = read_state(daemon.dir.path());
+    assert_eq!(saved["relays"][0]["spec"]["id"], "alpha", "{saved}");
+    assert_eq!(saved["relays"][0]["running"], false, "{saved}");
+
+    // A config that now has a saved relay's id, and another's stream key, wins; the warning
+    // names each relay it skipped, and the file drops them at the next write.
+    let dir = daemon.stop().await;
+    let config = format!(
+        "{config}\n[[relay]]\nid = \"epsilon\"\ningest = {{ stream_key = \"cfg-eps\" }}\n\
+         \n[[relay]]\nid = \"cfg2\"\ningest = {{ stream_key = \"delta-key\" }}\n"
+    );
+    std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
+    let daemon = Daemon::start_in(dir).await;
+    let relays = all_desired(&daemon).await;
+    let ids: Vec<&str> = relays.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, ["alpha", "beta", "cfg", "cfg2", "epsilon", "match1"]);
+    assert_eq!(
+        daemon.relay("epsilon").await["ingest"]["stream_key"],
+        "cfg-eps"
+    );
+    let log = daemon.log();
+    for skipped in ["relay=delta", "relay=epsilon"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("saved relay skipped")
+                && l.contains(skipped)),
+            "no warning names {skipped}:\n{log}"
+        );
+    }
+    expect(&daemon, "POST", "/api/v1/relays/beta/stop", "", 200).await;
+    let saved = read_state(daemon.dir.path());
+    let saved_ids: Vec<&str> = saved["relays"]
+        .as_array()
+        .expect("relays")
+        .iter()
+        .filter_map(|r| r["spec"]["id"].as_str())
+        .collect();
+    assert_eq!(saved_ids, ["alpha", "beta", "match1"], "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
+    let daemon = Daemon::start("").await;
+    expect(
+        &daemon,
+        "POST",
+        "/api/v1/relays",
+        r#"{"id":"a","ingest":{"stream_key":"a-key"}}"#,
+        201,
+    )
+    .await;
+    let dir = daemon.stop().await;
+
+    // Cut short, as a full disk or a hand edit might leave it.
+    let path = state_file(dir.path());
+    let whole = std::fs::read(&path).expect("relays.json");
+    let cut = &whole[..whole.len() / 2];
+    std::fs::write(&path, cut).expect("write");
+    let exit = match Daemon::try_start_in(dir).await {
+        Ok(_) => panic!("scorecast started on a corrupt relays.json"),
+        Err(exit) => exit,
+    };
+    assert!(!exit.status.success());
+    let named = path.display().to_string();
+    assert!(
+        exit.log.contains(&named) && exit.log.contains("move it away"),
+        "the error does not name {named} and what to do:\n{}",
+        exit.log
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("still there"),
+        cut,
+        "the file was changed"
+    );
+
+    // Moved away, the daemon starts without the relays it held.
+    std::fs::rename(&path, path.with_extension("json.bad")).expect("move");
+    let daemon = Daemon::start_in(exit.dir).await;
+    assert_eq!(daemon.get("/api/v1/relays").await, (200, json!([])));
+}
