@@ -396,6 +396,12 @@ async fn a_publisher_of_audio_alone_is_dropped_and_the_relay_waits_for_the_next(
         .wait_on_air(SPARE, "slate", Duration::from_secs(10))
         .await;
     assert!(relay["publisher"].is_null(), "{relay}");
+    // Its input was stopped before it was dropped (it once was not, and crashed the daemon).
+    let log = setup.daemon.log();
+    assert!(
+        !log.contains("Trying to dispose element"),
+        "an input was dropped while still running:\n{log}"
+    );
 
     // The relay takes the next publisher, with video this time.
     let _next = ffmpeg_publisher(&setup.daemon.publish_url("spare-key"), 30);

@@ -475,6 +475,9 @@ impl Program {
         };
         self.ingests_built += 1;
         let bin = gst::Bin::with_name(&format!("ingest-{}", self.ingests_built));
+        // Its decodebin prerolls on its own: a publisher that never sends a picture must not
+        // leave the running program waiting on it.
+        bin.set_property("async-handling", true);
         let (source_el, appsrc) = source_element(source, "source")?;
         let decode = make("decodebin", "decode")?;
         let video_in = make("queue", "video-in")?;
@@ -679,8 +682,12 @@ fn detach_branch(
     for (switch, pad) in switch_pads {
         switch.release_request_pad(&pad);
     }
-    let _ = bin.set_state(gst::State::Null);
+    // Out of the pipeline before it stops: a state change of the pipeline in flight (its
+    // decodebin may still be prerolling) would otherwise start it again.
     let _ = pipeline.remove(bin);
+    if bin.set_state(gst::State::Null).is_err() {
+        tracing::warn!(pipeline = %pipeline.name(), branch = %bin.name(), "input did not stop cleanly");
+    }
     tracing::info!(pipeline = %pipeline.name(), branch = %bin.name(), "input detached");
 }
 

@@ -254,12 +254,10 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .expect("GET");
+        let r = match self.http.get(format!("{}{path}", self.api)).send().await {
+            Ok(r) => r,
+            Err(e) => panic!("GET {path}: {e}\ndaemon log:\n{}", self.log()),
+        };
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
