@@ -295,3 +295,60 @@ async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
     let daemon = Daemon::start_in(exit.dir).await;
     assert_eq!(daemon.get("/api/v1/relays").await, (200, json!([])));
 }
+
+/// A relay's HLS as a player sees it across a daemon restart: the media sequence goes on
+/// rising, segment names are never reused, and the new program's first segment carries
+/// `EXT-X-DISCONTINUITY`, because its timeline starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_goes_on_across_a_restart() {
+    let daemon = Daemon::start("").await;
+    let show = json!({"id": "show", "ingest": {"stream_key": "show-key"}});
+    expect(&daemon, "POST", "/api/v1/relays", &show.to_string(), 201).await;
+    expect(&daemon, "POST", "/api/v1/relays/show/start", "", 200).await;
+    let playlist = "/hls/show/720p/index.m3u8";
+    // The slate is on air from the start, so segments come without a publisher.
+    let (before, _) = served_playlist(&daemon, playlist, 2).await;
+    let last_before = before.media_sequence + before.segments.len() as u64 - 1;
+
+    let daemon = Daemon::start_in(daemon.stop().await).await;
+    let (after, text) = served_playlist(&daemon, playlist, 1).await;
+    assert!(
+        after.media_sequence > last_before,
+        "the media sequence went back: {last_before} before the restart, {} after:\n{text}",
+        after.media_sequence
+    );
+    let first_uri = &after.segments[0].1;
+    let head = &text[..text
+        .find(first_uri.as_str())
+        .expect("the first segment listed")];
+    assert!(
+        head.contains("#EXT-X-DISCONTINUITY\n") && head.contains("#EXT-X-DISCONTINUITY-SEQUENCE:"),
+        "no discontinuity before the new program's first segment:\n{text}"
+    );
+    for (_, uri) in &after.segments {
+        assert!(
+            before.segments.iter().all(|(_, old)| old != uri),
+            "{uri} was listed before the restart too:\n{text}"
+        );
+        let bytes = daemon
+            .get_bytes(&format!("/hls/show/720p/{uri}"))
+            .await
+            .unwrap_or_else(|| panic!("{uri} is not served"));
+        assert!(bytes.len() > 188, "{uri} holds {} bytes", bytes.len());
+    }
+    daemon.stop().await;
+}
+
+/// The served media playlist once it lists at least `segments` segments.
+async fn served_playlist(daemon: &Daemon, path: &str, segments: usize) -> (MediaPlaylist, String) {
+    wait_for(
+        &format!("{path} to list {segments} segments"),
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = daemon.get_text(path).await?;
+            let playlist = check_media_playlist(&text);
+            (playlist.segments.len() >= segments).then_some((playlist, text))
+        },
+    )
+    .await
+}

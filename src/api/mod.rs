@@ -181,39 +181,30 @@ pub fn routes(
         }
     });
 
-    healthz
-        .or(list)
-        .unify()
-        .or(create)
-        .unify()
-        .or(get)
-        .unify()
-        .or(patch)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(start)
-        .unify()
-        .or(stop)
-        .unify()
-        .or(add_output)
-        .unify()
-        .or(remove_output)
-        .unify()
-        .or(get_score)
-        .unify()
-        .or(put_score)
-        .unify()
-        .or(start_stream)
-        .unify()
-        .or(stop_stream)
-        .unify()
-        .or(list_streams)
-        .unify()
-        .or(hls)
-        .unify()
-        .or(empty_id)
-        .unify()
+    // Boxed one by one: a chain of sixteen unboxed `or`s nests types deep enough to make the
+    // crate take twenty minutes to compile.
+    let all = [
+        healthz.boxed(),
+        list.boxed(),
+        create.boxed(),
+        get.boxed(),
+        patch.boxed(),
+        delete.boxed(),
+        start.boxed(),
+        stop.boxed(),
+        add_output.boxed(),
+        remove_output.boxed(),
+        get_score.boxed(),
+        put_score.boxed(),
+        start_stream.boxed(),
+        stop_stream.boxed(),
+        list_streams.boxed(),
+        hls.boxed(),
+        empty_id.boxed(),
+    ];
+    all.into_iter()
+        .reduce(|routes, route| routes.or(route).unify().boxed())
+        .expect("the API has routes")
         .recover(error::recover)
         .unify()
 }
