@@ -86,23 +86,31 @@ pub fn rewrite(playlist: &str, c: &Continuity) -> String {
     // The break sits before segment 0; once that has left the window it is counted.
     let first_listed = raw_sequence == 0 && c.discontinuities > 0;
     let discontinuity_sequence = c.discontinuities - u64::from(first_listed);
+    let numbering = {
+        let mut tags = format!("#EXT-X-MEDIA-SEQUENCE:{}\n", raw_sequence + c.sequence_base);
+        if c.discontinuities > 0 {
+            tags.push_str(&format!(
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}\n"
+            ));
+        }
+        tags
+    };
     let mut out = String::with_capacity(playlist.len() + 64);
+    let mut numbered = false;
     let mut marked = !first_listed;
     for line in playlist.lines() {
         if line.starts_with("#EXT-X-MEDIA-SEQUENCE:") {
-            out.push_str(&format!(
-                "#EXT-X-MEDIA-SEQUENCE:{}\n",
-                raw_sequence + c.sequence_base
-            ));
-            if c.discontinuities > 0 {
-                out.push_str(&format!(
-                    "#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}\n"
-                ));
-            }
+            out.push_str(&numbering);
+            numbered = true;
             continue;
         }
         let starts_segment =
             line.starts_with("#EXTINF:") || line.starts_with("#EXT-X-PROGRAM-DATE-TIME:");
+        // hlssink3 leaves the tag out while the sequence is 0; it must precede the segments.
+        if starts_segment && !numbered {
+            out.push_str(&numbering);
+            numbered = true;
+        }
         if starts_segment && !marked {
             out.push_str("#EXT-X-DISCONTINUITY\n");
             marked = true;
@@ -150,6 +158,25 @@ mod tests {
         let served = rewrite(&playlist(3, &["d.ts", "e.ts"]), &c);
         assert!(served.contains("#EXT-X-MEDIA-SEQUENCE:123\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
         assert!(!served.contains("#EXT-X-DISCONTINUITY\n"));
+    }
+
+    #[test]
+    fn a_playlist_without_a_sequence_tag_gets_one_before_its_segments() {
+        let c = Continuity {
+            sequence_base: 4,
+            discontinuities: 1,
+        };
+        let written = playlist(0, &["a.ts"]).replace("#EXT-X-MEDIA-SEQUENCE:0\n", "");
+        let served = rewrite(&written, &c);
+        let before_first = served.split("a.ts").next().unwrap_or_default();
+        assert!(
+            before_first.ends_with(
+                "#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:4\n\
+                 #EXT-X-DISCONTINUITY-SEQUENCE:0\n#EXT-X-DISCONTINUITY\n\
+                 #EXT-X-PROGRAM-DATE-TIME:2026-11-21T10:00:00.000Z\n#EXTINF:4,\n"
+            ),
+            "{served}"
+        );
     }
 
     #[test]
