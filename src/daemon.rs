@@ -2,24 +2,29 @@
 //! relays saved in the data dir, runs the RTMP and HTTP servers until shutdown, then stops
 //! every relay.
 //!
+//! Under systemd it reports readiness once the listeners are bound and the relays are back,
+//! then a status line and watchdog pings ([`crate::notify`]).
+//!
 //! Owns start-up order and shutdown. Listeners are passed in already bound, so tests can bind
 //! `127.0.0.1:0` and read the ports back; nothing is accepted on them before the saved relays
 //! are back.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api;
 use crate::config::Config;
 use crate::ingest;
+use crate::notify::Notifier;
 use crate::pipeline::{self, PipelineError};
 use crate::relay::registry::{Origin, Registry, RegistryError};
 use crate::relay::store::{Store, StoreError};
-use crate::relay::{RelayContext, RelayError};
+use crate::relay::{RelayContext, RelayError, RelayPhase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -101,9 +106,36 @@ pub async fn run(
         },
     ));
     info!(api = ?api_addr, rtmp = ?rtmp_addr, "scorecast ready");
+    let notifier = match Notifier::from_env() {
+        Ok(notifier) => notifier.map(Arc::new),
+        Err(e) => {
+            warn!(error = %e, "NOTIFY_SOCKET is set but cannot be used; systemd is not told");
+            None
+        }
+    };
+    let notify_task = notifier.clone().map(|notifier| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let status = relay_count(&registry).await;
+            notifier.send(&format!("READY=1\nSTATUS={status}"));
+            let answers = registry.clone();
+            notifier
+                .keep_up(
+                    || relay_count(&registry),
+                    |within| relays_answer(&answers, within),
+                )
+                .await;
+        })
+    });
 
     shutdown.await;
     info!("shutting down");
+    if let Some(notifier) = &notifier {
+        notifier.send("STOPPING=1\nSTATUS=stopping");
+    }
+    if let Some(task) = notify_task {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     registry.shutdown_all().await;
     if let Err(e) = ingest_task.await {
@@ -113,5 +145,33 @@ pub async fn run(
         error!(error = %e, "api server task failed");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// The status line systemd shows: "3 relays, 2 live".
+async fn relay_count(registry: &Registry) -> String {
+    let handles = registry.list();
+    let mut live = 0;
+    for handle in &handles {
+        if let Ok(status) = handle.status().await {
+            live += usize::from(matches!(status.phase, RelayPhase::Live));
+        }
+    }
+    let relays = handles.len();
+    let noun = if relays == 1 { "relay" } else { "relays" };
+    format!("{relays} {noun}, {live} live")
+}
+
+/// Progress for the watchdog: the runtime runs (this is called), and every relay's actor,
+/// which also handles its pipelines' bus messages, answers within `within`.
+async fn relays_answer(registry: &Registry, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    for handle in registry.list() {
+        match tokio::time::timeout_at(deadline, handle.status()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("relay {}: {e}", handle.id())),
+            Err(_) => return Err(format!("relay {} did not answer", handle.id())),
+        }
+    }
     Ok(())
 }

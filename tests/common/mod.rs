@@ -166,6 +166,14 @@ impl Daemon {
     /// Starts the daemon on `dir` and waits for `/healthz`; `Err` if it exits first. Its
     /// log is appended to `dir/daemon.log`, so the log of a restarted daemon holds both runs.
     pub async fn try_start_in(dir: tempfile::TempDir) -> Result<Self, DaemonExit> {
+        Self::try_start_with_env(dir, &[]).await
+    }
+
+    /// As [`Daemon::try_start_in`], with extra environment variables.
+    pub async fn try_start_with_env(
+        dir: tempfile::TempDir,
+        env: &[(&str, String)],
+    ) -> Result<Self, DaemonExit> {
         let config_path = dir.path().join("scorecast.toml");
         let api_port = free_port();
         let rtmp_port = free_port();
@@ -187,6 +195,7 @@ impl Daemon {
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .env("RUST_LOG", "info,scorecast::relay=debug")
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log),
         );

@@ -1,0 +1,119 @@
+//! Running under systemd: the notify protocol spoken to a real unix datagram socket given as
+//! `NOTIFY_SOCKET`, as systemd gives it to a `Type=notify` unit, and the shipped unit file
+//! checked by `systemd-analyze verify`.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The datagrams the daemon sends, in order, as text.
+struct Manager {
+    socket: UnixDatagram,
+    seen: Vec<(Instant, String)>,
+}
+
+impl Manager {
+    fn bind(path: &std::path::Path) -> Self {
+        let socket = UnixDatagram::bind(path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        Self {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads datagrams until one satisfies `wanted`, for up to `timeout`; returns it.
+    fn wait(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push((Instant::now(), text.clone()));
+                if wanted(&text) {
+                    return text;
+                }
+            }
+        }
+        panic!("no {what} within {timeout:?}; got {:?}", self.seen);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_status_and_watchdog_reach_the_notify_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = relay_config("show", r#"stream_key = "show-key""#, "");
+    std::fs::write(dir.path().join("scorecast.toml"), config).expect("config");
+    let socket_path = dir.path().join("notify.sock");
+    let mut manager = Manager::bind(&socket_path);
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.display().to_string()),
+        ("WATCHDOG_USEC", "2000000".to_owned()),
+    ];
+    let daemon = Daemon::try_start_with_env(dir, &env)
+        .await
+        .unwrap_or_else(|exit| panic!("scorecast exited at start:\n{}", exit.log));
+
+    // Ready once it serves: the API already answered /healthz.
+    let ready = manager.wait("READY=1", Duration::from_secs(10), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(ready.contains("STATUS=1 relay, "), "{ready}");
+
+    // The relay goes live on the slate, and the status line says so.
+    manager.wait(
+        "a status with the relay live",
+        Duration::from_secs(20),
+        |m| m == "STATUS=1 relay, 1 live",
+    );
+
+    // Pings at half the 2 s interval, not faster than systemd needs and not slower.
+    manager.wait("a first ping", Duration::from_secs(5), |m| {
+        m == "WATCHDOG=1"
+    });
+    let first = Instant::now();
+    for _ in 0..3 {
+        manager.wait("the next ping", Duration::from_secs(3), |m| {
+            m == "WATCHDOG=1"
+        });
+    }
+    let per_ping = first.elapsed() / 3;
+    assert!(
+        per_ping >= Duration::from_millis(700) && per_ping <= Duration::from_millis(1500),
+        "pings every {per_ping:?}, expected about 1 s"
+    );
+
+    // SIGTERM: systemd is told the daemon is stopping.
+    daemon.stop().await;
+    manager.wait("STOPPING=1", Duration::from_secs(1), |m| {
+        m.lines().any(|l| l == "STOPPING=1")
+    });
+}
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    require_tool("systemd-analyze");
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/scorecast.service");
+    // verify checks that ExecStart's binary exists: point it at the one cargo built.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = std::fs::read_to_string(unit).expect("unit file");
+    let text = text.replace("/usr/local/bin/scorecast", env!("CARGO_BIN_EXE_scorecast"));
+    let copy = dir.path().join("scorecast.service");
+    std::fs::write(&copy, text).expect("copy the unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains(copy.to_string_lossy().as_ref()),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+}
