@@ -62,6 +62,17 @@ pub struct ServerSettings {
     pub rtmp_listen: SocketAddr,
     /// Where HLS segments and the relays made over the API (`relays.json`) are written.
     pub data_dir: PathBuf,
+    /// How log lines are written: plain text, or one JSON object per line.
+    pub log_format: LogFormat,
+}
+
+/// The log's line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for ServerSettings {
@@ -70,6 +81,7 @@ impl Default for ServerSettings {
             api_listen: DEFAULT_API_LISTEN.parse().expect("valid default address"),
             rtmp_listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log_format: LogFormat::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scorecast::config::Config;
+use scorecast::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(version, about = "Live relay for esports and sports broadcasts")]
@@ -27,6 +27,9 @@ enum Command {
         rtmp_listen: Option<SocketAddr>,
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Log lines as plain text or as JSON objects (overrides `server.log_format`).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a config file; exits non-zero and names the bad key.
     CheckConfig { file: PathBuf },
@@ -156,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api_listen,
             rtmp_listen,
             data_dir,
+            log_format,
         } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
@@ -170,7 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 config.server.data_dir = dir;
             }
-            scorecast::telemetry::init();
+            if let Some(format) = log_format {
+                config.server.log_format = format;
+            }
+            scorecast::telemetry::init(config.server.log_format);
             scorecast::telemetry::route_gstreamer_log();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(serve(config))

@@ -7,19 +7,26 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogFormat;
+
 /// The default filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info,scorecast=info";
 
-/// Installs the global subscriber. Colour only on a terminal, so journald gets plain text.
-pub fn init() {
+/// Installs the global subscriber. Colour only on a terminal, so journald gets plain text;
+/// or one JSON object per line, for log shippers.
+pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    // Ignore the error when a subscriber is already set (tests may initialise twice).
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_target(true)
-        .try_init();
+        .with_target(true);
+    // Ignore the error when a subscriber is already set (tests may initialise twice).
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Routes GStreamer's debug log into `tracing`, under the `gstreamer` target.

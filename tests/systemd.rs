@@ -117,3 +117,35 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         out.status
     );
 }
+
+/// For journald and log shippers: with `server.log_format = "json"` every line the daemon
+/// writes is one JSON object with its level, target and fields, and none carries a terminal
+/// colour code.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let config = format!(
+        "[server]\nlog_format = \"json\"\n{}",
+        relay_config("show", r#"stream_key = "show-key""#, "")
+    );
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("show", "slate", Duration::from_secs(20))
+        .await;
+    let dir = daemon.stop().await;
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).expect("daemon log");
+    assert!(!log.contains('\u{1b}'), "a colour code in the log:\n{log}");
+    let mut ready = false;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["target"].is_string(),
+            "{line}"
+        );
+        if event["fields"]["message"] == "scorecast ready" {
+            assert!(event["fields"]["api"].is_string(), "{line}");
+            ready = true;
+        }
+    }
+    assert!(ready, "no `scorecast ready` event:\n{log}");
+}
