@@ -9,11 +9,14 @@
 //! `127.0.0.1:0` and read the ports back; nothing is accepted on them before the saved relays
 //! are back.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -23,6 +26,7 @@ use crate::ingest;
 use crate::notify::Notifier;
 use crate::pipeline::{self, PipelineError};
 use crate::relay::registry::{Origin, Registry, RegistryError};
+use crate::relay::spec::RelaySpec;
 use crate::relay::store::{Store, StoreError};
 use crate::relay::{RelayContext, RelayError, RelayPhase};
 
@@ -45,9 +49,11 @@ pub enum DaemonError {
     State(#[from] StoreError),
 }
 
-/// Runs the daemon on bound listeners until `shutdown` completes.
+/// Runs the daemon on bound listeners until `shutdown` completes. With `config_path`, SIGHUP
+/// reloads the relays from that file.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     api_listener: TcpListener,
     rtmp_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -80,11 +86,13 @@ pub async fn run(
         },
         Some(store),
     ));
-    for spec in config.relays {
-        let id = spec.id.clone();
-        let handle = registry.create(spec, Origin::Config)?;
+    // The config's relays as last applied: a reload compares the file against these.
+    let mut applied = BTreeMap::new();
+    for spec in &config.relays {
+        let handle = registry.create(spec.clone(), Origin::Config)?;
         handle.start().await?;
-        info!(relay = %id, "relay from the config started");
+        info!(relay = %spec.id, "relay from the config started");
+        applied.insert(spec.id.clone(), spec.clone());
     }
     registry.restore(saved).await;
 
@@ -128,7 +136,23 @@ pub async fn run(
         })
     });
 
-    shutdown.await;
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            warn!(error = %e, "cannot install the SIGHUP handler; the config cannot be reloaded");
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = async { hangups.as_mut()?.recv().await } => match &config_path {
+                Some(path) => reload(&registry, path, &config, &mut applied).await,
+                None => warn!("SIGHUP: the daemon runs on built-in defaults, with no config file to reload"),
+            },
+        }
+    }
     info!("shutting down");
     if let Some(notifier) = &notifier {
         notifier.send("STOPPING=1\nSTATUS=stopping");
@@ -174,4 +198,80 @@ async fn relays_answer(registry: &Registry, within: Duration) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Applies the config file's relays again (SIGHUP): relays added to it are made and started,
+/// relays removed from it are deleted, and relays whose spec changed get it (their program is
+/// rebuilt); the others are not touched. A file that does not load changes nothing. Program,
+/// HLS and server settings take effect at the next start.
+async fn reload(
+    registry: &Registry,
+    path: &Path,
+    running: &Config,
+    applied: &mut BTreeMap<String, RelaySpec>,
+) {
+    info!(config = %path.display(), "SIGHUP: reloading the config");
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            error!(error = %e, "config not reloaded; every relay stays as it was");
+            return;
+        }
+    };
+    if config.program != running.program || config.hls != running.hls {
+        warn!("program and hls settings changed in the config; they take effect at the next start");
+    }
+    let wanted: BTreeMap<String, RelaySpec> = config
+        .relays
+        .into_iter()
+        .map(|spec| (spec.id.clone(), spec))
+        .collect();
+    let (mut added, mut changed, mut removed) = (0, 0, 0);
+    let gone: Vec<String> = applied
+        .keys()
+        .filter(|id| !wanted.contains_key(*id))
+        .cloned()
+        .collect();
+    for id in gone {
+        match registry.remove(&id).await {
+            Ok(()) | Err(RegistryError::NotFound(_)) => {
+                info!(relay = %id, "relay gone from the config: deleted");
+                applied.remove(&id);
+                removed += 1;
+            }
+            Err(e) => error!(relay = %id, error = %e, "relay gone from the config but not deleted"),
+        }
+    }
+    for (id, spec) in wanted {
+        match applied.get(&id) {
+            Some(old) if *old == spec => {}
+            Some(_) => match registry.replace(spec.clone()).await {
+                Ok(_) => {
+                    info!(relay = %id, "relay changed in the config: rebuilt with its new spec");
+                    applied.insert(id, spec);
+                    changed += 1;
+                }
+                Err(e) => {
+                    error!(relay = %id, error = %e, "relay changed in the config but not applied; it keeps its old spec")
+                }
+            },
+            None if registry.origin(&id) == Some(Origin::Api) => {
+                warn!(relay = %id, "relay added to the config skipped: a relay made over the API has its id");
+            }
+            None => match registry.create(spec.clone(), Origin::Config) {
+                Ok(handle) => {
+                    applied.insert(id.clone(), spec);
+                    added += 1;
+                    match handle.start().await {
+                        Ok(_) => info!(relay = %id, "relay added to the config: started"),
+                        Err(e) => {
+                            error!(relay = %id, error = %e, "relay added to the config but cannot start")
+                        }
+                    }
+                }
+                Err(e) => error!(relay = %id, error = %e, "relay added to the config but not made"),
+            },
+        }
+    }
+    info!(added, changed, removed, "config reloaded");
 }

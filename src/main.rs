@@ -161,8 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             log_format,
         } => {
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
+            let config_path = config;
+            let mut config = match &config_path {
+                Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
             if let Some(addr) = api_listen {
@@ -180,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scorecast::telemetry::init(config.server.log_format);
             scorecast::telemetry::route_gstreamer_log();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, config_path))
         }
     }
 }
@@ -194,14 +195,14 @@ fn json_arg(arg: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let api = tokio::net::TcpListener::bind(config.server.api_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.server.api_listen))?;
     let rtmp = tokio::net::TcpListener::bind(config.server.rtmp_listen)
         .await
         .with_context(|| format!("cannot listen for RTMP on {}", config.server.rtmp_listen))?;
-    scorecast::daemon::run(config, api, rtmp, shutdown_signal()).await?;
+    scorecast::daemon::run(config, config_path, api, rtmp, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -149,3 +149,108 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert!(ready, "no `scorecast ready` event:\n{log}");
 }
+
+/// The config's relays: `keep` (transcoded, published to, with a destination) and the
+/// passthrough relays given, each `[[relay]]` with its stream key `<id>-key`.
+fn reload_config(nginx: &Nginx, passthrough: &[(&str, &str)]) -> String {
+    let mut config = relay_config(
+        "keep",
+        r#"stream_key = "keep-key""#,
+        &format!(
+            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
+            nginx.url("keep")
+        ),
+    );
+    for (id, key) in passthrough {
+        config.push_str(&format!(
+            "[[relay]]\nid = \"{id}\"\ntranscode = false\ningest = {{ stream_key = \"{key}\" }}\n"
+        ));
+    }
+    config
+}
+
+async fn relay_ids(daemon: &Daemon) -> Vec<String> {
+    let (_, list) = daemon.get("/api/v1/relays").await;
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// SIGHUP applies the config file again: an added relay appears, a removed one goes, a
+/// changed one gets its new spec, and an untouched relay keeps its publisher and its one
+/// destination session. A config that does not load changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
+    let nginx = Nginx::start_recording().await;
+    let config = reload_config(&nginx, &[("drop", "drop-key"), ("change", "change-key")]);
+    let daemon = Daemon::start(&config).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("keep-key"), 120);
+    daemon
+        .wait_on_air("keep", "input", Duration::from_secs(20))
+        .await;
+    let before = wait_for(
+        "keep's destination live",
+        Duration::from_secs(20),
+        || async {
+            let relay = daemon.relay("keep").await;
+            (relay["outputs"][0]["state"] == "live").then_some(relay)
+        },
+    )
+    .await;
+    assert_eq!(relay_ids(&daemon).await, ["change", "drop", "keep"]);
+
+    let config_path = daemon.dir.path().join("scorecast.toml");
+    let changed = reload_config(&nginx, &[("change", "changed-key"), ("add", "add-key")]);
+    std::fs::write(&config_path, changed).expect("rewrite the config");
+    daemon.process.signal("HUP");
+    wait_for("the reload", Duration::from_secs(20), || async {
+        daemon.log().contains("config reloaded").then_some(())
+    })
+    .await;
+    assert_eq!(relay_ids(&daemon).await, ["add", "change", "keep"]);
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("config reloaded") && l.contains("added=1 changed=1 removed=1")),
+        "{log}"
+    );
+    let change = daemon.relay("change").await;
+    assert_eq!(change["ingest"]["stream_key"], "changed-key", "{change}");
+    let add = daemon.relay("add").await;
+    assert_eq!(add["state"], "waiting", "{add}");
+
+    // The untouched relay: the same publisher on air, never restarted, one session at nginx.
+    let after = daemon.relay("keep").await;
+    assert_eq!(
+        after["publisher"]["peer"], before["publisher"]["peer"],
+        "{after}"
+    );
+    assert_eq!(after["on_air"]["showing"], "input", "{after}");
+    assert_eq!(after["outputs"][0]["state"], "live", "{after}");
+    assert!(
+        after["uptime"].as_f64() > before["uptime"].as_f64(),
+        "keep was restarted: {before} then {after}"
+    );
+
+    // A broken file: an error in the log, and every relay as it was.
+    std::fs::write(&config_path, "[[relay]]\nid = \"oops\"\nstream_kee = 1\n").expect("break it");
+    daemon.process.signal("HUP");
+    wait_for("the refused reload", Duration::from_secs(20), || async {
+        daemon.log().contains("config not reloaded").then_some(())
+    })
+    .await;
+    assert_eq!(relay_ids(&daemon).await, ["add", "change", "keep"]);
+    let still = daemon.relay("keep").await;
+    assert_eq!(
+        still["publisher"]["peer"], before["publisher"]["peer"],
+        "{still}"
+    );
+    assert_eq!(
+        nginx.recordings().len(),
+        1,
+        "the destination's session broke: {:?}",
+        nginx.recordings()
+    );
+}

@@ -269,6 +269,42 @@ impl Registry {
         if spec == current.spec {
             return Ok(current);
         }
+        let new = self.swap(id, &old, spec).await?;
+        info!(relay = %id, "relay changed by patch");
+        let status = new.status().await?;
+        self.saved_if(origin).await?;
+        Ok(status)
+    }
+
+    /// Gives a relay from the config its new spec from a reloaded config: its actor is
+    /// replaced (the program is rebuilt, HLS continues its sequence), and it runs again if it
+    /// was running. A score set by hand carries over.
+    pub async fn replace(&self, spec: RelaySpec) -> Result<RelayStatus, RegistryError> {
+        spec.validate().map_err(RegistryError::Invalid)?;
+        let id = spec.id.clone();
+        let (_ops, old, _) = self.operate(&id).await?;
+        let running = old.status().await?.phase != RelayPhase::Stopped;
+        let new = self.swap(&id, &old, spec).await?;
+        if running {
+            new.start().await?;
+        }
+        Ok(new.status().await?)
+    }
+
+    /// Where relay `id` came from, if it exists.
+    pub fn origin(&self, id: &str) -> Option<Origin> {
+        let relays = self.relays.read().expect("registry lock poisoned");
+        relays.get(id).map(|e| e.origin)
+    }
+
+    /// Spawns an actor for `spec` in place of `old` (the caller holds the relay's operator
+    /// lock), stops the old one, and carries a hand-set score over.
+    async fn swap(
+        &self,
+        id: &str,
+        old: &RelayHandle,
+        spec: RelaySpec,
+    ) -> Result<RelayHandle, RegistryError> {
         let score = old.score().await?;
         let new = {
             let mut relays = self.relays.write().expect("registry lock poisoned");
@@ -288,10 +324,7 @@ impl Registry {
         if let (Some(board), Some(ScoreSource::Manual)) = (score.scoreboard, score.source) {
             new.set_score(board).await?;
         }
-        info!(relay = %id, "relay changed by patch");
-        let status = new.status().await?;
-        self.saved_if(origin).await?;
-        Ok(status)
+        Ok(new)
     }
 
     /// Removes a relay, waits for its actor to stop its pipelines, deletes its HLS files, and
