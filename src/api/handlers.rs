@@ -59,6 +59,24 @@ pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> 
     Ok(json_reply(StatusCode::OK, &views))
 }
 
+/// `GET /metrics`: every relay and destination in the Prometheus text format.
+pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let mut relays = Vec::new();
+    for handle in registry.list() {
+        // A relay deleted meanwhile is simply left out.
+        if let Ok(status) = handle.status().await {
+            let score = handle.score().await.ok().map(ScoreView::from);
+            relays.push((RelayView::from(status), score));
+        }
+    }
+    Ok(warp::reply::with_header(
+        super::metrics::render(&relays),
+        "content-type",
+        super::metrics::CONTENT_TYPE,
+    )
+    .into_response())
+}
+
 pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Response, ApiError> {
     let spec: RelaySpec = parse(&body).map_err(ApiError::bad_body)?;
     let status = registry.create_saved(spec).await?;

@@ -1,5 +1,5 @@
 //! The HTTP API (warp): routes here, handlers in [`handlers`], JSON shapes in [`wire`], every
-//! error mapped in [`error`], HLS files in [`hls`].
+//! error mapped in [`error`], HLS files in [`hls`], the Prometheus text in [`metrics`].
 //!
 //! Owns HTTP only. It talks to relays through the registry and their handles and must not
 //! touch pipelines.
@@ -7,6 +7,7 @@
 pub mod error;
 pub mod handlers;
 pub mod hls;
+pub mod metrics;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -74,6 +75,12 @@ pub fn routes(
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .then(handlers::healthz)
+        .and_then(finish);
+
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::metrics)
         .and_then(finish);
 
     let relays = warp::path!("api" / "v1" / "relays");
@@ -185,6 +192,7 @@ pub fn routes(
     // crate take twenty minutes to compile.
     let all = [
         healthz.boxed(),
+        metrics.boxed(),
         list.boxed(),
         create.boxed(),
         get.boxed(),
