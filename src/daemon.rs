@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::api;
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::ingest;
 use crate::notify::Notifier;
 use crate::pipeline::{self, PipelineError};
@@ -77,12 +78,14 @@ pub async fn run(
     let store = Store::new(&config.server.data_dir);
     let saved = store.load()?;
 
+    let events = Arc::new(EventBus::default());
     let registry = Arc::new(Registry::new(
         RelayContext {
             program: config.program.clone(),
             hls: config.hls.clone(),
             hls_root: hls_root.clone(),
             slates: Default::default(),
+            events: events.clone(),
         },
         Some(store),
     ));
@@ -154,6 +157,8 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    // Live event streams end first: the API's graceful stop waits for open responses.
+    events.close();
     if let Some(notifier) = &notifier {
         notifier.send("STOPPING=1\nSTATUS=stopping");
     }

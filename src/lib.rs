@@ -14,6 +14,7 @@
 //!   scores API poller.
 //! - [`render`]: pure scorebug rendering (scoreboard → RGBA image), shared by the pipeline and
 //!   `scorecast render-overlay`.
+//! - [`events`]: the live event feed (ids, history for `Last-Event-ID`, fan-out).
 //! - [`notify`]: systemd's notify protocol (readiness, status line, watchdog pings).
 //! - [`telemetry`]: `tracing` set-up and the bridge that routes GStreamer's log into it.
 //! - [`daemon`]: wires everything together; `run(listeners, shutdown)` is what `main` and the
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod ingest;
 pub mod notify;
 pub mod pipeline;

@@ -136,3 +136,148 @@ async fn metrics_parse_and_say_what_the_relay_does() {
     assert!(frames > frames_before, "{frames_before} then {frames}");
     assert!(bytes > bytes_before, "{bytes_before} then {bytes}");
 }
+
+/// A real HTTP client reading `/api/v1/events` as it arrives.
+struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One Server-Sent Event: its id, its name and its JSON data.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: u64,
+    kind: String,
+    data: Value,
+}
+
+impl EventStream {
+    async fn open(daemon: &Daemon, last_id: Option<u64>) -> Self {
+        let mut request = daemon.http.get(format!("{}/api/v1/events", daemon.api));
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        // No overall timeout: the stream stays open.
+        let response = request
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("GET /api/v1/events");
+        assert_eq!(response.status(), 200);
+        let mime = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(mime, "text/event-stream");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped), or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if let Some(id) = id {
+                    let data = serde_json::from_str(&data).expect("event data is JSON");
+                    return Some(Sse { id, kind, data });
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads events until one of `kind` satisfies `wanted`; returns everything read.
+    async fn until(&mut self, kind: &str, wanted: impl Fn(&Value) -> bool) -> Vec<Sse> {
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = self.next().await {
+                seen.push(event.clone());
+                if event.kind == kind && wanted(&event.data["data"]) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no {kind} event as wanted; got {seen:#?}"
+        );
+        seen
+    }
+}
+
+/// The live events through a publisher's arrival, its loss and a score change, read by a real
+/// client; a client that resumes with `Last-Event-ID` gets what it missed, in order; and an
+/// open stream does not hold the daemon up at SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_a_publisher_drop_and_resume_from_the_last_id() {
+    let config = relay_config("final", r#"stream_key = "final-key""#, "");
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    let mut events = EventStream::open(&daemon, None).await;
+
+    let publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    let arrived = events.until("publisher", |d| d["connected"] == true).await;
+    let connected = arrived.last().expect("the event").clone();
+    assert_eq!(connected.data["relay"], "final", "{connected:?}");
+    events.until("on_air", |d| d["showing"] == "input").await;
+
+    publisher.signal("KILL");
+    events.until("publisher", |d| d["connected"] == false).await;
+    events.until("on_air", |d| d["showing"] == "slate").await;
+
+    let score = r#"{"home":{"name":"NAVI","score":3},"away":{"name":"G2","score":1}}"#;
+    let reply = daemon
+        .http
+        .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .body(score)
+        .send()
+        .await
+        .expect("PUT score");
+    assert_eq!(reply.status(), 200);
+    let after = events
+        .until("score", |d| d["scoreboard"]["home"]["score"] == "3")
+        .await;
+    let last = after.last().expect("the score event").clone();
+    assert_eq!(last.data["data"]["source"], "manual", "{last:?}");
+
+    // A client that saw the connect and resumes gets everything after it, in order.
+    let mut resumed = EventStream::open(&daemon, Some(connected.id)).await;
+    let replayed = resumed
+        .until("score", |d| d["scoreboard"]["home"]["score"] == "3")
+        .await;
+    let ids: Vec<u64> = replayed.iter().map(|e| e.id).collect();
+    assert_eq!(ids[0], connected.id + 1, "{replayed:#?}");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let kinds: Vec<&str> = replayed.iter().map(|e| e.kind.as_str()).collect();
+    for kind in ["on_air", "publisher", "score"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+
+    // SIGTERM with both streams open: they end and the daemon exits as usual.
+    daemon.stop().await;
+    assert!(
+        resumed.next().await.is_none(),
+        "the stream outlived the daemon"
+    );
+}

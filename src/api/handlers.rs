@@ -4,15 +4,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
 use super::error::{ApiError, CompatError};
 use super::wire::{RelayView, ScoreView};
+use crate::events::Subscription;
 use crate::relay::registry::{Registry, RegistryError};
 use crate::relay::spec::{check_name, HlsSpec, IngestSpec, OutputSpec, RelaySpec};
 use crate::relay::RelayHandle;
@@ -75,6 +78,47 @@ pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
         super::metrics::CONTENT_TYPE,
     )
     .into_response())
+}
+
+/// `GET /api/v1/events`: Server-Sent Events, from after `last_id` (`Last-Event-ID`) when the
+/// client resumes, until the daemon stops.
+pub async fn events(last_id: Option<u64>, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let Subscription {
+        missed,
+        live,
+        closed,
+    } = registry.events().subscribe(last_id);
+    let after = missed.last().map(|e| e.id).or(last_id).unwrap_or(0);
+    let live = futures_util::stream::unfold(
+        (live, closed, after),
+        |(mut live, mut closed, after)| async move {
+            loop {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = closed.wait_for(|closed| *closed) => return None,
+                };
+                match received {
+                    // Already sent from the history.
+                    Ok(event) if event.id <= after => continue,
+                    Ok(event) => {
+                        let id = event.id;
+                        return Some((event, (live, closed, id)));
+                    }
+                    // A client this far behind resumes from the history (`Last-Event-ID`).
+                    Err(RecvError::Lagged(_) | RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let stream = futures_util::stream::iter(missed).chain(live).map(|event| {
+        let sse = warp::sse::Event::default()
+            .id(event.id.to_string())
+            .event(event.kind)
+            .json_data(&event)
+            .unwrap_or_else(|_| warp::sse::Event::default().comment("unserializable event"));
+        Ok::<_, std::convert::Infallible>(sse)
+    });
+    Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
 }
 
 pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Response, ApiError> {

@@ -83,6 +83,13 @@ pub fn routes(
         .then(handlers::metrics)
         .and_then(finish);
 
+    let events = warp::path!("api" / "v1" / "events")
+        .and(warp::get())
+        .and(warp::sse::last_event_id::<u64>())
+        .and(with_registry.clone())
+        .then(handlers::events)
+        .and_then(finish);
+
     let relays = warp::path!("api" / "v1" / "relays");
     let list = relays
         .and(warp::get())
@@ -193,6 +200,7 @@ pub fn routes(
     let all = [
         healthz.boxed(),
         metrics.boxed(),
+        events.boxed(),
         list.boxed(),
         create.boxed(),
         get.boxed(),

@@ -18,12 +18,14 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use gst::prelude::*;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
+use crate::events::EventBus;
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::pipeline::program::{
@@ -67,6 +69,8 @@ pub struct RelayContext {
     pub hls_root: PathBuf,
     /// The slate's two pictures at the program's size, drawn once on first use.
     pub slates: Slates,
+    /// Where relays publish their live events.
+    pub events: Arc<EventBus>,
 }
 
 /// The slate pictures, drawn on first use (every relay shares the program size).
@@ -413,6 +417,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         generation: 0,
         events_tx,
         events_rx,
+        observed: Observed::default(),
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -524,6 +529,20 @@ struct Actor {
     generation: u64,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
+    /// What operators last saw of the relay, for the live events.
+    observed: Observed,
+}
+
+/// The parts of a relay's state that operators follow live: each change is an event.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Observed {
+    state: &'static str,
+    publisher: Option<String>,
+    on_air: Option<&'static str>,
+    /// Each destination's state and last error.
+    outputs: BTreeMap<String, (&'static str, Option<String>)>,
+    /// The scoreboard on screen and its source.
+    score: Value,
 }
 
 impl Actor {
@@ -549,6 +568,7 @@ impl Actor {
                 Some(update) = next_poll(&mut self.poller) => self.on_poll(update),
                 _ = tick.tick() => self.on_tick(),
             }
+            self.publish_changes();
         }
         info!(relay = %self.spec.id, "relay actor ended");
     }
@@ -1547,6 +1567,62 @@ impl Actor {
         }
         for id in due {
             self.start_output(&id);
+        }
+    }
+
+    /// Publishes what changed since the last look: state, publisher, what is on air, each
+    /// destination's state, and the score.
+    fn publish_changes(&mut self) {
+        let status = self.status();
+        let score = self.score_status();
+        let now = Observed {
+            state: status.phase.name(),
+            publisher: status.publisher.map(|p| p.peer),
+            on_air: status.on_air.map(|(showing, _)| showing.name()),
+            outputs: status
+                .outputs
+                .into_iter()
+                .map(|o| (o.spec.id, (o.state.name(), o.last_error)))
+                .collect(),
+            score: json!({ "scoreboard": score.scoreboard, "source": score.source }),
+        };
+        if now == self.observed {
+            return;
+        }
+        let was = std::mem::replace(&mut self.observed, now);
+        let now = &self.observed;
+        let bus = &self.ctx.events;
+        let id = &self.spec.id;
+        if now.state != was.state {
+            let from = (!was.state.is_empty()).then_some(was.state);
+            bus.publish("relay_state", id, json!({ "from": from, "to": now.state }));
+        }
+        if now.publisher != was.publisher {
+            let peer = now.publisher.as_ref().or(was.publisher.as_ref());
+            bus.publish(
+                "publisher",
+                id,
+                json!({ "connected": now.publisher.is_some(), "peer": peer }),
+            );
+        }
+        if now.on_air != was.on_air {
+            bus.publish("on_air", id, json!({ "showing": now.on_air }));
+        }
+        for (output, (state, error)) in &now.outputs {
+            let before = was.outputs.get(output).map(|(s, _)| *s);
+            if before != Some(*state) {
+                bus.publish(
+                    "output_state",
+                    id,
+                    json!({ "output": output, "from": before, "to": state, "error": error }),
+                );
+            }
+        }
+        for output in was.outputs.keys().filter(|o| !now.outputs.contains_key(*o)) {
+            bus.publish("output_removed", id, json!({ "output": output }));
+        }
+        if now.score != was.score && !was.state.is_empty() {
+            bus.publish("score", id, now.score.clone());
         }
     }
 

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use super::spec::{OutputSpec, RelaySpec, SpecError};
 use super::store::{SavedRelay, Store, StoreError};
 use super::{spawn, RelayContext, RelayError, RelayHandle, RelayPhase, RelayStatus};
+use crate::events::EventBus;
 use crate::scores::Source as ScoreSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,11 @@ impl Registry {
             }
             info!(relay = %id, running = relay.running, "relay restored from the saved state");
         }
+    }
+
+    /// The live event feed the relays publish to.
+    pub fn events(&self) -> Arc<EventBus> {
+        self.ctx.events.clone()
     }
 
     pub fn get(&self, id: &str) -> Option<RelayHandle> {
@@ -337,6 +343,9 @@ impl Registry {
         };
         let entry = entry.ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         entry.handle.shutdown().await;
+        self.ctx
+            .events
+            .publish("relay_removed", id, Value::Object(Default::default()));
         let dir = self.ctx.hls_root.join(id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
