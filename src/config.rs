@@ -49,6 +49,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub program: ProgramSettings,
     pub hls: HlsSettings,
+    pub auth: AuthSettings,
     #[serde(rename = "relay")]
     pub relays: Vec<RelaySpec>,
 }
@@ -65,6 +66,57 @@ pub struct ServerSettings {
     /// How log lines are written: plain text, or one JSON object per line.
     pub log_format: LogFormat,
 }
+
+/// Who may use the API. With no tokens, everyone who reaches it may (loopback only, unless
+/// `allow_open`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub tokens: Vec<TokenSettings>,
+    /// `/hls/` without a token (players).
+    pub public_hls: bool,
+    /// `/healthz` without a token (load balancers, monitors).
+    pub public_healthz: bool,
+    /// `/metrics` without a token (a Prometheus with no credentials).
+    pub public_metrics: bool,
+    /// Serve the API on an address other than loopback with no token configured.
+    pub allow_open: bool,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            public_hls: true,
+            public_healthz: true,
+            public_metrics: false,
+            allow_open: false,
+        }
+    }
+}
+
+/// One API bearer token.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Who holds it, for the log.
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// `GET` (and `HEAD`) only.
+    ReadOnly,
+}
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_LENGTH: usize = 16;
 
 /// The log's line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -187,6 +239,19 @@ impl Config {
             ("hls.segment_seconds", self.hls.segment_seconds),
             ("hls.playlist_length", self.hls.playlist_length),
         ];
+        let mut names = std::collections::BTreeSet::new();
+        for (n, token) in self.auth.tokens.iter().enumerate() {
+            let key = |field: &str| format!("auth.tokens[{n}].{field}");
+            if token.token.len() < MIN_TOKEN_LENGTH || token.token.chars().any(char::is_whitespace) {
+                return Err((
+                    key("token"),
+                    format!("must be at least {MIN_TOKEN_LENGTH} characters, with no spaces"),
+                ));
+            }
+            if token.name.is_empty() || !names.insert(token.name.as_str()) {
+                return Err((key("name"), "must be given, and unique".to_owned()));
+            }
+        }
         for (key, value) in positive {
             if value == 0 {
                 return Err((key.to_owned(), "must be greater than 0".to_owned()));

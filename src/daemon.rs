@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api;
+use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::ingest;
@@ -42,6 +43,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the API would listen on {0}, beyond this machine, with no token: add [[auth.tokens]] to the config, or set auth.allow_open = true to serve it open")]
+    OpenApi(std::net::SocketAddr),
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -59,6 +62,12 @@ pub async fn run(
     rtmp_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    if let Ok(addr) = api_listener.local_addr() {
+        let auth = &config.auth;
+        if !addr.ip().is_loopback() && auth.tokens.is_empty() && !auth.allow_open {
+            return Err(DaemonError::OpenApi(addr));
+        }
+    }
     pipeline::init()?;
     let missing = pipeline::missing_elements();
     if !missing.is_empty() {
@@ -112,6 +121,7 @@ pub async fn run(
         api_listener,
         registry.clone(),
         hls_root,
+        Auth::new(config.auth.clone()),
         async move {
             let _ = api_stop.changed().await;
         },

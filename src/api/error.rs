@@ -153,6 +153,18 @@ pub async fn recover_compat(rejection: Rejection) -> Result<Response, Rejection>
 
 /// Maps warp's own rejections (no route, wrong method, body too large) to JSON.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    if let Some(super::auth::Refused(e)) = rejection.find() {
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let error = ApiError::new(e.status, e.code, e.message.clone());
+        let mut response = error.into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return Ok(response);
+    }
     let error = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<BodyTooLarge>().is_some() {

@@ -4,6 +4,7 @@
 //! Owns HTTP only. It talks to relays through the registry and their handles and must not
 //! touch pipelines.
 
+pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod hls;
@@ -22,6 +23,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::relay::registry::Registry;
+use auth::Auth;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -64,10 +66,25 @@ where
     Ok(body.freeze())
 }
 
-/// Every route of the API.
+/// Passes a request the tokens allow; rejects the others with [`auth::Refused`].
+fn authorized(auth: Arc<Auth>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(
+            move |method: warp::http::Method, path: warp::path::FullPath, header: Option<String>| {
+                let checked = auth.check(&method, path.as_str(), header.as_deref());
+                async move { checked.map_err(|e| warp::reject::custom(auth::Refused(e))) }
+            },
+        )
+        .untuple_one()
+}
+
+/// Every route of the API, behind the token check.
 pub fn routes(
     registry: Arc<Registry>,
     hls_root: PathBuf,
+    auth: Arc<Auth>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_registry = warp::any().map(move || registry.clone());
     let body = bounded_body();
@@ -218,9 +235,12 @@ pub fn routes(
         hls.boxed(),
         empty_id.boxed(),
     ];
-    all.into_iter()
+    let all = all
+        .into_iter()
         .reduce(|routes, route| routes.or(route).unify().boxed())
-        .expect("the API has routes")
+        .expect("the API has routes");
+    authorized(auth)
+        .and(all)
         .recover(error::recover)
         .unify()
 }
@@ -230,9 +250,10 @@ pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     hls_root: PathBuf,
+    auth: Auth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(registry, hls_root))
+    warp::serve(routes(registry, hls_root, Arc::new(auth)))
         .incoming(listener)
         .graceful(shutdown)
         .run()

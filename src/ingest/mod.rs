@@ -11,12 +11,18 @@
 //! [`DEFAULT_FIRST_PICTURE_TIMEOUT`] of the publish (a publisher of audio alone is dropped:
 //! the program would wait for video for ever), and then data at least every
 //! [`DEFAULT_IDLE_TIMEOUT`]. A peer that misbehaves loses its own connection; nothing else.
+//!
+//! A publish with a stream key no relay has is answered only after
+//! [`DEFAULT_REFUSAL_DELAY`], and an address with [`DEFAULT_MAX_FAILURES`] such refusals
+//! within [`DEFAULT_FAILURE_WINDOW`] has its next connections closed at once until the window
+//! passes: guessing keys is slow.
 
 pub mod flv;
 pub mod protocol;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +47,11 @@ pub const DEFAULT_FIRST_PICTURE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A write the peer does not take within this time closes the connection.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publish with an unknown stream key waits for its refusal.
+pub const DEFAULT_REFUSAL_DELAY: Duration = Duration::from_secs(1);
+/// Refused publishes from one address within [`DEFAULT_FAILURE_WINDOW`] before it is shut out.
+pub const DEFAULT_MAX_FAILURES: u32 = 10;
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const READ_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +74,50 @@ pub enum IngestError {
     },
 }
 
+/// Publishes refused for an unknown stream key, per address, in the current window.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<IpAddr, (u32, Instant)>>);
+
+impl Failures {
+    /// Counts a refusal; `true` when the address has just reached the limit.
+    fn record(&self, ip: IpAddr) -> bool {
+        let mut map = self.0.lock().expect("failures lock poisoned");
+        let now = Instant::now();
+        map.retain(|_, (_, since)| now.duration_since(*since) < DEFAULT_FAILURE_WINDOW);
+        let (count, _) = map.entry(ip).or_insert((0, now));
+        *count += 1;
+        *count == DEFAULT_MAX_FAILURES
+    }
+
+    /// Whether the address is shut out for now.
+    fn shut_out(&self, ip: IpAddr) -> bool {
+        let map = self.0.lock().expect("failures lock poisoned");
+        map.get(&ip).is_some_and(|(count, since)| {
+            *count >= DEFAULT_MAX_FAILURES && since.elapsed() < DEFAULT_FAILURE_WINDOW
+        })
+    }
+}
+
 /// Accepts RTMP connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let failures = Arc::new(Failures::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if failures.shut_out(peer.ip()) => {
+                    debug!(%peer, "rtmp connection closed: too many unknown stream keys");
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
+                    let failures = failures.clone();
                     let registry = registry.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        match handle(stream, peer, registry, shutdown).await {
+                        match handle(stream, peer, registry, failures, shutdown).await {
                             Ok(()) => debug!(%peer, "rtmp connection closed"),
                             Err(IngestError::Refused(reason)) => {
                                 warn!(%peer, reason = %reason, "rtmp publish refused")
@@ -108,6 +149,7 @@ async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     registry: Arc<Registry>,
+    failures: Arc<Failures>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
     stream.set_nodelay(true)?;
@@ -116,6 +158,7 @@ async fn handle(
     let mut conn = Connection {
         peer,
         registry,
+        failures,
         publish: None,
         waiting_since: connected_at,
     };
@@ -155,6 +198,7 @@ async fn handle(
 struct Connection {
     peer: SocketAddr,
     registry: Arc<Registry>,
+    failures: Arc<Failures>,
     publish: Option<Publishing>,
     /// Since when the connection has been without a publish.
     waiting_since: Instant,
@@ -244,6 +288,10 @@ impl Connection {
     /// code and the reason.
     async fn ask_relay(&self, stream_key: &str) -> Result<Publishing, (&'static str, String)> {
         let Some(relay) = self.registry.by_stream_key(stream_key) else {
+            if self.failures.record(self.peer.ip()) {
+                warn!(peer = %self.peer, failures = DEFAULT_MAX_FAILURES, window = ?DEFAULT_FAILURE_WINDOW, "too many unknown stream keys: this address is shut out for the rest of the window");
+            }
+            tokio::time::sleep(DEFAULT_REFUSAL_DELAY).await;
             return Err(("NetStream.Publish.BadName", "unknown stream key".to_owned()));
         };
         let feed = relay

@@ -163,12 +163,21 @@ impl Registry {
     }
 
     /// The push relay that owns `stream_key`.
+    /// Every key is compared, each in constant time, so the answer's timing says nothing
+    /// about how close a guess came.
     pub fn by_stream_key(&self, stream_key: &str) -> Option<RelayHandle> {
         let relays = self.relays.read().expect("registry lock poisoned");
-        relays
-            .values()
-            .find(|e| e.stream_key.as_deref() == Some(stream_key))
-            .map(|e| e.handle.clone())
+        let mut found = None;
+        for entry in relays.values() {
+            let matches = entry
+                .stream_key
+                .as_deref()
+                .is_some_and(|key| constant_time_eq(key.as_bytes(), stream_key.as_bytes()));
+            if matches {
+                found = Some(entry.handle.clone());
+            }
+        }
+        found
     }
 
     /// Every relay, ordered by id.
@@ -467,6 +476,17 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,3 +505,4 @@ mod tests {
         );
     }
 }
+
