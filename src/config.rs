@@ -242,7 +242,8 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {
             let key = |field: &str| format!("auth.tokens[{n}].{field}");
-            if token.token.len() < MIN_TOKEN_LENGTH || token.token.chars().any(char::is_whitespace) {
+            if token.token.len() < MIN_TOKEN_LENGTH || token.token.chars().any(char::is_whitespace)
+            {
                 return Err((
                     key("token"),
                     format!("must be at least {MIN_TOKEN_LENGTH} characters, with no spaces"),

@@ -53,7 +53,9 @@ impl Auth {
             .and_then(|h| h.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
-            .ok_or_else(|| unauthorized("a token is required: send `Authorization: Bearer <token>`"))?;
+            .ok_or_else(|| {
+                unauthorized("a token is required: send `Authorization: Bearer <token>`")
+            })?;
         // Every token is compared, so the time taken says nothing about which came close.
         let mut role = None;
         for token in &self.settings.tokens {
@@ -101,16 +103,37 @@ mod tests {
         let bearer = |t: &str| format!("Bearer {t}");
         let status = |r: Result<(), ApiError>| r.err().map(|e| e.status.as_u16());
         assert_eq!(status(a.check(&Method::GET, "/healthz", None)), None);
-        assert_eq!(status(a.check(&Method::GET, "/hls/a/master.m3u8", None)), None);
+        assert_eq!(
+            status(a.check(&Method::GET, "/hls/a/master.m3u8", None)),
+            None
+        );
         assert_eq!(status(a.check(&Method::GET, "/metrics", None)), Some(401));
-        assert_eq!(status(a.check(&Method::GET, "/api/v1/relays", None)), Some(401));
+        assert_eq!(
+            status(a.check(&Method::GET, "/api/v1/relays", None)),
+            Some(401)
+        );
         let wrong = bearer("admin-token-0123456780");
-        assert_eq!(status(a.check(&Method::GET, "/api/v1/relays", Some(&wrong))), Some(401));
+        assert_eq!(
+            status(a.check(&Method::GET, "/api/v1/relays", Some(&wrong))),
+            Some(401)
+        );
         let read = bearer("read-token-0123456789");
-        assert_eq!(status(a.check(&Method::GET, "/api/v1/relays", Some(&read))), None);
-        assert_eq!(status(a.check(&Method::POST, "/api/v1/relays", Some(&read))), Some(403));
+        assert_eq!(
+            status(a.check(&Method::GET, "/api/v1/relays", Some(&read))),
+            None
+        );
+        assert_eq!(
+            status(a.check(&Method::POST, "/api/v1/relays", Some(&read))),
+            Some(403)
+        );
         let admin = bearer("admin-token-0123456789");
-        assert_eq!(status(a.check(&Method::POST, "/api/v1/relays", Some(&admin))), None);
-        assert_eq!(status(Auth::default().check(&Method::POST, "/x", None)), None);
+        assert_eq!(
+            status(a.check(&Method::POST, "/api/v1/relays", Some(&admin))),
+            None
+        );
+        assert_eq!(
+            status(Auth::default().check(&Method::POST, "/x", None)),
+            None
+        );
     }
 }

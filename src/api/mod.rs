@@ -72,7 +72,9 @@ fn authorized(auth: Arc<Auth>) -> impl Filter<Extract = (), Error = warp::Reject
         .and(warp::path::full())
         .and(warp::header::optional::<String>("authorization"))
         .and_then(
-            move |method: warp::http::Method, path: warp::path::FullPath, header: Option<String>| {
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  header: Option<String>| {
                 let checked = auth.check(&method, path.as_str(), header.as_deref());
                 async move { checked.map_err(|e| warp::reject::custom(auth::Refused(e))) }
             },
@@ -239,10 +241,7 @@ pub fn routes(
         .into_iter()
         .reduce(|routes, route| routes.or(route).unify().boxed())
         .expect("the API has routes");
-    authorized(auth)
-        .and(all)
-        .recover(error::recover)
-        .unify()
+    authorized(auth).and(all).recover(error::recover).unify()
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
