@@ -154,8 +154,15 @@ async fn relay_crud_and_errors() {
     assert!(body["error"]["message"].is_string());
 
     // HLS serving cannot leave its directory (sent raw: an HTTP client would resolve `..`).
-    let (status, _) = raw_request(&daemon.api, "GET", "/hls/../../etc/passwd", "").await;
-    assert_eq!(status, 404);
+    for path in [
+        "/hls/../../etc/passwd",
+        "/hls/%2e%2e/%2e%2e/etc/passwd",
+        "/hls/..%2f..%2fetc%2fpasswd",
+        "/hls/%2fetc%2fpasswd",
+    ] {
+        let (status, _) = raw_request(&daemon.api, "GET", path, "").await;
+        assert_eq!(status, 404, "{path}");
+    }
 
     // A rendition taller than the program is refused at start, with the field named.
     let (status, _) = daemon
