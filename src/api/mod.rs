@@ -66,6 +66,34 @@ where
     Ok(body.freeze())
 }
 
+/// The API's OpenAPI 3 document, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route [`routes`] serves, as OpenAPI names them. A unit test holds the document to
+/// this list, and `tests/api.rs` holds this list to the running router.
+pub const ROUTES: [(&str, &str); 20] = [
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/relays"),
+    ("POST", "/api/v1/relays"),
+    ("GET", "/api/v1/relays/{id}"),
+    ("PATCH", "/api/v1/relays/{id}"),
+    ("DELETE", "/api/v1/relays/{id}"),
+    ("POST", "/api/v1/relays/{id}/start"),
+    ("POST", "/api/v1/relays/{id}/stop"),
+    ("POST", "/api/v1/relays/{id}/outputs"),
+    ("DELETE", "/api/v1/relays/{id}/outputs/{output_id}"),
+    ("GET", "/api/v1/relays/{id}/score"),
+    ("PUT", "/api/v1/relays/{id}/score"),
+    ("POST", "/start_stream"),
+    ("POST", "/stop_stream"),
+    ("GET", "/list_streams"),
+    ("GET", "/hls/{relay}/master.m3u8"),
+    ("GET", "/hls/{relay}/{rendition}/{file}"),
+];
+
 /// Passes a request the tokens allow; rejects the others with [`auth::Refused`].
 fn authorized(auth: Arc<Auth>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::method()
@@ -101,6 +129,12 @@ pub fn routes(
         .and(with_registry.clone())
         .then(handlers::metrics)
         .and_then(finish);
+
+    let openapi = warp::path!("api" / "v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
+        });
 
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::get())
@@ -220,6 +254,7 @@ pub fn routes(
         healthz.boxed(),
         metrics.boxed(),
         events.boxed(),
+        openapi.boxed(),
         list.boxed(),
         create.boxed(),
         get.boxed(),
@@ -257,4 +292,31 @@ pub async fn serve(
         .graceful(shutdown)
         .run()
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let methods = ["get", "put", "post", "delete", "patch", "head", "options"];
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, _) in item.as_object().expect("a path item") {
+                if methods.contains(&method.as_str()) {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        assert_eq!(documented, served);
+    }
 }
