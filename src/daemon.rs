@@ -201,12 +201,12 @@ async fn relay_count(registry: &Registry) -> String {
     format!("{relays} {noun}, {live} live")
 }
 
-/// Progress for the watchdog: the runtime runs (this is called), and every relay's actor,
-/// which also handles its pipelines' bus messages, answers within `within`.
+/// Progress for the watchdog: the runtime runs (this is called), and every relay's actor
+/// answers within `within`, each after a message has gone round its program's bus.
 async fn relays_answer(registry: &Registry, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     for handle in registry.list() {
-        match tokio::time::timeout_at(deadline, handle.status()).await {
+        match tokio::time::timeout_at(deadline, handle.ping()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("relay {}: {e}", handle.id())),
             Err(_) => return Err(format!("relay {} did not answer", handle.id())),

@@ -286,8 +286,14 @@ enum Command {
         board: Box<Scoreboard>,
         reply: oneshot::Sender<ScoreStatus>,
     },
+    /// Answered once a message posted on the program's bus has come back through it (at once
+    /// when no program runs): the actor and the pipeline's bus both make progress.
+    Ping(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
+
+/// The application message a ping sends round the program's bus.
+const PING_MESSAGE: &str = "scorecast-ping";
 
 /// Messages from the relay's own pipelines and publisher.
 enum Event {
@@ -339,6 +345,11 @@ impl RelayHandle {
 
     pub async fn status(&self) -> Result<RelayStatus, RelayError> {
         self.ask(Command::Status).await
+    }
+
+    /// Completes once the actor, and its program's bus if one runs, have made progress.
+    pub async fn ping(&self) -> Result<(), RelayError> {
+        self.ask(Command::Ping).await
     }
 
     /// Asks the relay to take a publisher from `peer`.
@@ -418,6 +429,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         events_tx,
         events_rx,
         observed: Observed::default(),
+        pings: Vec::new(),
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -531,6 +543,8 @@ struct Actor {
     events_rx: mpsc::UnboundedReceiver<Event>,
     /// What operators last saw of the relay, for the live events.
     observed: Observed,
+    /// Pings waiting for their message to come back through the program's bus.
+    pings: Vec<oneshot::Sender<()>>,
 }
 
 /// The parts of a relay's state that operators follow live: each change is an event.
@@ -614,6 +628,23 @@ impl Actor {
                 self.redraw();
                 let _ = reply.send(self.score_status());
             }
+            Command::Ping(reply) => match &self.program {
+                Some(running) => {
+                    let ping = gst::message::Application::builder(gst::Structure::new_empty(
+                        PING_MESSAGE,
+                    ))
+                    .build();
+                    if running.program.pipeline.post_message(ping).is_ok() {
+                        self.pings.push(reply);
+                    }
+                }
+                None => {
+                    // Pings left over from a program that has gone are answered too.
+                    for reply in self.pings.drain(..).chain([reply]) {
+                        let _ = reply.send(());
+                    }
+                }
+            },
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -1198,6 +1229,13 @@ impl Actor {
                             self.fail_program(err.to_string());
                         }
                     }
+                    gst::MessageView::Application(a)
+                        if a.structure().is_some_and(|s| s.name() == PING_MESSAGE) =>
+                    {
+                        for reply in self.pings.drain(..) {
+                            let _ = reply.send(());
+                        }
+                    }
                     gst::MessageView::Latency(_) => {
                         if let Some(running) = &self.program {
                             let _ = running.program.pipeline.recalculate_latency();
@@ -1715,6 +1753,9 @@ fn forward_bus(
                 gst::MessageView::Error(_)
                 | gst::MessageView::Eos(_)
                 | gst::MessageView::Latency(_) => true,
+                gst::MessageView::Application(a) => {
+                    a.structure().is_some_and(|s| s.name() == PING_MESSAGE)
+                }
                 gst::MessageView::Element(e) => e.structure().is_some_and(|s| {
                     [
                         program::SEGMENT_ADDED,
