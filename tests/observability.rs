@@ -135,6 +135,26 @@ async fn metrics_parse_and_say_what_the_relay_does() {
     let bytes = sample(&samples, "scorecast_output_bytes_sent_total", &output).expect("bytes");
     assert!(frames > frames_before, "{frames_before} then {frames}");
     assert!(bytes > bytes_before, "{bytes_before} then {bytes}");
+    let ingest = sample(&samples, "scorecast_relay_ingest_bytes_total", &relay).expect("ingest");
+    assert!(ingest > 100_000.0, "the publisher pushed {ingest} bytes");
+    for counter in [
+        "scorecast_relay_input_frames_dropped_total",
+        "scorecast_relay_input_frames_duplicated_total",
+    ] {
+        assert!(sample(&samples, counter, &relay).is_some(), "{counter}");
+    }
+    let live_for = sample(
+        &samples,
+        "scorecast_relay_state_seconds_total",
+        &[("relay", "final"), ("state", "live")],
+    )
+    .expect("time live");
+    let relay_json = daemon.relay("final").await;
+    let uptime = relay_json["uptime"].as_f64().expect("uptime");
+    assert!(
+        live_for > 0.0 && live_for <= uptime + 0.5,
+        "live for {live_for} s of an uptime of {uptime} s"
+    );
 }
 
 /// A real HTTP client reading `/api/v1/events` as it arrives.

@@ -110,6 +110,26 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
         "gauge",
         "1 while the overlay marks its scoreboard as stale.",
     );
+    let mut state_seconds = Family::new(
+        "scorecast_relay_state_seconds_total",
+        "counter",
+        "Seconds the relay has spent in each state since it was made.",
+    );
+    let mut ingest_bytes = Family::new(
+        "scorecast_relay_ingest_bytes_total",
+        "counter",
+        "Bytes its publishers have pushed; rate() gives the ingest bitrate.",
+    );
+    let mut dropped = Family::new(
+        "scorecast_relay_input_frames_dropped_total",
+        "counter",
+        "Input frames dropped to hold the program's frame rate (restarts with each input).",
+    );
+    let mut duplicated = Family::new(
+        "scorecast_relay_input_frames_duplicated_total",
+        "counter",
+        "Input frames repeated to hold the program's frame rate (restarts with each input).",
+    );
     let mut output_state = Family::new(
         "scorecast_output_state",
         "gauge",
@@ -152,6 +172,16 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
             }
             overlay_stale.add(id(), flag(score.stale));
         }
+        for (name, seconds) in &relay.counters.state_seconds {
+            let mut labels = id();
+            labels.push(("state", (*name).to_owned()));
+            state_seconds.add(labels, *seconds);
+        }
+        ingest_bytes.add(id(), relay.counters.bytes_in as f64);
+        if let Some((drop, dup)) = relay.counters.input_frames {
+            dropped.add(id(), drop as f64);
+            duplicated.add(id(), dup as f64);
+        }
         for output in &relay.outputs {
             let ids = || {
                 vec![
@@ -186,6 +216,10 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
         relay_retry,
         overlay_age,
         overlay_stale,
+        state_seconds,
+        ingest_bytes,
+        dropped,
+        duplicated,
         output_state,
         bytes,
         output_retry,

@@ -251,6 +251,15 @@ impl IngestBranch {
     pub fn name(&self) -> String {
         self.bin.name().to_string()
     }
+
+    /// The frames its rate adapter dropped and duplicated to hold the program's frame rate.
+    pub fn frames_dropped_and_duplicated(&self) -> Option<(u64, u64)> {
+        let rate = self.bin.by_name("video-rate")?;
+        Some((
+            rate.property::<u64>("drop"),
+            rate.property::<u64>("duplicate"),
+        ))
+    }
 }
 
 /// The name of the ingest branch `element` (a bus message's source) belongs to, if any:

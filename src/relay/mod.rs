@@ -163,6 +163,18 @@ pub struct RelayStatus {
     pub on_air: Option<(OnAir, SystemTime)>,
     pub frames_encoded: u64,
     pub outputs: Vec<OutputStatus>,
+    pub counters: RelayCounters,
+}
+
+/// Counters for `/metrics` that the relay JSON does not show.
+#[derive(Debug, Clone, Default)]
+pub struct RelayCounters {
+    /// Bytes its publishers have pushed, over the relay's life.
+    pub bytes_in: u64,
+    /// Frames the current input's rate adapter dropped and duplicated.
+    pub input_frames: Option<(u64, u64)>,
+    /// Seconds spent in each state since the relay was made.
+    pub state_seconds: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +235,8 @@ pub struct IngestFeed {
     /// When bytes last came (ms since the Unix epoch), for the relay to tell a stale
     /// publisher from a healthy one.
     last_data: Arc<AtomicU64>,
+    /// Bytes every publisher of the relay has pushed.
+    bytes_in: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +256,8 @@ impl IngestFeed {
             return Err(FeedClosed);
         }
         self.last_data.store(unix_millis(), Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.appsrc
             .push_buffer(gst::Buffer::from_slice(data))
             .map(|_| ())
@@ -430,6 +446,11 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         events_rx,
         observed: Observed::default(),
         pings: Vec::new(),
+        counters: Counters {
+            bytes_in: Arc::default(),
+            state_time: BTreeMap::new(),
+            state_since: Instant::now(),
+        },
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -545,6 +566,15 @@ struct Actor {
     observed: Observed,
     /// Pings waiting for their message to come back through the program's bus.
     pings: Vec<oneshot::Sender<()>>,
+    counters: Counters,
+}
+
+/// What the actor counts for `/metrics`.
+struct Counters {
+    bytes_in: Arc<AtomicU64>,
+    /// Time in each state before the current one, and when the current one began.
+    state_time: BTreeMap<&'static str, Duration>,
+    state_since: Instant,
 }
 
 /// The parts of a relay's state that operators follow live: each change is an event.
@@ -630,10 +660,9 @@ impl Actor {
             }
             Command::Ping(reply) => match &self.program {
                 Some(running) => {
-                    let ping = gst::message::Application::builder(gst::Structure::new_empty(
-                        PING_MESSAGE,
-                    ))
-                    .build();
+                    let ping =
+                        gst::message::Application::builder(gst::Structure::new_empty(PING_MESSAGE))
+                            .build();
                     if running.program.pipeline.post_message(ping).is_ok() {
                         self.pings.push(reply);
                     }
@@ -883,6 +912,7 @@ impl Actor {
             events: self.events_tx.clone(),
             generation,
             last_data,
+            bytes_in: self.counters.bytes_in.clone(),
         })
     }
 
@@ -1629,6 +1659,11 @@ impl Actor {
         }
         let was = std::mem::replace(&mut self.observed, now);
         let now = &self.observed;
+        if now.state != was.state && !was.state.is_empty() {
+            let spent = self.counters.state_since.elapsed();
+            *self.counters.state_time.entry(was.state).or_default() += spent;
+            self.counters.state_since = Instant::now();
+        }
         let bus = &self.ctx.events;
         let id = &self.spec.id;
         if now.state != was.state {
@@ -1683,6 +1718,7 @@ impl Actor {
         } else {
             RelayPhase::Live
         };
+        let phase_name = phase.name();
         RelayStatus {
             spec: self.spec.clone(),
             phase,
@@ -1691,6 +1727,21 @@ impl Actor {
             publisher: self.publisher.clone(),
             on_air: self.on_air,
             frames_encoded: frames,
+            counters: RelayCounters {
+                bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
+                input_frames: self
+                    .input
+                    .as_ref()
+                    .and_then(|a| a.branch.frames_dropped_and_duplicated()),
+                state_seconds: {
+                    let mut totals = self.counters.state_time.clone();
+                    *totals.entry(phase_name).or_default() += self.counters.state_since.elapsed();
+                    totals
+                        .into_iter()
+                        .map(|(s, d)| (s, d.as_secs_f64()))
+                        .collect()
+                },
+            },
             // In the order the operator gave them.
             outputs: self
                 .spec
