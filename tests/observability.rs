@@ -143,6 +143,9 @@ async fn metrics_parse_and_say_what_the_relay_does() {
     ] {
         assert!(sample(&samples, counter, &relay).is_some(), "{counter}");
     }
+    let offset = sample(&samples, "scorecast_relay_av_offset_seconds", &relay).expect("offset");
+    eprintln!("A/V offset at the encoders: {offset:+.3} s");
+    assert!(offset.abs() < 0.5, "A/V offset {offset} s");
     let live_for = sample(
         &samples,
         "scorecast_relay_state_seconds_total",

@@ -130,6 +130,12 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
         "counter",
         "Input frames repeated to hold the program's frame rate (restarts with each input).",
     );
+    let mut av_offset = Family::new(
+        "scorecast_relay_av_offset_seconds",
+        "gauge",
+        "The last encoded video timestamp minus the last encoded audio one: steady within a \
+         frame or two; a trend is drift.",
+    );
     let mut output_state = Family::new(
         "scorecast_output_state",
         "gauge",
@@ -182,6 +188,9 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
             dropped.add(id(), drop as f64);
             duplicated.add(id(), dup as f64);
         }
+        if let Some(offset) = relay.counters.av_offset {
+            av_offset.add(id(), offset);
+        }
         for output in &relay.outputs {
             let ids = || {
                 vec![
@@ -220,6 +229,7 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
         ingest_bytes,
         dropped,
         duplicated,
+        av_offset,
         output_state,
         bytes,
         output_retry,

@@ -213,6 +213,9 @@ pub struct Program {
     ingests_built: u32,
     /// Encoded video frames so far (the top rendition's): the program's progress.
     pub frames: Arc<AtomicU64>,
+    /// The timestamps of the last encoded video and audio buffers, in ns (`u64::MAX` before
+    /// the first): their difference is the program's A/V offset.
+    pub last_pts: [Arc<AtomicU64>; 2],
     program: ProgramSettings,
     /// The top rendition's encode; destinations asking for it share its encoder.
     top: Encode,
@@ -345,6 +348,7 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     link_tee(&audio_tee, &flv[3])?;
 
     let frames = count_buffers(top_tee);
+    let last_pts = [last_pts(top_tee), last_pts(&audio_tee)];
     let mut flv = HashMap::new();
     flv.insert(
         top,
@@ -359,6 +363,7 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         switch,
         ingests_built: 0,
         frames,
+        last_pts,
         program: params.program.clone(),
         top,
         rungs: renditions
@@ -1121,6 +1126,30 @@ fn count_buffers(element: &gst::Element) -> Arc<AtomicU64> {
         });
     }
     counter
+}
+
+/// Keeps the running time of the last buffer into `element` (encoders shift their
+/// timestamps within their own segments, so only running times compare).
+fn last_pts(element: &gst::Element) -> Arc<AtomicU64> {
+    let last = Arc::new(AtomicU64::new(u64::MAX));
+    if let Some(pad) = element.static_pad("sink") {
+        let l = last.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let running = pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                e.segment()
+                    .downcast_ref::<gst::ClockTime>()?
+                    .to_running_time(pts)
+            });
+            if let Some(running) = running {
+                l.store(running.nseconds(), Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    last
 }
 
 /// Links a demuxer's (or decodebin's) pads as they appear: video to `video_in`, audio to

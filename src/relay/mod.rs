@@ -175,6 +175,8 @@ pub struct RelayCounters {
     pub input_frames: Option<(u64, u64)>,
     /// Seconds spent in each state since the relay was made.
     pub state_seconds: Vec<(&'static str, f64)>,
+    /// The last encoded video timestamp minus the last encoded audio one, in seconds.
+    pub av_offset: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -1733,6 +1735,11 @@ impl Actor {
                     .input
                     .as_ref()
                     .and_then(|a| a.branch.frames_dropped_and_duplicated()),
+                av_offset: self.program.as_ref().and_then(|p| {
+                    let [video, audio] = &p.program.last_pts;
+                    let (v, a) = (video.load(Ordering::Relaxed), audio.load(Ordering::Relaxed));
+                    (v != u64::MAX && a != u64::MAX).then(|| (v as f64 - a as f64) / 1e9)
+                }),
                 state_seconds: {
                     let mut totals = self.counters.state_time.clone();
                     *totals.entry(phase_name).or_default() += self.counters.state_since.elapsed();
