@@ -202,12 +202,14 @@ async fn relay_count(registry: &Registry) -> String {
 }
 
 /// Progress for the watchdog: the runtime runs (this is called), and every relay's actor
-/// answers within `within`, each after a message has gone round its program's bus.
+/// answers within `within`, each after a message has gone round its program's bus, and each
+/// decoded program has encoded frames since the last check.
 async fn relays_answer(registry: &Registry, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     for handle in registry.list() {
         match tokio::time::timeout_at(deadline, handle.ping()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(why))) => return Err(format!("relay {}: {why}", handle.id())),
             Ok(Err(e)) => return Err(format!("relay {}: {e}", handle.id())),
             Err(_) => return Err(format!("relay {} did not answer", handle.id())),
         }

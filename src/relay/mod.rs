@@ -305,8 +305,10 @@ enum Command {
         reply: oneshot::Sender<ScoreStatus>,
     },
     /// Answered once a message posted on the program's bus has come back through it (at once
-    /// when no program runs): the actor and the pipeline's bus both make progress.
-    Ping(oneshot::Sender<()>),
+    /// when no program runs): the actor and the pipeline's bus both make progress. A decoded
+    /// program must also have encoded frames since the last ping (the slate never stops):
+    /// `Err` says why not.
+    Ping(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -365,8 +367,9 @@ impl RelayHandle {
         self.ask(Command::Status).await
     }
 
-    /// Completes once the actor, and its program's bus if one runs, have made progress.
-    pub async fn ping(&self) -> Result<(), RelayError> {
+    /// Completes once the actor, and its program's bus if one runs, have made progress;
+    /// `Ok(Err(why))` when its decoded program has encoded nothing since the last ping.
+    pub async fn ping(&self) -> Result<Result<(), String>, RelayError> {
         self.ask(Command::Ping).await
     }
 
@@ -448,6 +451,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         events_rx,
         observed: Observed::default(),
         pings: Vec::new(),
+        ping_frames: 0,
         counters: Counters {
             bytes_in: Arc::default(),
             state_time: BTreeMap::new(),
@@ -567,7 +571,9 @@ struct Actor {
     /// What operators last saw of the relay, for the live events.
     observed: Observed,
     /// Pings waiting for their message to come back through the program's bus.
-    pings: Vec<oneshot::Sender<()>>,
+    pings: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The program's encoded frames at the last ping.
+    ping_frames: u64,
     counters: Counters,
 }
 
@@ -662,6 +668,15 @@ impl Actor {
             }
             Command::Ping(reply) => match &self.program {
                 Some(running) => {
+                    let frames = running.program.frames.load(Ordering::Relaxed);
+                    let stuck = self.spec.transcode && frames > 0 && frames == self.ping_frames;
+                    self.ping_frames = frames;
+                    if stuck {
+                        let _ = reply.send(Err(format!(
+                            "its program encoded no frame since the last check ({frames} in all)"
+                        )));
+                        return;
+                    }
                     let ping =
                         gst::message::Application::builder(gst::Structure::new_empty(PING_MESSAGE))
                             .build();
@@ -672,7 +687,7 @@ impl Actor {
                 None => {
                     // Pings left over from a program that has gone are answered too.
                     for reply in self.pings.drain(..).chain([reply]) {
-                        let _ = reply.send(());
+                        let _ = reply.send(Ok(()));
                     }
                 }
             },
@@ -1265,7 +1280,7 @@ impl Actor {
                         if a.structure().is_some_and(|s| s.name() == PING_MESSAGE) =>
                     {
                         for reply in self.pings.drain(..) {
-                            let _ = reply.send(());
+                            let _ = reply.send(Ok(()));
                         }
                     }
                     gst::MessageView::Latency(_) => {
