@@ -62,10 +62,7 @@ async fn metrics_parse_and_say_what_the_relay_does() {
     let config = relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        &format!(
-            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
-            nginx.url("final")
-        ),
+        &youtube_output(&nginx.url("final")),
     );
     let daemon = Daemon::start(&config).await;
     daemon

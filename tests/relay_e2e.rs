@@ -68,10 +68,7 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
     let config = relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        &format!(
-            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
-            nginx.url("yt-key")
-        ),
+        &youtube_output(&nginx.url("yt-key")),
     );
     let daemon = Daemon::start(&config).await;
     // On air before any caster: the slate.

@@ -87,10 +87,7 @@ async fn a_lost_publisher_brings_the_slate_and_the_destination_keeps_one_session
     let config = relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        &format!(
-            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
-            nginx.url("yt-key")
-        ),
+        &youtube_output(&nginx.url("yt-key")),
     );
     let daemon = Daemon::start(&config).await;
     let playlist = "/hls/final/720p/index.m3u8";
@@ -281,10 +278,7 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
     let config = relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        &format!(
-            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
-            nginx.url("yt-key")
-        ),
+        &youtube_output(&nginx.url("yt-key")),
     );
     let mut daemon = Daemon::start(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);

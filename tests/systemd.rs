@@ -156,10 +156,7 @@ fn reload_config(nginx: &Nginx, passthrough: &[(&str, &str)]) -> String {
     let mut config = relay_config(
         "keep",
         r#"stream_key = "keep-key""#,
-        &format!(
-            r#"outputs = [ {{ id = "youtube", url = "{}" }} ]"#,
-            nginx.url("keep")
-        ),
+        &youtube_output(&nginx.url("keep")),
     );
     for (id, key) in passthrough {
         config.push_str(&format!(

@@ -140,6 +140,11 @@ pub fn relay_config(id: &str, ingest: &str, extra: &str) -> String {
     format!("{TEST_PROGRAM}\n[[relay]]\nid = \"{id}\"\ningest = {{ {ingest} }}\n{extra}\n")
 }
 
+/// The `outputs` line of a relay with one destination, `youtube`, pushing to `url`.
+pub fn youtube_output(url: &str) -> String {
+    format!(r#"outputs = [ {{ id = "youtube", url = "{url}" }} ]"#)
+}
+
 /// A daemon that exited before it served: its status, its log, and its directory.
 pub struct DaemonExit {
     pub status: std::process::ExitStatus,
