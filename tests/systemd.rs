@@ -254,3 +254,129 @@ async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
         nginx.recordings()
     );
 }
+
+/// One thread of another process, stopped with ptrace while everything else in it runs: a
+/// streaming thread hung as on a stuck system call. Resumed when dropped.
+struct FrozenThread {
+    resume: Option<std::sync::mpsc::Sender<()>>,
+    done: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FrozenThread {
+    /// Stops thread `tid`. ptrace requests must all come from the tracing thread, so one
+    /// thread of ours holds it until resumed.
+    fn freeze(tid: i32) -> Self {
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
+        let (frozen_tx, frozen) = std::sync::mpsc::channel::<Result<(), String>>();
+        let done = std::thread::spawn(move || {
+            // SAFETY: plain ptrace requests on a thread of our own child; no memory is shared.
+            let seized = unsafe {
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) == 0
+                    && libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) == 0
+            };
+            if !seized {
+                let _ = frozen_tx.send(Err(std::io::Error::last_os_error().to_string()));
+                return;
+            }
+            let mut status = 0;
+            // SAFETY: waits for the interrupted thread's stop; `status` is ours.
+            unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+            let _ = frozen_tx.send(Ok(()));
+            let _ = resumed.recv();
+            // SAFETY: lets the thread go on; it is in ptrace-stop.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, 0usize) };
+        });
+        frozen
+            .recv()
+            .expect("the tracing thread answers")
+            .unwrap_or_else(|e| panic!("cannot stop thread {tid}: {e}"));
+        Self {
+            resume: Some(resume),
+            done: Some(done),
+        }
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        drop(self.resume.take());
+        if let Some(done) = self.done.take() {
+            let _ = done.join();
+        }
+    }
+}
+
+/// The thread of `pid` whose name is `name` with the lowest id (GStreamer names a queue's
+/// streaming thread after its pad, and x264's own threads inherit that name later).
+fn thread_named(pid: u32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let tid: i32 = task.file_name().to_str()?.parse().ok()?;
+            (comm.trim() == name).then_some(tid)
+        })
+        .min()
+}
+
+/// A wedged pipeline stops the watchdog: the thread feeding the program's encoder is frozen
+/// (its bus and the relay's actor still answer), the pings stop and the log says why; once it
+/// runs again, so do the pings.
+#[tokio::test(flavor = "multi_thread")]
+async fn watchdog_pings_stop_while_a_pipeline_is_wedged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = relay_config("show", r#"stream_key = "show-key""#, "");
+    std::fs::write(dir.path().join("scorecast.toml"), config).expect("config");
+    let socket_path = dir.path().join("notify.sock");
+    let mut manager = Manager::bind(&socket_path);
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.display().to_string()),
+        ("WATCHDOG_USEC", "1000000".to_owned()),
+    ];
+    let daemon = Daemon::try_start_with_env(dir, &env)
+        .await
+        .unwrap_or_else(|exit| panic!("scorecast exited at start:\n{}", exit.log));
+    daemon
+        .wait_on_air("show", "slate", Duration::from_secs(20))
+        .await;
+    manager.wait("a ping", Duration::from_secs(5), |m| m == "WATCHDOG=1");
+
+    let tid = thread_named(daemon.process.pid(), "enc-q-720p:src")
+        .expect("the encoder queue's streaming thread");
+    let frozen = FrozenThread::freeze(tid);
+    // Pings in flight may still land; after that, none for several intervals.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = std::mem::take(&mut manager.seen);
+    let quiet_from = Instant::now();
+    while quiet_from.elapsed() < Duration::from_secs(3) {
+        let mut buf = [0u8; 256];
+        if let Ok(n) = manager.socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert_ne!(message, "WATCHDOG=1", "a ping while the encoder is wedged");
+        }
+    }
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|l| l.contains("watchdog ping withheld")
+            && l.contains("relay show")
+            && l.contains("encoded no frame")),
+        "{log}"
+    );
+    // The API still answers: only the pipeline is stuck.
+    assert_eq!(daemon.relay("show").await["id"], "show");
+
+    drop(frozen);
+    manager.wait("pings again", Duration::from_secs(5), |m| m == "WATCHDOG=1");
+    wait_for(
+        "the resumed pings logged",
+        Duration::from_secs(5),
+        || async {
+            daemon
+                .log()
+                .contains("watchdog pings resumed")
+                .then_some(())
+        },
+    )
+    .await;
+}
