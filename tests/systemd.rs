@@ -44,20 +44,27 @@ impl Manager {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn readiness_status_and_watchdog_reach_the_notify_socket() {
+/// A daemon with one relay (`show`), started as systemd starts a `Type=notify` unit with
+/// `WatchdogSec=watchdog`, and the socket it reports to.
+async fn under_systemd(watchdog: Duration) -> (Daemon, Manager) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = relay_config("show", r#"stream_key = "show-key""#, "");
     std::fs::write(dir.path().join("scorecast.toml"), config).expect("config");
     let socket_path = dir.path().join("notify.sock");
-    let mut manager = Manager::bind(&socket_path);
+    let manager = Manager::bind(&socket_path);
     let env = [
         ("NOTIFY_SOCKET", socket_path.display().to_string()),
-        ("WATCHDOG_USEC", "2000000".to_owned()),
+        ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
     ];
     let daemon = Daemon::try_start_with_env(dir, &env)
         .await
         .unwrap_or_else(|exit| panic!("scorecast exited at start:\n{}", exit.log));
+    (daemon, manager)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_status_and_watchdog_reach_the_notify_socket() {
+    let (daemon, mut manager) = under_systemd(Duration::from_secs(2)).await;
 
     // Ready once it serves: the API already answered /healthz.
     let ready = manager.wait("READY=1", Duration::from_secs(10), |m| {
@@ -325,18 +332,7 @@ fn thread_named(pid: u32, name: &str) -> Option<i32> {
 /// runs again, so do the pings.
 #[tokio::test(flavor = "multi_thread")]
 async fn watchdog_pings_stop_while_a_pipeline_is_wedged() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = relay_config("show", r#"stream_key = "show-key""#, "");
-    std::fs::write(dir.path().join("scorecast.toml"), config).expect("config");
-    let socket_path = dir.path().join("notify.sock");
-    let mut manager = Manager::bind(&socket_path);
-    let env = [
-        ("NOTIFY_SOCKET", socket_path.display().to_string()),
-        ("WATCHDOG_USEC", "1000000".to_owned()),
-    ];
-    let daemon = Daemon::try_start_with_env(dir, &env)
-        .await
-        .unwrap_or_else(|exit| panic!("scorecast exited at start:\n{}", exit.log));
+    let (daemon, mut manager) = under_systemd(Duration::from_secs(1)).await;
     daemon
         .wait_on_air("show", "slate", Duration::from_secs(20))
         .await;
