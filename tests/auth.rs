@@ -30,12 +30,9 @@ async fn call(
     body: &str,
 ) -> (u16, Value, Option<String>) {
     let url = format!("{}{path}", daemon.api);
-    let mut request = match method {
-        "GET" => daemon.http.get(url),
-        "POST" => daemon.http.post(url),
-        "DELETE" => daemon.http.delete(url),
-        other => panic!("no {other} here"),
-    };
+    let mut request = daemon
+        .http
+        .request(method.parse().expect("an HTTP method"), url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
