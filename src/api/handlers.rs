@@ -52,13 +52,15 @@ pub async fn healthz() -> Result<Response, ApiError> {
 }
 
 pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let mut views = Vec::new();
-    for handle in registry.list() {
-        // A relay deleted meanwhile is simply left out.
-        if let Ok(status) = handle.status().await {
-            views.push(RelayView::from(status));
-        }
-    }
+    // Every actor is asked at once: one round of wake-ups per request, not one per relay.
+    let handles = registry.list();
+    let statuses = futures_util::future::join_all(handles.iter().map(|h| h.status())).await;
+    // A relay deleted meanwhile is simply left out.
+    let views: Vec<RelayView> = statuses
+        .into_iter()
+        .flatten()
+        .map(RelayView::from)
+        .collect();
     Ok(json_reply(StatusCode::OK, &views))
 }
 
