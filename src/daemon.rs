@@ -139,11 +139,10 @@ pub async fn run(
         tokio::spawn(async move {
             let status = relay_count(&registry).await;
             notifier.send(&format!("READY=1\nSTATUS={status}"));
-            let answers = registry.clone();
             notifier
                 .keep_up(
                     || relay_count(&registry),
-                    |within| relays_answer(&answers, within),
+                    |within| relays_answer(&registry, within),
                 )
                 .await;
         })

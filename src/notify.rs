@@ -50,11 +50,6 @@ impl Notifier {
         }))
     }
 
-    /// The interval systemd expects pings within, if it asked for any.
-    pub fn watchdog(&self) -> Option<Duration> {
-        self.watchdog
-    }
-
     /// Sends `state`: newline-separated `KEY=value` assignments.
     pub fn send(&self, state: &str) {
         if let Err(e) = self.socket.send_to_addr(state.as_bytes(), &self.addr) {

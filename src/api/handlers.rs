@@ -14,6 +14,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::error::{ApiError, CompatError};
+use super::metrics::Scraped;
 use super::wire::{RelayView, ScoreView};
 use crate::events::Subscription;
 use crate::relay::registry::{Registry, RegistryError};
@@ -69,10 +70,14 @@ pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
     let mut relays = Vec::new();
     for handle in registry.list() {
         // A relay deleted meanwhile is simply left out.
-        if let Ok(status) = handle.status().await {
-            let score = handle.score().await.ok().map(ScoreView::from);
-            relays.push((RelayView::from(status), score));
-        }
+        let (Ok(status), Ok(counters)) = (handle.status().await, handle.counters().await) else {
+            continue;
+        };
+        relays.push(Scraped {
+            relay: RelayView::from(status),
+            score: handle.score().await.ok().map(ScoreView::from),
+            counters,
+        });
     }
     Ok(warp::reply::with_header(
         super::metrics::render(&relays),

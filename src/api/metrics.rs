@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::wire::{RelayView, ScoreView};
+use crate::relay::RelayCounters;
 
 /// The media type Prometheus asks for.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -66,8 +67,15 @@ fn flag(on: bool) -> f64 {
     }
 }
 
-/// The exposition of every relay, each with its score when it has one.
-pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
+/// One relay as `/metrics` reads it: its view, its score when it has one, and its counters.
+pub struct Scraped {
+    pub relay: RelayView,
+    pub score: Option<ScoreView>,
+    pub counters: RelayCounters,
+}
+
+/// The exposition of every relay.
+pub fn render(relays: &[Scraped]) -> String {
     let mut count = Family::new("scorecast_relays", "gauge", "Relays defined.");
     count.add(Vec::new(), relays.len() as f64);
     let mut state = Family::new(
@@ -157,7 +165,12 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
         "Seconds since the destination went live, while it is.",
     );
 
-    for (relay, score) in relays {
+    for Scraped {
+        relay,
+        score,
+        counters,
+    } in relays
+    {
         let id = || vec![("relay", relay.id.clone())];
         for name in RELAY_STATES {
             let mut labels = id();
@@ -178,17 +191,17 @@ pub fn render(relays: &[(RelayView, Option<ScoreView>)]) -> String {
             }
             overlay_stale.add(id(), flag(score.stale));
         }
-        for (name, seconds) in &relay.counters.state_seconds {
+        for (name, seconds) in &counters.state_seconds {
             let mut labels = id();
             labels.push(("state", (*name).to_owned()));
             state_seconds.add(labels, *seconds);
         }
-        ingest_bytes.add(id(), relay.counters.bytes_in as f64);
-        if let Some((drop, dup)) = relay.counters.input_frames {
+        ingest_bytes.add(id(), counters.bytes_in as f64);
+        if let Some((drop, dup)) = counters.input_frames {
             dropped.add(id(), drop as f64);
             duplicated.add(id(), dup as f64);
         }
-        if let Some(offset) = relay.counters.av_offset {
+        if let Some(offset) = counters.av_offset {
             av_offset.add(id(), offset);
         }
         for output in &relay.outputs {

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, OverlaySpec};
 use crate::relay::state::OutputState;
-use crate::relay::{RelayCounters, RelayPhase, RelayStatus, ScoreStatus};
+use crate::relay::{RelayPhase, RelayStatus, ScoreStatus};
 use crate::scores::{Scoreboard, Source};
 
 #[derive(Debug, Serialize)]
@@ -33,9 +33,6 @@ pub struct RelayView {
     /// program runs.
     pub on_air: Option<OnAirView>,
     pub frames_encoded: u64,
-    /// For `/metrics` only.
-    #[serde(skip)]
-    pub counters: RelayCounters,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,7 +144,6 @@ impl From<RelayStatus> for RelayView {
                 for_seconds: seconds_since(since),
             }),
             frames_encoded: s.frames_encoded,
-            counters: s.counters,
             id: s.spec.id,
             ingest: s.spec.ingest,
             transcode: s.spec.transcode,

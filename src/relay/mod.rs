@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use gst::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -163,7 +163,6 @@ pub struct RelayStatus {
     pub on_air: Option<(OnAir, SystemTime)>,
     pub frames_encoded: u64,
     pub outputs: Vec<OutputStatus>,
-    pub counters: RelayCounters,
 }
 
 /// Counters for `/metrics` that the relay JSON does not show.
@@ -309,6 +308,7 @@ enum Command {
     /// program must also have encoded frames since the last ping (the slate never stops):
     /// `Err` says why not.
     Ping(oneshot::Sender<Result<(), String>>),
+    Counters(oneshot::Sender<RelayCounters>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -371,6 +371,11 @@ impl RelayHandle {
     /// `Ok(Err(why))` when its decoded program has encoded nothing since the last ping.
     pub async fn ping(&self) -> Result<Result<(), String>, RelayError> {
         self.ask(Command::Ping).await
+    }
+
+    /// What `/metrics` shows beyond the relay's status.
+    pub async fn counters(&self) -> Result<RelayCounters, RelayError> {
+        self.ask(Command::Counters).await
     }
 
     /// Asks the relay to take a publisher from `peer`.
@@ -594,7 +599,7 @@ struct Observed {
     /// Each destination's state and last error.
     outputs: BTreeMap<String, (&'static str, Option<String>)>,
     /// The scoreboard on screen and its source.
-    score: Value,
+    score: Option<(Scoreboard, ScoreSource)>,
 }
 
 impl Actor {
@@ -691,6 +696,9 @@ impl Actor {
                     }
                 }
             },
+            Command::Counters(reply) => {
+                let _ = reply.send(self.counters());
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -1658,18 +1666,19 @@ impl Actor {
     /// Publishes what changed since the last look: state, publisher, what is on air, each
     /// destination's state, and the score.
     fn publish_changes(&mut self) {
-        let status = self.status();
-        let score = self.score_status();
         let now = Observed {
-            state: status.phase.name(),
-            publisher: status.publisher.map(|p| p.peer),
-            on_air: status.on_air.map(|(showing, _)| showing.name()),
-            outputs: status
+            state: self.phase().name(),
+            publisher: self.publisher.as_ref().map(|p| p.peer.clone()),
+            on_air: self.on_air.map(|(showing, _)| showing.name()),
+            outputs: self
                 .outputs
-                .into_iter()
-                .map(|o| (o.spec.id, (o.state.name(), o.last_error)))
+                .iter()
+                .map(|(id, o)| (id.clone(), (o.state.name(), o.last_error.clone())))
                 .collect(),
-            score: json!({ "scoreboard": score.scoreboard, "source": score.source }),
+            score: self
+                .scores
+                .current()
+                .map(|(board, source)| (board.clone(), source)),
         };
         if now == self.observed {
             return;
@@ -1712,15 +1721,24 @@ impl Actor {
             bus.publish("output_removed", id, json!({ "output": output }));
         }
         if now.score != was.score && !was.state.is_empty() {
-            bus.publish("score", id, now.score.clone());
+            let (scoreboard, source) = now.score.clone().unzip();
+            bus.publish(
+                "score",
+                id,
+                json!({ "scoreboard": scoreboard, "source": source }),
+            );
         }
     }
 
-    fn status(&self) -> RelayStatus {
-        let frames = self.program.as_ref().map_or(0, |p| {
-            p.program.frames.load(std::sync::atomic::Ordering::Relaxed)
-        });
-        let phase = if !self.want_running {
+    /// Frames the running program has encoded (0 with none).
+    fn frames(&self) -> u64 {
+        self.program
+            .as_ref()
+            .map_or(0, |p| p.program.frames.load(Ordering::Relaxed))
+    }
+
+    fn phase(&self) -> RelayPhase {
+        if !self.want_running {
             RelayPhase::Stopped
         } else if let (None, Some(r)) = (&self.program, &self.retry) {
             RelayPhase::Retrying {
@@ -1730,40 +1748,43 @@ impl Actor {
             }
         } else if self.program.is_none() {
             RelayPhase::Waiting
-        } else if frames == 0 {
+        } else if self.frames() == 0 {
             RelayPhase::Starting
         } else {
             RelayPhase::Live
-        };
-        let phase_name = phase.name();
+        }
+    }
+
+    fn counters(&self) -> RelayCounters {
+        let mut state_time = self.counters.state_time.clone();
+        *state_time.entry(self.phase().name()).or_default() += self.counters.state_since.elapsed();
+        RelayCounters {
+            bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
+            input_frames: self
+                .input
+                .as_ref()
+                .and_then(|a| a.branch.frames_dropped_and_duplicated()),
+            av_offset: self.program.as_ref().and_then(|p| {
+                let [video, audio] = &p.program.last_pts;
+                let (v, a) = (video.load(Ordering::Relaxed), audio.load(Ordering::Relaxed));
+                (v != u64::MAX && a != u64::MAX).then(|| (v as f64 - a as f64) / 1e9)
+            }),
+            state_seconds: state_time
+                .into_iter()
+                .map(|(state, time)| (state, time.as_secs_f64()))
+                .collect(),
+        }
+    }
+
+    fn status(&self) -> RelayStatus {
         RelayStatus {
             spec: self.spec.clone(),
-            phase,
+            phase: self.phase(),
             last_error: self.last_error.clone(),
             started_at: self.started_at,
             publisher: self.publisher.clone(),
             on_air: self.on_air,
-            frames_encoded: frames,
-            counters: RelayCounters {
-                bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
-                input_frames: self
-                    .input
-                    .as_ref()
-                    .and_then(|a| a.branch.frames_dropped_and_duplicated()),
-                av_offset: self.program.as_ref().and_then(|p| {
-                    let [video, audio] = &p.program.last_pts;
-                    let (v, a) = (video.load(Ordering::Relaxed), audio.load(Ordering::Relaxed));
-                    (v != u64::MAX && a != u64::MAX).then(|| (v as f64 - a as f64) / 1e9)
-                }),
-                state_seconds: {
-                    let mut totals = self.counters.state_time.clone();
-                    *totals.entry(phase_name).or_default() += self.counters.state_since.elapsed();
-                    totals
-                        .into_iter()
-                        .map(|(s, d)| (s, d.as_secs_f64()))
-                        .collect()
-                },
-            },
+            frames_encoded: self.frames(),
             // In the order the operator gave them.
             outputs: self
                 .spec
