@@ -29,19 +29,7 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (u16, Value, Option<String>) {
-    let url = format!("{}{path}", daemon.api);
-    let mut request = daemon
-        .http
-        .request(method.parse().expect("an HTTP method"), url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let reply = request
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let reply = daemon.send(method, path, body, token).await;
     let status = reply.status().as_u16();
     let challenge = reply
         .headers()

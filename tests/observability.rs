@@ -68,11 +68,9 @@ async fn metrics_parse_and_say_what_the_relay_does() {
     daemon
         .wait_on_air("final", "slate", Duration::from_secs(20))
         .await;
-    wait_for("the destination live", Duration::from_secs(20), || async {
-        let relay = daemon.relay("final").await;
-        (relay["outputs"][0]["state"] == "live").then_some(())
-    })
-    .await;
+    daemon
+        .wait_output("final", "youtube", "live", Duration::from_secs(20))
+        .await;
 
     // On the slate, before any publisher.
     let (mime, samples) = metrics(&daemon).await;

@@ -285,50 +285,24 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
-    let output_state = |relay: &serde_json::Value, id: &str| {
-        relay["outputs"]
-            .as_array()
-            .and_then(|o| o.iter().find(|o| o["id"] == id))
-            .cloned()
-            .unwrap_or_default()
-    };
-    wait_for(
-        "the destination to go live",
-        Duration::from_secs(20),
-        || async {
-            let relay = daemon.relay("final").await;
-            (output_state(&relay, "youtube")["state"] == "live").then_some(())
-        },
-    )
-    .await;
+    daemon
+        .wait_output("final", "youtube", "live", Duration::from_secs(20))
+        .await;
 
     // nginx goes away: the destination retries within 2 s, then comes back with it.
     nginx.stop();
-    let retry = wait_for(
-        "the destination to retry",
-        Duration::from_secs(20),
-        || async {
-            let relay = daemon.relay("final").await;
-            let out = output_state(&relay, "youtube");
-            (out["state"] == "retrying").then_some(out)
-        },
-    )
-    .await;
+    let retry = daemon
+        .wait_output("final", "youtube", "retrying", Duration::from_secs(20))
+        .await;
     assert_eq!(retry["retry"]["attempt"], 1, "{retry}");
     assert!(
         retry["retry"]["next_in"].as_f64().is_some_and(|s| s <= 2.0),
         "the first retry comes within 2 s: {retry}"
     );
     nginx.run().await;
-    wait_for(
-        "the destination to recover",
-        Duration::from_secs(30),
-        || async {
-            let relay = daemon.relay("final").await;
-            (output_state(&relay, "youtube")["state"] == "live").then_some(())
-        },
-    )
-    .await;
+    daemon
+        .wait_output("final", "youtube", "live", Duration::from_secs(30))
+        .await;
 
     // A black hole: it accepts TCP and never reads.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -350,16 +324,10 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
     let mut seen = BTreeMap::new();
     let playlist = "/hls/final/720p/index.m3u8";
     collect_segments(&daemon, playlist, &mut seen).await;
-    let hole_state = wait_for(
-        "the black hole to be given up on",
-        Duration::from_secs(30),
-        || async {
-            let relay = daemon.relay("final").await;
-            let out = output_state(&relay, "hole");
-            (out["state"] == "retrying").then_some(out)
-        },
-    )
-    .await;
+    // Given up on.
+    let hole_state = daemon
+        .wait_output("final", "hole", "retrying", Duration::from_secs(30))
+        .await;
     // rtmp2sink's own connect timeout (5 s) or ours (10 s), whichever comes first.
     assert!(
         hole_state["last_error"]
@@ -370,19 +338,14 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
     // Meanwhile HLS and the other destination went on.
     wait_segments(&daemon, playlist, &mut seen, 2).await;
     let relay = daemon.relay("final").await;
-    assert_eq!(output_state(&relay, "youtube")["state"], "live", "{relay}");
+    assert_eq!(output_of(&relay, "youtube")["state"], "live", "{relay}");
 
     // SIGTERM while the black hole is being retried: the daemon ends in bounded time and
     // the final playlist is written.
-    wait_for(
-        "the black hole to be tried again",
-        Duration::from_secs(20),
-        || async {
-            let relay = daemon.relay("final").await;
-            (output_state(&relay, "hole")["state"] == "connecting").then_some(())
-        },
-    )
-    .await;
+    // Tried again.
+    daemon
+        .wait_output("final", "hole", "connecting", Duration::from_secs(20))
+        .await;
     let stopping = std::time::Instant::now();
     let status = daemon.process.terminate(Duration::from_secs(15));
     assert!(

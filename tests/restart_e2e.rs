@@ -53,19 +53,7 @@ async fn all_desired(daemon: &Daemon) -> Vec<Value> {
 }
 
 async fn expect(daemon: &Daemon, method: &str, path: &str, body: &str, status: u16) -> Value {
-    let url = format!("{}{path}", daemon.api);
-    let request = match method {
-        "POST" => daemon.http.post(url),
-        "PATCH" => daemon.http.patch(url),
-        "DELETE" => daemon.http.delete(url),
-        other => panic!("no {other} here"),
-    };
-    let reply = request
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let reply = daemon.send(method, path, body, None).await;
     let got = reply.status().as_u16();
     let value = reply.json().await.unwrap_or(Value::Null);
     assert_eq!(got, status, "{method} {path} {body} -> {value}");

@@ -194,15 +194,10 @@ async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
     daemon
         .wait_on_air("keep", "input", Duration::from_secs(20))
         .await;
-    let before = wait_for(
-        "keep's destination live",
-        Duration::from_secs(20),
-        || async {
-            let relay = daemon.relay("keep").await;
-            (relay["outputs"][0]["state"] == "live").then_some(relay)
-        },
-    )
-    .await;
+    daemon
+        .wait_output("keep", "youtube", "live", Duration::from_secs(20))
+        .await;
+    let before = daemon.relay("keep").await;
     assert_eq!(relay_ids(&daemon).await, ["change", "drop", "keep"]);
 
     let config_path = daemon.dir.path().join("scorecast.toml");

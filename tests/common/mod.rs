@@ -140,6 +140,15 @@ pub fn relay_config(id: &str, ingest: &str, extra: &str) -> String {
     format!("{TEST_PROGRAM}\n[[relay]]\nid = \"{id}\"\ningest = {{ {ingest} }}\n{extra}\n")
 }
 
+/// Destination `id` in a relay's JSON (null when it has none by that id).
+pub fn output_of(relay: &Value, id: &str) -> Value {
+    relay["outputs"]
+        .as_array()
+        .and_then(|outputs| outputs.iter().find(|o| o["id"] == id))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The `outputs` line of a relay with one destination, `youtube`, pushing to `url`.
 pub fn youtube_output(url: &str) -> String {
     format!(r#"outputs = [ {{ id = "youtube", url = "{url}" }} ]"#)
@@ -304,16 +313,33 @@ impl Daemon {
         Some(r.bytes().await.ok()?.to_vec())
     }
 
-    /// POSTs a raw body; returns status and JSON.
-    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.api))
+    /// Sends `method path` with a JSON `body` and, if given, a bearer token; the reply is
+    /// the caller's to read (a stream may never end).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.request(
+            method.parse().expect("an HTTP method"),
+            format!("{}{path}", self.api),
+        );
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
             .await
-            .expect("POST");
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// POSTs a raw body; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self.send("POST", path, body, None).await;
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -345,6 +371,25 @@ impl Daemon {
     }
 
     /// Waits until relay `id`'s program shows `showing` (`input` or `slate`).
+    /// Waits until relay `id`'s destination `output` is in `state`; returns the destination.
+    pub async fn wait_output(
+        &self,
+        id: &str,
+        output: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Value {
+        wait_for(
+            &format!("{id}'s {output} to be {state}"),
+            timeout,
+            || async {
+                let out = output_of(&self.relay(id).await, output);
+                (out["state"] == state).then_some(out)
+            },
+        )
+        .await
+    }
+
     pub async fn wait_on_air(&self, id: &str, showing: &str, timeout: Duration) -> Value {
         wait_for(&format!("{id} to show {showing}"), timeout, || async {
             let relay = self.relay(id).await;
