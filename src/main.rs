@@ -62,6 +62,12 @@ enum Command {
     },
 }
 
+/// Rust's own allocations (the API, the relay actors, the ingest) go to mimalloc, whose
+/// per-thread heaps take no lock shared with GStreamer's threads: with glibc's arenas limited
+/// (below), the API spent about 12 % of its time waiting on arena locks (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// glibc gives each new thread a malloc arena of its own, up to eight per core, and keeps
 /// them: every publisher brings new streaming threads, so the daemon's RSS would climb by
 /// tens of MiB per reconnect before it levels off. Two arenas keep it flat (measured in
