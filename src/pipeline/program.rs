@@ -949,30 +949,23 @@ fn build_remux(
     ingest: &gst::Element,
     arrival: &Arc<Arrival>,
 ) -> Result<(gst::Element, gst::Element), PipelineError> {
+    // No queue between the demuxer and the tees: every branch after a tee starts with a
+    // queue of its own, so one more thread hand-over per buffer here would buy nothing (each
+    // hand-over is a futex wake and a context switch, the bulk of a passthrough relay's CPU).
     let demux = make("flvdemux", "demux")?;
-    let video_in = make("queue", "video-in")?;
     let video_parse = make("h264parse", "video-parse")?;
     video_parse.set_property("config-interval", -1i32);
     let video_tee = make("tee", &format!("video-tee-{SOURCE_RENDITION}"))?;
-    let audio_in = make("queue", "audio-in")?;
     let audio_parse = make("aacparse", "audio-parse")?;
     let audio_tee = make("tee", "audio-tee")?;
     add(
         pipeline,
-        &[
-            &demux,
-            &video_in,
-            &video_parse,
-            &video_tee,
-            &audio_in,
-            &audio_parse,
-            &audio_tee,
-        ],
+        &[&demux, &video_parse, &video_tee, &audio_parse, &audio_tee],
     )?;
     link_chain(&[ingest, &demux])?;
-    link_chain(&[&video_in, &video_parse, &video_tee])?;
-    link_chain(&[&audio_in, &audio_parse, &audio_tee])?;
-    connect_demuxed_pads(&demux, &video_in, &audio_in, arrival);
+    link_chain(&[&video_parse, &video_tee])?;
+    link_chain(&[&audio_parse, &audio_tee])?;
+    connect_demuxed_pads(&demux, &video_parse, &audio_parse, arrival);
     Ok((video_tee, audio_tee))
 }
 
