@@ -57,12 +57,14 @@
 
   /** Shows the token form (once, however many requests wait) and resolves with the token. */
   function askToken(reason) {
-    if (asking) return asking;
+    if (asking) {
+      if (reason) showError($('login-error'), reason);
+      return asking;
+    }
     asking = new Promise((resolve) => {
       const dialog = $('login');
       const form = $('login-form');
-      $('login-error').textContent = reason || '';
-      $('login-error').hidden = !reason;
+      showError($('login-error'), reason);
       $('login-token').value = '';
       const submit = (e) => {
         e.preventDefault();

@@ -75,16 +75,13 @@ pub fn index(if_none_match: Option<String>) -> Result<warp::reply::Response, Api
 
 /// `GET /console/{file}`.
 pub fn file(name: &str, if_none_match: Option<String>) -> Result<warp::reply::Response, ApiError> {
-    let index = ASSETS
-        .iter()
-        .position(|a| a.name == name)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no console file /console/{name}"),
-            )
-        })?;
+    let index = ASSETS.iter().position(|a| a.name == name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no console file /console/{name}"),
+        )
+    })?;
     reply(index, if_none_match.as_deref())
 }
 
@@ -164,7 +161,11 @@ mod tests {
             );
         }
         let page = std::str::from_utf8(ASSETS[0].bytes).expect("html");
-        for name in ["/console/app.js", "/console/style.css", "/console/hls.min.js"] {
+        for name in [
+            "/console/app.js",
+            "/console/style.css",
+            "/console/hls.min.js",
+        ] {
             assert!(page.contains(name), "index.html does not load {name}");
         }
     }
