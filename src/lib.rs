@@ -9,7 +9,8 @@
 //! - [`pipeline`]: builds the media graphs (ingest → program → HLS, and one pipeline per RTMP
 //!   destination) and turns bus errors into owned errors. Only relay actors call it.
 //! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.
-//! - [`api`]: the HTTP API (warp): filters, handlers, wire types, error mapping, HLS serving.
+//! - [`api`]: the HTTP API (warp): filters, handlers, wire types, error mapping, HLS serving,
+//!   and the operator console's page (`console/`, built in).
 //! - [`scores`]: the scoreboard model, JSON-Pointer mapping, the manual-vs-API rule, and the
 //!   scores API poller.
 //! - [`render`]: pure scorebug rendering (scoreboard → RGBA image), shared by the pipeline and

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::frames::{bug_regions, closer};
 use common::*;
 use image::RgbaImage;
 use scorecast::render::{render, Bug, Logos, Theme};
@@ -78,52 +79,6 @@ fn bug(home: u32, stale: bool) -> Bug {
         1280,
         720,
     )
-}
-
-/// The bug region of every frame of a segment, decoded by ffmpeg, as RGBA images.
-fn bug_regions(segment: &str, bug: &Bug) -> Vec<RgbaImage> {
-    let (w, h) = bug.image.dimensions();
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-i", segment])
-        // Crop after converting: on subsampled YUV, ffmpeg rounds odd crop sizes.
-        .args([
-            "-vf",
-            &format!("format=rgba,crop={w}:{h}:{}:{}", bug.x, bug.y),
-        ])
-        .args(["-f", "rawvideo", "-pix_fmt", "rgba", "-"])
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        out.status.success(),
-        "{segment} does not decode: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .chunks_exact((w * h * 4) as usize)
-        .map(|c| RgbaImage::from_raw(w, h, c.to_vec()).expect("frame"))
-        .collect()
-}
-
-/// Which of two renders a decoded region is closer to, looking only where they differ.
-/// Returns the error against `a` minus the error against `b` (negative: looks like `a`).
-fn closer(region: &RgbaImage, a: &Bug, b: &Bug) -> f64 {
-    let (mut ea, mut eb, mut n) = (0u64, 0u64, 0u64);
-    for (x, y, px) in region.enumerate_pixels() {
-        let (pa, pb) = (a.image.get_pixel(x, y).0, b.image.get_pixel(x, y).0);
-        if !(0..3).any(|c| pa[c].abs_diff(pb[c]) > 64) {
-            continue;
-        }
-        let err = |p: [u8; 4]| {
-            (0..3)
-                .map(|c| u64::from(px.0[c].abs_diff(p[c])))
-                .sum::<u64>()
-        };
-        ea += err(pa);
-        eb += err(pb);
-        n += 1;
-    }
-    assert!(n > 20, "the two renders barely differ ({n} pixels)");
-    (ea as f64 - eb as f64) / n as f64
 }
 
 /// Segments of the 720p media playlist, with their program date-time.

@@ -30,7 +30,10 @@ impl Auth {
 
     fn public(&self, path: &str) -> bool {
         let s = &self.settings;
-        (s.public_healthz && path == "/healthz")
+        // The console's page and files hold no data: the page asks for a token itself.
+        path == "/"
+            || path.starts_with("/console/")
+            || (s.public_healthz && path == "/healthz")
             || (s.public_hls && (path == "/hls" || path.starts_with("/hls/")))
             || (s.public_metrics && path == "/metrics")
     }
@@ -108,6 +111,12 @@ mod tests {
             None
         );
         assert_eq!(status(a.check(&Method::GET, "/metrics", None)), Some(401));
+        assert_eq!(status(a.check(&Method::GET, "/", None)), None);
+        assert_eq!(status(a.check(&Method::GET, "/console/app.js", None)), None);
+        assert_eq!(
+            status(a.check(&Method::GET, "/consoles/x", None)),
+            Some(401)
+        );
         assert_eq!(
             status(a.check(&Method::GET, "/api/v1/relays", None)),
             Some(401)

@@ -1,10 +1,12 @@
 //! The HTTP API (warp): routes here, handlers in [`handlers`], JSON shapes in [`wire`], every
-//! error mapped in [`error`], HLS files in [`hls`], the Prometheus text in [`metrics`].
+//! error mapped in [`error`], HLS files in [`hls`], the Prometheus text in [`metrics`], the
+//! operator console's page and files in [`console`].
 //!
 //! Owns HTTP only. It talks to relays through the registry and their handles and must not
 //! touch pipelines.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod handlers;
 pub mod hls;
@@ -71,7 +73,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route [`routes`] serves, as OpenAPI names them. A unit test holds the document to
 /// this list, and `tests/api.rs` holds this list to the running router.
-pub const ROUTES: [(&str, &str); 20] = [
+pub const ROUTES: [(&str, &str); 22] = [
+    ("GET", "/"),
+    ("GET", "/console/{file}"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/api/v1/openapi.json"),
@@ -240,6 +244,18 @@ pub fn routes(
         .then(move |tail: warp::path::Tail| hls::serve(hls_root.clone(), tail.as_str().to_owned()))
         .and_then(finish);
 
+    // The operator console: a static page and its files, built into the binary.
+    let console_page = warp::path::end()
+        .and(warp::get())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .map(console::index)
+        .and_then(finish);
+    let console_file = warp::path!("console" / String)
+        .and(warp::get())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .map(|name: String, etag| console::file(&name, etag))
+        .and_then(finish);
+
     // Last: an empty id under /api/v1/relays/ matches no route above; say so.
     let empty_id = warp::path::full().and_then(|path: warp::path::FullPath| async move {
         match handlers::empty_path_id(path.as_str()) {
@@ -251,6 +267,8 @@ pub fn routes(
     // Boxed one by one: a chain of sixteen unboxed `or`s nests types deep enough to make the
     // crate take twenty minutes to compile.
     let all = [
+        console_page.boxed(),
+        console_file.boxed(),
         healthz.boxed(),
         metrics.boxed(),
         events.boxed(),
