@@ -305,14 +305,19 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     let (renditions, video_tees, program_tee, audio_tee, switch, ingest) = match &params.input {
         Input::Switched(slate) => {
             let (program_tee, audio_tee, switch) = build_program(&pipeline, params, slate)?;
+            // The top rendition encodes in a thread of its own, the others one after the
+            // other in the thread that feeds the program tee: two encodes at a time on two
+            // cores, where one thread each had three or more x264s contend for the cores
+            // (ffmpeg runs them all in turn in one thread; BENCHMARKS.md, comparison 2).
             let mut video_tees = Vec::new();
-            for r in &params.renditions {
+            for (i, r) in params.renditions.iter().enumerate() {
                 video_tees.push(add_encoder(
                     &pipeline,
                     &program_tee,
                     &r.name,
                     &r.encode(&params.program),
                     &params.program,
+                    i == 0,
                 )?);
             }
             let all = &params.renditions[..];
@@ -623,7 +628,10 @@ impl Program {
                         to: format!("an encode of its own ({})", encode.label()),
                     });
                 };
-                (encoder_elements(&name, encode, &self.program)?, program_tee)
+                (
+                    encoder_elements(&name, encode, &self.program, true)?,
+                    program_tee,
+                )
             }
         };
         let fanout = Arc::new(Fanout::default());
@@ -969,14 +977,20 @@ fn build_remux(
     Ok((video_tee, audio_tee))
 }
 
-/// queue ─ [videoscale ─ capsfilter] ─ x264enc ─ capsfilter ─ h264parse ─ tee "video-tee-<name>",
-/// named after `name`; the last element is the tee.
+/// [queue] ─ [videoscale ─ capsfilter] ─ x264enc ─ capsfilter ─ h264parse ─ tee
+/// "video-tee-<name>", named after `name`; the last element is the tee. With `own_thread`,
+/// the queue "enc-q-<name>" gives the encode a streaming thread of its own; without, it runs
+/// in the thread that feeds the program tee.
 fn encoder_elements(
     name: &str,
     encode: &Encode,
     p: &ProgramSettings,
+    own_thread: bool,
 ) -> Result<Vec<gst::Element>, PipelineError> {
-    let mut chain = vec![make("queue", &format!("enc-q-{name}"))?];
+    let mut chain = Vec::new();
+    if own_thread {
+        chain.push(make("queue", &format!("enc-q-{name}"))?);
+    }
     if (encode.width, encode.height) != (p.width, p.height) {
         let scale = make("videoscale", &format!("scale-{name}"))?;
         let caps = capsfilter(
@@ -1012,8 +1026,9 @@ fn add_encoder(
     name: &str,
     encode: &Encode,
     p: &ProgramSettings,
+    own_thread: bool,
 ) -> Result<gst::Element, PipelineError> {
-    let chain = encoder_elements(name, encode, p)?;
+    let chain = encoder_elements(name, encode, p, own_thread)?;
     add(pipeline, &chain.iter().collect::<Vec<_>>())?;
     link_chain(&chain.iter().collect::<Vec<_>>())?;
     link_tee(program_tee, &chain[0])?;
