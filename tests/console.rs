@@ -13,10 +13,9 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::frames::{bug_regions, closer};
+use common::frames::{bug, bug_regions, closer, score_json};
 use common::*;
-use scorecast::render::{render, Bug, Logos, Theme};
-use scorecast::scores::Scoreboard;
+use scorecast::render::Bug;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -234,24 +233,6 @@ fn output_row(output: &str) -> String {
     format!("#outputs li[data-output=\"{output}\"]")
 }
 
-fn score_json(home: u32) -> String {
-    format!(
-        r#"{{"home":{{"name":"NAVI","score":{home}}},"away":{{"name":"G2","score":0}},"period":"Map 1"}}"#
-    )
-}
-
-fn bug(home: u32) -> Bug {
-    let board: Scoreboard = serde_json::from_str(&score_json(home)).expect("valid");
-    render(
-        &board,
-        Logos::default(),
-        false,
-        &Theme::default(),
-        1280,
-        720,
-    )
-}
-
 /// The frames of the first 720p segment that starts at or after `after`, decoded.
 async fn frames_after(daemon: &Daemon, after: SystemTime, bug: &Bug) -> Vec<image::RgbaImage> {
     let uri = wait_for(
@@ -369,7 +350,7 @@ async fn console_runs_a_live_relay() {
         score["scoreboard"]["period"], "Map 1",
         "the rest stays: {score}"
     );
-    let (one, two) = (bug(1), bug(2));
+    let (one, two) = (bug(1, false), bug(2, false));
     let frames = frames_after(&daemon, changed_at, &two).await;
     assert!(!frames.is_empty(), "the segment has frames");
     assert!(

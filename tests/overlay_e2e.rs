@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::frames::{bug_regions, closer};
+use common::frames::{bug, bug_regions, closer, score_json};
 use common::*;
 use image::RgbaImage;
-use scorecast::render::{render, Bug, Logos, Theme};
-use scorecast::scores::Scoreboard;
+use scorecast::render::Bug;
 use warp::Filter;
 
 const POLL: Duration = Duration::from_millis(500);
@@ -61,24 +60,6 @@ async fn scores_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
     let addr = listener.local_addr().expect("address");
     tokio::spawn(warp::serve(route).incoming(listener).run());
     addr
-}
-
-fn score_json(home: u32) -> String {
-    format!(
-        r#"{{"home":{{"name":"NAVI","score":{home}}},"away":{{"name":"G2","score":0}},"period":"Map 1"}}"#
-    )
-}
-
-fn bug(home: u32, stale: bool) -> Bug {
-    let board: Scoreboard = serde_json::from_str(&score_json(home)).expect("valid");
-    render(
-        &board,
-        Logos::default(),
-        stale,
-        &Theme::default(),
-        1280,
-        720,
-    )
 }
 
 /// Segments of the 720p media playlist, with their program date-time.

@@ -2,7 +2,28 @@
 //! which of two renders it looks like.
 
 use image::RgbaImage;
-use scorecast::render::Bug;
+use scorecast::render::{render, Bug, Logos, Theme};
+use scorecast::scores::Scoreboard;
+
+/// The scoreboard the overlay tests set: NAVI `home`, G2 0, "Map 1".
+pub fn score_json(home: u32) -> String {
+    format!(
+        r#"{{"home":{{"name":"NAVI","score":{home}}},"away":{{"name":"G2","score":0}},"period":"Map 1"}}"#
+    )
+}
+
+/// What scorecast draws for [`score_json`]`(home)` on a 1280x720 frame.
+pub fn bug(home: u32, stale: bool) -> Bug {
+    let board: Scoreboard = serde_json::from_str(&score_json(home)).expect("valid");
+    render(
+        &board,
+        Logos::default(),
+        stale,
+        &Theme::default(),
+        1280,
+        720,
+    )
+}
 
 /// The bug region of every frame of a segment, decoded by ffmpeg, as RGBA images.
 pub fn bug_regions(segment: &str, bug: &Bug) -> Vec<RgbaImage> {
