@@ -65,93 +65,76 @@ async fn api_relays_come_back_after_a_restart() {
     let config = relay_config("cfg", r#"stream_key = "cfg-key""#, "");
     let daemon = Daemon::start(&config).await;
 
-    // alpha: started, one output added and one removed while it runs.
     let alpha = json!({"id": "alpha", "ingest": {"stream_key": "alpha-key"},
                        "overlay": {"stale_after": "5s", "position": "top-right"},
                        "outputs": [{"id": "yt", "url": URL}]});
-    expect(&daemon, "POST", "/api/v1/relays", &alpha.to_string(), 201).await;
-    expect(&daemon, "POST", "/api/v1/relays/alpha/start", "", 200).await;
     let twitch = json!({"id": "twitch", "url": "rtmp://127.0.0.1:1/app/KEY", "preset": "twitch",
                         "height": 480});
-    expect(
-        &daemon,
-        "POST",
-        "/api/v1/relays/alpha/outputs",
-        &twitch.to_string(),
-        201,
-    )
-    .await;
-    expect(
-        &daemon,
-        "DELETE",
-        "/api/v1/relays/alpha/outputs/yt",
-        "",
-        204,
-    )
-    .await;
-    // beta: changed by PATCH, started and stopped again.
     let beta = json!({"id": "beta", "ingest": {"url": "rtmp://127.0.0.1:1/live/src"}});
-    expect(&daemon, "POST", "/api/v1/relays", &beta.to_string(), 201).await;
     let patch = json!({"hls": {"renditions": ["480p", {"name": "low", "width": 426, "height": 240,
                        "video_kbps": 300}]}, "outputs": [{"id": "yt", "url": URL, "max_retries": 3}]});
-    expect(
-        &daemon,
-        "PATCH",
-        "/api/v1/relays/beta",
-        &patch.to_string(),
-        200,
-    )
-    .await;
-    expect(&daemon, "POST", "/api/v1/relays/beta/start", "", 200).await;
-    expect(&daemon, "POST", "/api/v1/relays/beta/stop", "", 200).await;
-    // gamma: deleted. The compatible routes: match1 started, match2 started and stopped.
-    expect(
-        &daemon,
-        "POST",
-        "/api/v1/relays",
-        r#"{"id":"gamma","ingest":{"stream_key":"g"}}"#,
-        201,
-    )
-    .await;
-    expect(&daemon, "DELETE", "/api/v1/relays/gamma", "", 204).await;
-    for name in ["match1", "match2"] {
-        let start = json!({"youtube_url": URL, "stream_name": name});
-        expect(&daemon, "POST", "/start_stream", &start.to_string(), 200).await;
+    let start = |name: &str| json!({"youtube_url": URL, "stream_name": name}).to_string();
+    let steps = [
+        // alpha: started, one output added and one removed while it runs.
+        ("POST", "/api/v1/relays", alpha.to_string(), 201),
+        ("POST", "/api/v1/relays/alpha/start", String::new(), 200),
+        (
+            "POST",
+            "/api/v1/relays/alpha/outputs",
+            twitch.to_string(),
+            201,
+        ),
+        (
+            "DELETE",
+            "/api/v1/relays/alpha/outputs/yt",
+            String::new(),
+            204,
+        ),
+        // beta: changed by PATCH, started and stopped again.
+        ("POST", "/api/v1/relays", beta.to_string(), 201),
+        ("PATCH", "/api/v1/relays/beta", patch.to_string(), 200),
+        ("POST", "/api/v1/relays/beta/start", String::new(), 200),
+        ("POST", "/api/v1/relays/beta/stop", String::new(), 200),
+        // gamma: deleted. The compatible routes: match1 started, match2 started and stopped.
+        (
+            "POST",
+            "/api/v1/relays",
+            r#"{"id":"gamma","ingest":{"stream_key":"g"}}"#.to_owned(),
+            201,
+        ),
+        ("DELETE", "/api/v1/relays/gamma", String::new(), 204),
+        ("POST", "/start_stream", start("match1"), 200),
+        ("POST", "/start_stream", start("match2"), 200),
+        (
+            "POST",
+            "/stop_stream",
+            r#"{"stream_name":"match2"}"#.to_owned(),
+            200,
+        ),
+        // delta and epsilon: the next config takes their stream key and id.
+        (
+            "POST",
+            "/api/v1/relays",
+            r#"{"id":"delta","ingest":{"stream_key":"delta-key"}}"#.to_owned(),
+            201,
+        ),
+        (
+            "POST",
+            "/api/v1/relays",
+            r#"{"id":"epsilon","ingest":{"stream_key":"eps-key"}}"#.to_owned(),
+            201,
+        ),
+        // The config's relay is changed too, but the config stays its source.
+        (
+            "POST",
+            "/api/v1/relays/cfg/outputs",
+            json!({"id": "yt", "url": URL}).to_string(),
+            201,
+        ),
+    ];
+    for (method, path, body, status) in &steps {
+        expect(&daemon, method, path, body, *status).await;
     }
-    expect(
-        &daemon,
-        "POST",
-        "/stop_stream",
-        r#"{"stream_name":"match2"}"#,
-        200,
-    )
-    .await;
-    // delta and epsilon: the next config takes their stream key and id.
-    expect(
-        &daemon,
-        "POST",
-        "/api/v1/relays",
-        r#"{"id":"delta","ingest":{"stream_key":"delta-key"}}"#,
-        201,
-    )
-    .await;
-    expect(
-        &daemon,
-        "POST",
-        "/api/v1/relays",
-        r#"{"id":"epsilon","ingest":{"stream_key":"eps-key"}}"#,
-        201,
-    )
-    .await;
-    // The config's relay is changed too, but the config stays its source.
-    expect(
-        &daemon,
-        "POST",
-        "/api/v1/relays/cfg/outputs",
-        &json!({"id": "yt", "url": URL}).to_string(),
-        201,
-    )
-    .await;
 
     let before = all_desired(&daemon).await;
     let ids: Vec<&str> = before.iter().filter_map(|r| r["id"].as_str()).collect();
