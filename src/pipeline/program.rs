@@ -1160,8 +1160,8 @@ fn last_pts(element: &gst::Element) -> Arc<AtomicU64> {
     last
 }
 
-/// Links a demuxer's (or decodebin's) pads as they appear: video to `video_in`, audio to
-/// `audio_in`.
+/// Links a demuxer's (or decodebin's) pads as they appear: video to `video_sink`, audio to
+/// `audio_sink` (decodebin's `video-in` and `audio-in` queues, or passthrough's parsers).
 ///
 /// The publisher's timestamps start wherever its own clock was. On the first buffer, both
 /// streams are shifted by one shared offset, so audio and video stay in sync, that dates
@@ -1170,12 +1170,12 @@ fn last_pts(element: &gst::Element) -> Arc<AtomicU64> {
 /// start. A pulled stream has no such mark; its first buffer is dated "now".
 fn connect_demuxed_pads(
     decode: &gst::Element,
-    video_in: &gst::Element,
-    audio_in: &gst::Element,
+    video_sink: &gst::Element,
+    audio_sink: &gst::Element,
     arrival: &Arc<Arrival>,
 ) {
-    let video_in = video_in.downgrade();
-    let audio_in = audio_in.downgrade();
+    let video_sink = video_sink.downgrade();
+    let audio_sink = audio_sink.downgrade();
     let offset: Arc<Mutex<Option<i64>>> = Arc::default();
     let arrival = arrival.clone();
     decode.connect_pad_added(move |decode, pad| {
@@ -1197,9 +1197,9 @@ fn connect_demuxed_pads(
             return;
         };
         let target = if kind.starts_with("video/") {
-            video_in.upgrade()
+            video_sink.upgrade()
         } else if kind.starts_with("audio/") {
-            audio_in.upgrade()
+            audio_sink.upgrade()
         } else {
             None
         };
