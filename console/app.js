@@ -634,9 +634,11 @@
     });
   }
 
-  // The form is filled from the scoreboard when it opens, not while the operator types.
-  $('score-edit').addEventListener('toggle', () => {
-    if (!$('score-edit').open) return;
+  // The form is filled from the scoreboard when it opens, not while the operator types. On the
+  // summary's click, which runs before the details open: the toggle event comes later, as a
+  // task of its own, and would overwrite whatever was typed in between.
+  $('score-edit').querySelector('summary').addEventListener('click', () => {
+    if ($('score-edit').open) return;
     const entry = store.scores.get(store.selected);
     const board = entry && entry.view.scoreboard;
     const form = $('score-form');
