@@ -1,0 +1,423 @@
+//! The relay actor: one task per relay, the only code that touches its pipelines.
+//!
+//! It orchestrates: each command from the [`RelayHandle`](super::RelayHandle) has one
+//! handler here, each event from the relay's pipelines and publisher is routed to the part
+//! that owns it, and after each the operators' view is refreshed. The rules live elsewhere:
+//! the program's lifecycle in [`super::lifecycle`], the destinations' in
+//! [`super::destinations`], the scoreboard's in [`super::scorebug`], what is worth an event
+//! in [`super::observe`]. The actor's own parts are split by what they drive:
+//! - `program`: building, draining and tearing down the program pipeline, and its bus;
+//! - `input`: the publisher or pulled stream attached to the program;
+//! - `outputs`: each destination's push pipeline.
+//!
+//! It must not block: pipelines are set to `Null` on threads of their own ([`abandon`]), and
+//! rendering runs on blocking tasks.
+
+mod input;
+mod outputs;
+mod program;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use gst::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info};
+
+use super::destinations::Destinations;
+use super::handle::{
+    Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle, RelayPhase,
+    RelayStatus,
+};
+use super::lifecycle::{LifeEvent, Lifecycle, Retry};
+use super::observe::{Observed, Observer};
+use super::scorebug::Scorebug;
+use super::spec::RelaySpec;
+use super::state;
+use super::{OnAir, RelayContext};
+use crate::pipeline::program::{INGEST_ENDED, INPUT_SWITCHED, SEGMENT_ADDED};
+use input::Attached;
+use outputs::RunningOutput;
+use program::RunningProgram;
+
+/// How often the actor samples destination byte counters and due retries.
+const DEFAULT_TICK: Duration = Duration::from_millis(500);
+/// Commands that may queue for one relay.
+const DEFAULT_COMMAND_QUEUE: usize = 64;
+/// The application message a ping sends round the program's bus.
+const PING_MESSAGE: &str = "scorecast-ping";
+
+/// Messages from the relay's own pipelines and publisher.
+pub(in crate::relay) enum Event {
+    ProgramBus {
+        generation: u64,
+        message: gst::Message,
+    },
+    OutputBus {
+        output: String,
+        generation: u64,
+        message: gst::Message,
+    },
+    PublisherGone {
+        generation: u64,
+    },
+}
+
+/// Spawns the actor for `spec` and returns its handle.
+pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
+    let (tx, rx) = mpsc::channel(DEFAULT_COMMAND_QUEUE);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let handle = RelayHandle {
+        id: spec.id.clone(),
+        tx,
+    };
+    let size = (ctx.program.width, ctx.program.height);
+    let actor = Actor {
+        scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
+        outputs: Destinations::new(&spec.id, &spec.outputs),
+        pushes: BTreeMap::new(),
+        spec,
+        ctx,
+        life: Lifecycle::Stopped,
+        started_at: None,
+        program: None,
+        publisher: None,
+        input: None,
+        on_air: None,
+        input_retry: None,
+        last_error: None,
+        generation: 0,
+        events_tx,
+        events_rx,
+        observer: Observer::default(),
+        pings: Vec::new(),
+        ping_frames: 0,
+    };
+    tokio::spawn(actor.run(rx));
+    handle
+}
+
+struct Actor {
+    spec: RelaySpec,
+    ctx: Arc<RelayContext>,
+    /// The program's lifecycle; `program` holds its pipeline while it runs or drains.
+    life: Lifecycle,
+    /// When the operator last started it (for uptime).
+    started_at: Option<SystemTime>,
+    program: Option<RunningProgram>,
+    publisher: Option<PublisherStatus>,
+    /// The program's input, when one is attached (decoded programs).
+    input: Option<Attached>,
+    /// What the program shows, from the switch's own reports.
+    on_air: Option<(OnAir, SystemTime)>,
+    /// The next attempt to pull the stream again (pull relays).
+    input_retry: Option<Retry>,
+    last_error: Option<String>,
+    scorebug: Scorebug,
+    /// Each destination's state and rules.
+    outputs: Destinations,
+    /// Each destination's push pipeline, while it has one.
+    pushes: BTreeMap<String, RunningOutput>,
+    /// Numbers every program, input and push session, so that a late message from one that
+    /// has gone is told apart from its successor's.
+    generation: u64,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    observer: Observer,
+    /// Pings waiting for their message to come back through the program's bus.
+    pings: Vec<oneshot::Sender<Result<(), String>>>,
+    /// The program's encoded frames at the last ping.
+    ping_frames: u64,
+}
+
+impl Actor {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(DEFAULT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        self.scorebug.stop_poller();
+                        self.stop_program("relay shut down").await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command).await,
+                    None => {
+                        self.stop_program("relay deleted").await;
+                        break;
+                    }
+                },
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                Some(update) = self.scorebug.next_poll() => self.scorebug.on_poll(update),
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.look();
+        }
+        info!(relay = %self.spec.id, "relay actor ended");
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Start(reply) => {
+                let result = self.on_start();
+                let _ = reply.send(result.map(|_| self.status()));
+            }
+            Command::Stop(reply) => {
+                self.on_stop().await;
+                let _ = reply.send(self.status());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Publish { peer, reply } => {
+                let _ = reply.send(self.accept_publisher(peer));
+            }
+            Command::AddOutput { spec, reply } => {
+                let result = self.add_output(spec);
+                let _ = reply.send(result.map(|_| self.status()));
+            }
+            Command::RemoveOutput { id, reply } => {
+                let result = self.remove_output(&id);
+                let _ = reply.send(result.map(|_| self.status()));
+            }
+            Command::Score(reply) => {
+                let _ = reply.send(self.scorebug.status());
+            }
+            Command::SetScore { board, reply } => {
+                self.scorebug.set_by_hand(*board);
+                let _ = reply.send(self.scorebug.status());
+            }
+            Command::Ping(reply) => self.on_ping(reply),
+            Command::Counters(reply) => {
+                let _ = reply.send(self.counters());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn on_start(&mut self) -> Result<(), RelayError> {
+        self.renditions()?;
+        if self.life.wanted() {
+            return Ok(());
+        }
+        self.life = self.life.next(LifeEvent::Start, Instant::now(), 0.0);
+        self.started_at = Some(SystemTime::now());
+        self.last_error = None;
+        info!(relay = %self.spec.id, "start requested");
+        self.scorebug.start_poller();
+        self.run_program();
+        Ok(())
+    }
+
+    async fn on_stop(&mut self) {
+        if self.life.wanted() {
+            info!(relay = %self.spec.id, "stop requested");
+        }
+        self.life = self.life.next(LifeEvent::Stop, Instant::now(), 0.0);
+        self.started_at = None;
+        self.scorebug.stop_poller();
+        self.stop_program("stopped by operator").await;
+    }
+
+    /// Answers once a message posted on the program's bus has come back (at once with no
+    /// program); a decoded program that encoded nothing since the last ping is reported.
+    fn on_ping(&mut self, reply: oneshot::Sender<Result<(), String>>) {
+        let Some(running) = &self.program else {
+            // Pings left over from a program that has gone are answered too.
+            for reply in self.pings.drain(..).chain([reply]) {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        };
+        let frames = running.program.frames.load(Ordering::Relaxed);
+        let stuck = self.spec.transcode && frames > 0 && frames == self.ping_frames;
+        self.ping_frames = frames;
+        if stuck {
+            let _ = reply.send(Err(format!(
+                "its program encoded no frame since the last check ({frames} in all)"
+            )));
+            return;
+        }
+        let ping =
+            gst::message::Application::builder(gst::Structure::new_empty(PING_MESSAGE)).build();
+        if running.program.pipeline.post_message(ping).is_ok() {
+            self.pings.push(reply);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ProgramBus {
+                generation,
+                message,
+            } => self.on_program_message(generation, &message),
+            Event::OutputBus {
+                output,
+                generation,
+                message,
+            } => self.on_output_message(&output, generation, &message),
+            Event::PublisherGone { generation } => self.on_publisher_gone(generation),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // The stale marker appears (and goes) with time alone.
+        self.scorebug.redraw();
+        self.tick_program(now);
+        self.tick_input(now);
+        self.tick_outputs(now);
+    }
+
+    /// Publishes what changed since the last look.
+    fn look(&mut self) {
+        let now = Observed {
+            state: self.phase().name(),
+            publisher: self.publisher.as_ref().map(|p| p.peer.clone()),
+            on_air: self.on_air.map(|(showing, _)| showing.name()),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|(id, o)| (id.clone(), (o.state.name(), o.last_error.clone())))
+                .collect(),
+            score: self
+                .scorebug
+                .current()
+                .map(|(board, source)| (board.clone(), source)),
+        };
+        self.observer.look(now, &self.ctx.events, &self.spec.id);
+    }
+
+    /// Frames the running program has encoded (0 with none).
+    fn frames(&self) -> u64 {
+        self.program
+            .as_ref()
+            .map_or(0, |p| p.program.frames.load(Ordering::Relaxed))
+    }
+
+    fn phase(&self) -> RelayPhase {
+        match &self.life {
+            Lifecycle::Stopped => RelayPhase::Stopped,
+            Lifecycle::Waiting => RelayPhase::Waiting,
+            Lifecycle::Retrying(r) => RelayPhase::Retrying {
+                attempt: r.attempt,
+                next_at: r.next_at,
+                reason: r.reason.clone(),
+            },
+            Lifecycle::Running { .. } | Lifecycle::Draining { .. } if self.frames() == 0 => {
+                RelayPhase::Starting
+            }
+            Lifecycle::Running { .. } | Lifecycle::Draining { .. } => RelayPhase::Live,
+        }
+    }
+
+    fn counters(&self) -> RelayCounters {
+        RelayCounters {
+            bytes_in: self.observer.bytes_in_total(),
+            input_frames: self
+                .input
+                .as_ref()
+                .and_then(|a| a.branch.frames_dropped_and_duplicated()),
+            av_offset: self.program.as_ref().and_then(|p| {
+                let [video, audio] = &p.program.last_pts;
+                let (v, a) = (video.load(Ordering::Relaxed), audio.load(Ordering::Relaxed));
+                (v != u64::MAX && a != u64::MAX).then(|| (v as f64 - a as f64) / 1e9)
+            }),
+            state_seconds: self.observer.state_seconds(self.phase().name()),
+        }
+    }
+
+    fn status(&self) -> RelayStatus {
+        RelayStatus {
+            spec: self.spec.clone(),
+            phase: self.phase(),
+            last_error: self.last_error.clone(),
+            started_at: self.started_at,
+            publisher: self.publisher.clone(),
+            on_air: self.on_air,
+            frames_encoded: self.frames(),
+            // In the order the operator gave them.
+            outputs: self
+                .spec
+                .outputs
+                .iter()
+                .filter_map(|spec| self.outputs.get(&spec.id))
+                .map(|o| OutputStatus {
+                    spec: o.spec.clone(),
+                    state: o.state.clone(),
+                    last_error: o.last_error.clone(),
+                    bytes_sent: self
+                        .pushes
+                        .get(&o.spec.id)
+                        .map_or(o.bytes_sent, |r| r.pipeline.bytes_sent()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Moves the program's lifecycle on by `event`, now.
+    fn life_event(&mut self, event: LifeEvent) {
+        self.life = self.life.next(event, Instant::now(), state::jitter());
+    }
+}
+
+/// Whether the actor reacts to `message` from one of the relay's pipelines.
+fn interesting(message: &gst::Message) -> bool {
+    match message.view() {
+        gst::MessageView::Error(_) | gst::MessageView::Eos(_) | gst::MessageView::Latency(_) => {
+            true
+        }
+        gst::MessageView::Application(a) => a.structure().is_some_and(|s| s.name() == PING_MESSAGE),
+        gst::MessageView::Element(e) => e.structure().is_some_and(|s| {
+            [SEGMENT_ADDED, INPUT_SWITCHED, INGEST_ENDED].contains(&s.name().as_str())
+        }),
+        _ => false,
+    }
+}
+
+/// Forwards a pipeline's bus messages into the actor's event channel until aborted.
+fn forward_bus(
+    pipeline: &gst::Pipeline,
+    events: mpsc::UnboundedSender<Event>,
+    wrap: impl Fn(gst::Message) -> Event + Send + 'static,
+) -> JoinHandle<()> {
+    let bus = pipeline.bus().expect("a pipeline always has a bus");
+    let mut stream = bus.stream();
+    tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            if interesting(&message) && events.send(wrap(message)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Sets a pipeline to `Null` on a thread of its own. An element that hangs there (as
+/// `rtmp2sink` can on a network timeout in GStreamer 1.22) costs that thread, never the
+/// actor; a watchdog logs it.
+fn abandon(pipeline: gst::Pipeline, what: String) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let name = what.clone();
+    let spawned = std::thread::Builder::new()
+        .name("teardown".to_owned())
+        .spawn(move || {
+            let _ = pipeline.set_state(gst::State::Null);
+            let _ = done_tx.send(());
+        });
+    if spawned.is_err() {
+        error!(what = %name, "cannot spawn teardown thread");
+        return;
+    }
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            error!(what = %name, "pipeline teardown still blocked after 10 s; abandoned");
+        }
+    });
+}

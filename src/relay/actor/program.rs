@@ -1,0 +1,415 @@
+//! The actor's program: building it (with its HLS directory, master playlist and the
+//! destinations' feeds), draining it on stop, tearing it down, and what its bus reports.
+//!
+//! Owns the [`RunningProgram`] and the calls into `pipeline::program` that make and end
+//! one. It must not decide when to rebuild: [`Lifecycle`](super::Lifecycle) does, from
+//! the events this part reports to it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use gst::prelude::*;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{abandon, forward_bus, Actor, Event, PING_MESSAGE};
+use crate::pipeline::program::{self, Encode, Input, Rendition, Source, Variant};
+use crate::pipeline::{self as pl, continuity, BusError, PipelineError};
+use crate::relay::handle::RelayError;
+use crate::relay::lifecycle::{LifeEvent, Lifecycle};
+use crate::relay::spec::{self, OutputSpec, RenditionSpec};
+use crate::relay::state::OutputEvent;
+use crate::render::SlateMessage;
+
+/// How long a stopping program may take to drain (final playlist) before it is torn down.
+pub(super) const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A running program pipeline.
+pub(super) struct RunningProgram {
+    pub(super) program: program::Program,
+    pub(super) generation: u64,
+    bus_task: JoinHandle<()>,
+    /// Written once the publisher's stream is known (passthrough relays).
+    master_written: bool,
+}
+
+impl Actor {
+    /// Builds the program a relay runs before any publisher comes: a decoded relay's (on
+    /// the slate, with a pulled stream attached at once), or a pulling passthrough relay's.
+    /// A pushed passthrough relay waits for its publisher instead.
+    pub(super) fn run_program(&mut self) {
+        let pull = self.spec.ingest.url.clone().map(Source::Pull);
+        let result = if self.spec.transcode {
+            self.start_program(None).map(|_| self.attach_pull())
+        } else if let Some(source) = pull {
+            self.start_program(Some(source)).map(|_| ())
+        } else {
+            return;
+        };
+        if let Err(e) = result {
+            self.fail_program(e.to_string());
+        }
+    }
+
+    /// The renditions this relay encodes, tallest first, checked against the program format.
+    pub(super) fn renditions(&self) -> Result<Vec<Rendition>, RelayError> {
+        let p = &self.ctx.program;
+        self.spec
+            .check_fits(p.width, p.height)
+            .map_err(|spec::SpecError { field, message }| RelayError::Invalid {
+                id: self.spec.id.clone(),
+                field,
+                message,
+            })?;
+        if !self.spec.transcode {
+            // The publisher's own stream, described once it flows.
+            return Ok(vec![Rendition {
+                name: program::SOURCE_RENDITION.to_owned(),
+                width: 0,
+                height: 0,
+                video_kbps: 0,
+            }]);
+        }
+        let mut renditions: Vec<Rendition> = self
+            .spec
+            .hls
+            .renditions
+            .iter()
+            .map(|r| match r {
+                RenditionSpec::Custom(c) => Rendition {
+                    name: c.name.clone(),
+                    width: c.width,
+                    height: c.height,
+                    video_kbps: c.video_kbps,
+                },
+                preset => {
+                    let (height, kbps) = preset.height_and_kbps().expect("validated preset");
+                    Rendition::for_program(preset.name(), height, kbps, p)
+                        .expect("check_fits rules out upscaling")
+                }
+            })
+            .collect();
+        // No rendition named: one at the program's own size and bitrate.
+        if renditions.is_empty() {
+            renditions.push(
+                Rendition::for_program(&format!("{}p", p.height), p.height, p.video_kbps, p)
+                    .expect("the program's own size"),
+            );
+        }
+        renditions.sort_by_key(|r| std::cmp::Reverse((r.height, r.video_kbps)));
+        Ok(renditions)
+    }
+
+    /// The encode destination `spec` needs, or `None` when the top rendition's serves: the
+    /// same size and bitrate, and the preset's GOP. A height of its own without a bitrate
+    /// takes the rendition preset's bitrate for that height, or else the top rendition's
+    /// scaled by the pixel count; the preset's ceiling applies either way.
+    pub(super) fn output_encode(&self, spec: &OutputSpec, top: &Rendition) -> Option<Encode> {
+        let p = &self.ctx.program;
+        let max = spec.preset_max_kbps().unwrap_or(u32::MAX);
+        let height = spec.height.unwrap_or(top.height);
+        let kbps = spec.video_kbps.unwrap_or_else(|| {
+            if height == top.height {
+                return top.video_kbps;
+            }
+            spec::RENDITION_PRESETS
+                .iter()
+                .find(|(_, h, _)| *h == height)
+                .map(|(_, _, kbps)| *kbps)
+                .unwrap_or_else(|| {
+                    let scale = f64::from(height) / f64::from(top.height);
+                    (f64::from(top.video_kbps) * scale * scale) as u32
+                })
+        });
+        let encode = Encode {
+            width: if height == top.height {
+                top.width
+            } else {
+                program::width_for(height, p)
+            },
+            height,
+            video_kbps: kbps.clamp(100, max),
+            gop_frames: p.fps * spec::OUTPUT_GOP_SECONDS,
+        };
+        (self.spec.transcode && encode != top.encode(p)).then_some(encode)
+    }
+
+    /// Builds and plays the program and every destination's pipeline: a decoded one on the
+    /// slate (`remux` is `None`), or one remuxing `remux`. Returns the ingest appsrc (remuxed
+    /// push relays) and the mark the RTMP server sets when the first frame arrives.
+    pub(super) fn start_program(
+        &mut self,
+        remux: Option<Source>,
+    ) -> Result<(Option<gst_app::AppSrc>, Arc<program::Arrival>), RelayError> {
+        let epoch = gst::SystemClock::obtain().time();
+        let renditions = self.renditions()?;
+        let pipeline_error = |source| RelayError::Pipeline {
+            id: self.spec.id.clone(),
+            source,
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
+        // Old segments belong to an earlier program; players must not mix them in. Their
+        // count carries over, so the media sequence keeps rising past them.
+        let continuity = continuity::next(&hls_dir);
+        let _ = std::fs::remove_dir_all(&hls_dir);
+        std::fs::create_dir_all(&hls_dir)
+            .map_err(|source| PipelineError::Io {
+                path: hls_dir.display().to_string(),
+                source,
+            })
+            .and_then(|_| continuity::save(&hls_dir, &continuity))
+            .map_err(pipeline_error)?;
+        let input = match remux {
+            Some(source) => Input::Remux(source),
+            None => Input::Switched(
+                self.ctx
+                    .slates
+                    .get(SlateMessage::StartingSoon, &self.ctx.program)
+                    .as_ref()
+                    .clone(),
+            ),
+        };
+        let params = program::ProgramParams {
+            relay_id: self.spec.id.clone(),
+            input,
+            program: self.ctx.program.clone(),
+            hls: self.ctx.hls.clone(),
+            renditions: renditions.clone(),
+            hls_dir: hls_dir.clone(),
+            sequence_base: continuity.sequence_base,
+            overlay: self.scorebug.slot(),
+            epoch,
+            arrival: Arc::default(),
+        };
+        let mut built = program::build(&params).map_err(pipeline_error)?;
+        for (id, out) in self.outputs.iter() {
+            let encode = self.output_encode(&out.spec, &renditions[0]);
+            built.add_destination(id, encode).map_err(pipeline_error)?;
+        }
+        if self.spec.transcode {
+            let variants: Vec<Variant> = renditions
+                .iter()
+                .map(|r| Variant::for_rendition(r, &self.ctx.program))
+                .collect();
+            program::write_atomic(
+                &hls_dir.join("master.m3u8"),
+                &program::master_playlist(&variants),
+            )
+            .map_err(pipeline_error)?;
+        }
+        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |message| {
+            Event::ProgramBus {
+                generation,
+                message,
+            }
+        });
+        if let Err(e) = pl::set_state(&built.pipeline, gst::State::Playing) {
+            bus_task.abort();
+            abandon(built.pipeline.clone(), format!("relay {}", self.spec.id));
+            return Err(pipeline_error(e));
+        }
+        let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+        info!(relay = %self.spec.id, generation, renditions = ?names, transcode = self.spec.transcode, "program playing");
+        let ingest = built.ingest.clone();
+        self.on_air = None;
+        self.program = Some(RunningProgram {
+            program: built,
+            generation,
+            bus_task,
+            master_written: self.spec.transcode,
+        });
+        self.life_event(LifeEvent::Built { generation });
+        for id in self.outputs.ids() {
+            self.start_output(&id);
+        }
+        Ok((ingest, params.arrival))
+    }
+
+    /// Ends the program: EOS so the final playlist is written, bounded in time, then teardown.
+    pub(super) async fn stop_program(&mut self, why: &str) {
+        let Some(generation) = self.program.as_ref().map(|p| p.generation) else {
+            return;
+        };
+        info!(relay = %self.spec.id, reason = why, "stopping program");
+        for id in self.outputs.ids() {
+            self.stop_output(&id, OutputEvent::Stopped, why);
+        }
+        if let Some(program) = &self.program {
+            program.program.end();
+        }
+        // Keep handling events while the program drains, until its EOS (or error) arrives.
+        let deadline = Instant::now() + DEFAULT_DRAIN_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(Event::ProgramBus {
+                    generation: g,
+                    message,
+                })) if g == generation
+                    && matches!(
+                        message.view(),
+                        gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+                    ) =>
+                {
+                    break
+                }
+                Ok(Some(event)) => self.on_event(event),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(relay = %self.spec.id, generation, "program did not drain in time");
+                    break;
+                }
+            }
+            if self.program.as_ref().map(|p| p.generation) != Some(generation) {
+                return;
+            }
+        }
+        self.teardown_program();
+    }
+
+    /// Drops the program at once (no drain); its destinations stop with it.
+    pub(super) fn teardown_program(&mut self) {
+        for id in self.outputs.ids() {
+            if self.pushes.contains_key(&id) || self.outputs.is_active(&id) {
+                self.stop_output(&id, OutputEvent::Stopped, "program stopped");
+            }
+        }
+        // Its branch goes with the pipeline; the publisher's feed fails and it is dropped.
+        self.input = None;
+        self.input_retry = None;
+        self.on_air = None;
+        if let Some(program) = self.program.take() {
+            program.bus_task.abort();
+            abandon(program.program.pipeline, format!("relay {}", self.spec.id));
+            self.life_event(LifeEvent::Ended {
+                generation: program.generation,
+            });
+        }
+        if let Some(p) = self.publisher.take() {
+            info!(relay = %self.spec.id, peer = %p.peer, "publisher disconnected");
+        }
+    }
+
+    /// The program failed: tear it down and, unless it waits for a publisher (pushed
+    /// passthrough), schedule a rebuild.
+    pub(super) fn fail_program(&mut self, reason: String) {
+        self.last_error = Some(reason.clone());
+        let rebuilds = self.spec.transcode || self.spec.ingest.url.is_some();
+        let wanted = self.life.wanted();
+        self.life_event(LifeEvent::Failed {
+            reason: reason.clone(),
+            rebuilds,
+        });
+        self.teardown_program();
+        match &self.life {
+            Lifecycle::Retrying(retry) => {
+                let delay = retry.next_at.saturating_duration_since(Instant::now());
+                warn!(relay = %self.spec.id, attempt = retry.attempt, delay = ?delay, reason = %retry.reason, "program failed, retrying");
+            }
+            _ if wanted => {
+                warn!(relay = %self.spec.id, reason = %reason, "program failed; waiting for the publisher to return");
+            }
+            _ => {}
+        }
+    }
+
+    /// What the program's bus reported (messages from an older program are ignored).
+    pub(super) fn on_program_message(&mut self, generation: u64, message: &gst::Message) {
+        if self.program.as_ref().map(|p| p.generation) != Some(generation) {
+            return;
+        }
+        match message.view() {
+            gst::MessageView::Error(err) => {
+                let branch = err.src().and_then(program::ingest_branch_of);
+                let current = self.input.as_ref().map(|a| a.branch.name());
+                let err = BusError::from_message(err);
+                if branch.is_some() && branch == current {
+                    self.on_input_error(err);
+                } else if branch.is_some() {
+                    debug!(relay = %self.spec.id, error = %err, "error from a detached input, ignored");
+                } else {
+                    error!(relay = %self.spec.id, element = %err.element, debug = ?err.debug, "{}", err.message);
+                    self.fail_program(err.to_string());
+                }
+            }
+            gst::MessageView::Application(a)
+                if a.structure().is_some_and(|s| s.name() == PING_MESSAGE) =>
+            {
+                for reply in self.pings.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            gst::MessageView::Latency(_) => {
+                if let Some(running) = &self.program {
+                    let _ = running.program.pipeline.recalculate_latency();
+                }
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure() {
+                    match s.name().as_str() {
+                        program::INPUT_SWITCHED => self.on_switched(s),
+                        program::INGEST_ENDED => self.on_ingest_ended(s),
+                        _ => self.on_segment_added(s),
+                    }
+                }
+            }
+            gst::MessageView::Eos(_) => {
+                info!(relay = %self.spec.id, "program reached end of stream");
+                if self.spec.ingest.url.is_some() {
+                    self.fail_program("the pulled stream ended".to_owned());
+                } else {
+                    self.teardown_program();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A passthrough relay learns its stream's size and bitrate from its first segment, and
+    /// writes the master playlist then.
+    fn on_segment_added(&mut self, segment: &gst::StructureRef) {
+        let Some(running) = &mut self.program else {
+            return;
+        };
+        if running.master_written {
+            return;
+        }
+        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
+        match program::source_variant(&running.program.pipeline, segment) {
+            Some(variant) => {
+                if let Err(e) = program::write_atomic(
+                    &hls_dir.join("master.m3u8"),
+                    &program::master_playlist(&[variant]),
+                ) {
+                    warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
+                    return;
+                }
+                running.master_written = true;
+                info!(relay = %self.spec.id, "master playlist written from the publisher's stream");
+            }
+            None => debug!(relay = %self.spec.id, "publisher's stream not described yet"),
+        }
+    }
+
+    /// Rebuilds a failed program when due, ends a drain that overran, and resets the
+    /// backoff once frames flow.
+    pub(super) fn tick_program(&mut self, now: Instant) {
+        if self.life.drain_overdue(now) {
+            warn!(relay = %self.spec.id, generation = ?self.life.generation(), "program did not drain in time");
+            self.teardown_program();
+        }
+        if self.life.rebuild_due(now) {
+            self.run_program();
+        }
+        if matches!(self.life, Lifecycle::Running { failures, .. } if failures > 0)
+            && self
+                .program
+                .as_ref()
+                .is_some_and(|p| p.program.frames.load(Ordering::Relaxed) > 0)
+        {
+            self.life_event(LifeEvent::Flowing);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! A relay's scorebug: the scoreboard it holds (from the scores API or set by hand), the
+//! team logos, the scores poller, and when to draw the overlay again.
+//!
+//! Owns the [`ScoreKeeper`], the logos, the poller task and the render schedule; it draws
+//! only when what the overlay should show changed (the scoreboard, or its staleness), on a
+//! blocking task, and hands the finished composition to the pipeline's [`OverlaySlot`]. It
+//! must not touch a pipeline: the slot is the only thing it shares with the program.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::handle::ScoreStatus;
+use super::spec::OverlaySpec;
+use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
+use crate::render::{self, Logos};
+use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
+use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
+
+/// The scoreboard side of one relay.
+pub struct Scorebug {
+    relay: String,
+    /// The relay's overlay, when it draws one.
+    spec: Option<OverlaySpec>,
+    /// The overlay's composition slot, when the relay has an overlay.
+    slot: Option<Arc<OverlaySlot>>,
+    keeper: ScoreKeeper,
+    logos: LogoSet,
+    poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<PollUpdate>)>,
+    /// What the overlay last showed: the scoreboard and whether it was stale.
+    drawn: Option<(Option<Scoreboard>, bool)>,
+    render_seq: u64,
+    /// The program's frame size, which the scorebug is drawn for.
+    size: (u32, u32),
+}
+
+impl Scorebug {
+    pub fn new(relay: &str, spec: Option<OverlaySpec>, size: (u32, u32)) -> Self {
+        Scorebug {
+            relay: relay.to_owned(),
+            slot: spec.as_ref().map(|_| Arc::new(OverlaySlot::default())),
+            spec,
+            keeper: ScoreKeeper::default(),
+            logos: LogoSet::default(),
+            poller: None,
+            drawn: None,
+            render_seq: 0,
+            size,
+        }
+    }
+
+    /// The slot the program's overlay element draws from (none without an overlay).
+    pub fn slot(&self) -> Option<Arc<OverlaySlot>> {
+        self.slot.clone()
+    }
+
+    /// The scoreboard on screen and where it came from.
+    pub fn current(&self) -> Option<(&Scoreboard, ScoreSource)> {
+        self.keeper.current()
+    }
+
+    /// Starts polling the scores API, if the relay has one and no poller runs.
+    pub fn start_poller(&mut self) {
+        let Some(overlay) = &self.spec else {
+            return;
+        };
+        let Some(url) = overlay.scores_url.clone() else {
+            return;
+        };
+        if self.poller.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let settings = PollerSettings {
+            url,
+            interval: overlay.poll_interval(),
+            mapping: overlay.map.clone(),
+        };
+        info!(relay = %self.relay, url = %settings.url, interval = ?settings.interval, "polling the scores API");
+        self.poller = Some((poller::spawn(settings, tx), rx));
+    }
+
+    pub fn stop_poller(&mut self) {
+        if let Some((task, _)) = self.poller.take() {
+            task.abort();
+        }
+    }
+
+    /// The next update from the scores poller, or never when there is none.
+    pub async fn next_poll(&mut self) -> Option<PollUpdate> {
+        match &mut self.poller {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes what the poller brought, and redraws if it changed what the overlay shows.
+    pub fn on_poll(&mut self, update: PollUpdate) {
+        let now = Instant::now();
+        let previous_error = self.keeper.last_error.clone();
+        match update {
+            PollUpdate::Board(update) => {
+                let poller::BoardUpdate {
+                    board,
+                    logos,
+                    logo_error,
+                } = *update;
+                // A logo that failed keeps the last good one for that side.
+                self.logos.home =
+                    logos
+                        .home
+                        .or(self.logos.home.take().filter(|_| board.home.logo.is_some()));
+                self.logos.away =
+                    logos
+                        .away
+                        .or(self.logos.away.take().filter(|_| board.away.logo.is_some()));
+                if self.keeper.on_api(board, now) {
+                    info!(relay = %self.relay, "score changed at the scores API");
+                }
+                if let Some(e) = logo_error {
+                    self.keeper.on_api_error(e);
+                }
+            }
+            PollUpdate::NotModified => self.keeper.on_not_modified(now),
+            PollUpdate::Failed(reason) => self.keeper.on_api_error(reason),
+        }
+        if self.keeper.last_error != previous_error {
+            match &self.keeper.last_error {
+                Some(e) => {
+                    warn!(relay = %self.relay, reason = %e, "scores API answer not used; the last good scoreboard stays")
+                }
+                None => info!(relay = %self.relay, "scores API answering again"),
+            }
+        }
+        self.redraw();
+    }
+
+    /// The operator set the scoreboard by hand (see [`ScoreKeeper`] for how it meets the
+    /// API's values).
+    pub fn set_by_hand(&mut self, board: Scoreboard) {
+        if self.keeper.on_manual(board, Instant::now()) {
+            info!(relay = %self.relay, "score set by hand");
+        }
+        self.redraw();
+    }
+
+    /// Re-renders the overlay when what it should show changed. Rendering runs on a blocking
+    /// task; the slot ignores a render that finishes after a newer one.
+    pub fn redraw(&mut self) {
+        let Some(slot) = self.slot.clone() else {
+            return;
+        };
+        let Some(spec) = &self.spec else {
+            return;
+        };
+        let stale = self.is_stale(Instant::now());
+        let board = self.keeper.current().map(|(b, _)| b.clone());
+        let wanted = (board.clone(), stale);
+        if self.drawn.as_ref() == Some(&wanted) {
+            return;
+        }
+        if self.drawn.as_ref().is_some_and(|(_, s)| *s != stale) {
+            info!(relay = %self.relay, stale, "overlay staleness changed");
+        }
+        self.drawn = Some(wanted);
+        self.render_seq += 1;
+        let seq = self.render_seq;
+        let theme = spec.theme();
+        let logos = self.logos.clone();
+        let (width, height) = self.size;
+        let relay = self.relay.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(board) = board else {
+                slot.show(None, seq);
+                return;
+            };
+            let bug = render::render(
+                &board,
+                Logos {
+                    home: logos.home.as_deref(),
+                    away: logos.away.as_deref(),
+                },
+                stale,
+                &theme,
+                width,
+                height,
+            );
+            match overlay_el::composition(&bug) {
+                Ok(composition) => {
+                    slot.show(Some(composition), seq);
+                    debug!(relay = %relay, seq, stale, "overlay updated");
+                }
+                Err(e) => error!(relay = %relay, error = %e, "cannot build the overlay"),
+            }
+        });
+    }
+
+    /// Whether the overlay should mark the scoreboard stale (relays without one never do).
+    fn is_stale(&self, now: Instant) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|o| self.keeper.is_stale(now, o.stale_after()))
+    }
+
+    /// The scoreboard, its source and age, for the API.
+    pub fn status(&self) -> ScoreStatus {
+        let now = Instant::now();
+        let current = self.keeper.current();
+        ScoreStatus {
+            scoreboard: current.map(|(b, _)| b.clone()),
+            source: current.map(|(_, s)| s),
+            updated_at: self.keeper.updated_at(),
+            age: self.keeper.age(now),
+            stale: self.is_stale(now),
+            last_error: self.keeper.last_error.clone(),
+            overlay: self.slot.is_some(),
+            scores_url: self.spec.as_ref().and_then(|o| o.scores_url.clone()),
+        }
+    }
+}
