@@ -18,6 +18,7 @@
 //! passes: guessing keys is slow.
 
 pub mod flv;
+mod gate;
 pub mod protocol;
 
 use std::collections::HashMap;
