@@ -1,6 +1,6 @@
 //! Everything the RTMP ingest server parses, from arbitrary bytes: the handshake, chunks,
 //! AMF commands and FLV tags, through the same sans-IO core the server runs
-//! (`scorecast::ingest::protocol::drive`; its doc says how the first byte picks the mode).
+//! (`scorecast::ingest::harness::drive`; its doc says how the first byte picks the mode).
 //!
 //! Panics inside `rml_rtmp` that our guard catches end only their connection, so they are
 //! let through here unless `SCORECAST_FUZZ_STRICT` is set (to collect them as reproducers);
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scorecast::ingest::protocol;
+use scorecast::ingest::{harness, protocol};
 
 fn tolerate_guarded_panics() {
     if std::env::var_os("SCORECAST_FUZZ_STRICT").is_some() {
@@ -26,5 +26,5 @@ fn tolerate_guarded_panics() {
 fuzz_target!(|data: &[u8]| {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(tolerate_guarded_panics);
-    protocol::drive(data);
+    harness::drive(data);
 });

@@ -1,9 +1,11 @@
 //! The RTMP ingest server: publishers push to `rtmp://HOST:PORT/live/<stream_key>`.
 //!
 //! Owns the listening socket, each connection's socket and its deadlines; the protocol itself
-//! (handshake, chunks, AMF, FLV framing and the limits on what a peer may send) lives in
-//! [`protocol`], a sans-IO core that the fuzz target drives without sockets. This module must
-//! not build pipelines: an accepted stream is handed to its relay's actor as FLV.
+//! lives in a sans-IO core that the fuzz target drives without sockets: [`protocol`]
+//! (handshake, session, publish decisions and the limits on what a peer may send), `gate`
+//! (chunk and AMF checks before `rml_rtmp` parses anything), [`flv`] (FLV framing) and
+//! [`harness`] (the fuzz target's driver and a recorded publisher). This module must not build
+//! pipelines: an accepted stream is handed to its relay's actor as FLV.
 //!
 //! A connection answers to a deadline at each stage: the handshake within
 //! [`DEFAULT_HANDSHAKE_TIMEOUT`] of connecting, an accepted publish within
@@ -18,6 +20,8 @@
 //! passes: guessing keys is slow.
 
 pub mod flv;
+mod gate;
+pub mod harness;
 pub mod protocol;
 
 use std::collections::HashMap;

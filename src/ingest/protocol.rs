@@ -2,18 +2,17 @@
 //! out (bytes to send, a publish to decide, FLV tags for the relay, a refusal). It runs the
 //! handshake and `rml_rtmp`'s server session and puts our limits in front of them.
 //!
-//! Owns the protocol state of one connection and the limits on what a peer may send. It must
-//! not do I/O, keep time or talk to relays: the server in `ingest/mod.rs` does that, and the
-//! fuzz target (`fuzz/fuzz_targets/ingest.rs`) drives this module alone through [`drive`].
+//! Owns the protocol state of one connection, the limits on what a peer may send and the
+//! guard around every call into `rml_rtmp`. It must not do I/O, keep time or talk to relays:
+//! the server in `ingest/mod.rs` does that, and the fuzz target (`fuzz/fuzz_targets/ingest.rs`)
+//! drives this module alone through [`harness::drive`](super::harness::drive). It must not
+//! parse chunks or AMF itself either: the gate (`ingest/gate.rs`) does.
 //!
 //! `rml_rtmp` trusts its input more than a server facing the internet may. Before a read
-//! reaches the session, a gate frames the same bytes with the same chunk deserializer and
-//! refuses what the session would choke on:
-//! - a chunk size of 0, or a message still incomplete after [`DEFAULT_MAX_MESSAGE_BYTES`];
-//! - AMF command and data messages over [`DEFAULT_MAX_COMMAND_BYTES`] or nested deeper than
-//!   [`DEFAULT_MAX_AMF_DEPTH`] (`rml_amf0` recurses once per level: deep nesting overflows the
-//!   stack, which no `catch_unwind` survives);
-//! - commands with fewer than three values (`rml_rtmp` 0.8 slices the first three and panics).
+//! reaches the session, the gate frames the same bytes with the same chunk deserializer and
+//! refuses what the session would choke on: a chunk size of 0, a message still incomplete
+//! after [`DEFAULT_MAX_MESSAGE_BYTES`], AMF messages over [`DEFAULT_MAX_COMMAND_BYTES`] or
+//! nested deeper than [`DEFAULT_MAX_AMF_DEPTH`], and commands too short for `rml_rtmp`.
 //!
 //! Every call into `rml_rtmp` is wrapped in `catch_unwind` besides: a panic inside it (it has
 //! arithmetic that overflows on crafted chunk streams) ends this connection, never the daemon.
@@ -22,15 +21,14 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
-use rml_rtmp::chunk_io::ChunkDeserializer;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::MessagePayload;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult,
 };
 use tracing::debug;
 
 use super::flv;
+use super::gate::Gate;
 
 /// The only RTMP application publishers may use.
 pub const APP_NAME: &str = "live";
@@ -43,13 +41,6 @@ pub const DEFAULT_MAX_COMMAND_BYTES: usize = 64 << 10;
 pub const DEFAULT_MAX_AMF_DEPTH: usize = 16;
 /// Bytes handed to the parsers in one step; longer input is split.
 pub const DEFAULT_MAX_READ: usize = 64 << 10;
-
-/// RTMP message types the gate looks into.
-const MSG_SET_CHUNK_SIZE: u8 = 1;
-const MSG_AMF3_DATA: u8 = 15;
-const MSG_AMF3_COMMAND: u8 = 17;
-const MSG_AMF0_DATA: u8 = 18;
-const MSG_AMF0_COMMAND: u8 = 20;
 
 /// What a peer may send; [`Limits::default`] holds the `DEFAULT_*` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,7 +463,7 @@ fn session_error(e: ServerSessionError) -> ProtocolError {
 }
 
 /// Runs a call into `rml_rtmp`, turning a panic inside it into an error.
-fn guard<T>(stage: &'static str, call: impl FnOnce() -> T) -> Result<T, ProtocolError> {
+pub(super) fn guard<T>(stage: &'static str, call: impl FnOnce() -> T) -> Result<T, ProtocolError> {
     GUARDED.with(|g| g.set(g.get() + 1));
     let result = catch_unwind(AssertUnwindSafe(call));
     GUARDED.with(|g| g.set(g.get() - 1));
@@ -498,466 +489,12 @@ pub fn inside_guarded_call() -> bool {
     GUARDED.with(|g| g.get() > 0)
 }
 
-/// Frames the session's input with a chunk deserializer of its own and checks each message
-/// before the session sees it.
-struct Gate {
-    limits: Limits,
-    chunks: ChunkDeserializer,
-    /// Bytes fed since a message last completed.
-    pending: usize,
-}
-
-impl Gate {
-    fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            chunks: ChunkDeserializer::new(),
-            pending: 0,
-        }
-    }
-
-    fn check(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
-        let mut input = bytes;
-        let mut completed = false;
-        loop {
-            let chunks = &mut self.chunks;
-            let next = guard("chunk framing", || chunks.get_next_message(input))?
-                .map_err(|e| ProtocolError::Chunks(e.to_string()))?;
-            input = &[];
-            let Some(message) = next else { break };
-            completed = true;
-            self.check_message(&message)?;
-        }
-        // Counted per read: the bytes of a read that also completed a message are forgiven.
-        self.pending = if completed {
-            0
-        } else {
-            self.pending.saturating_add(bytes.len())
-        };
-        if self.pending > self.limits.max_message_bytes {
-            return Err(ProtocolError::MessageTooLarge {
-                limit: self.limits.max_message_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    fn check_message(&mut self, message: &MessagePayload) -> Result<(), ProtocolError> {
-        let type_id = message.type_id;
-        let data = &message.data[..];
-        match type_id {
-            MSG_SET_CHUNK_SIZE => {
-                // Too short or top bit set: the session's own parsing refuses it.
-                let Some(size) = data
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                else {
-                    return Ok(());
-                };
-                if size == 0 {
-                    return Err(ProtocolError::ChunkSize { size });
-                }
-                if size <= 0x7fff_ffff {
-                    // The session applies the same size at the same point of the stream.
-                    self.chunks
-                        .set_max_chunk_size(size as usize)
-                        .map_err(|_| ProtocolError::ChunkSize { size })?;
-                }
-                Ok(())
-            }
-            MSG_AMF3_DATA | MSG_AMF0_DATA | MSG_AMF3_COMMAND | MSG_AMF0_COMMAND => {
-                if data.len() > self.limits.max_command_bytes {
-                    return Err(ProtocolError::CommandTooLarge {
-                        type_id,
-                        len: data.len(),
-                        limit: self.limits.max_command_bytes,
-                    });
-                }
-                // rml_rtmp reads AMF3-flagged commands as AMF0 after a leading zero.
-                let body = match data {
-                    [0, rest @ ..] if type_id == MSG_AMF3_COMMAND => rest,
-                    _ => data,
-                };
-                let shape = amf_shape(body, self.limits.max_amf_depth).map_err(|e| match e {
-                    AmfError::TooDeep => ProtocolError::AmfTooDeep {
-                        type_id,
-                        limit: self.limits.max_amf_depth,
-                    },
-                    AmfError::Malformed(reason) => ProtocolError::Amf { type_id, reason },
-                })?;
-                let command = matches!(type_id, MSG_AMF3_COMMAND | MSG_AMF0_COMMAND);
-                if command && shape.values < 3 {
-                    return Err(ProtocolError::Amf {
-                        type_id,
-                        reason: "a command needs a name, a transaction id and an object",
-                    });
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// What an AMF0 body holds, as far as the limits care.
-#[derive(Debug, PartialEq, Eq)]
-struct AmfShape {
-    /// Values at the top level.
-    values: usize,
-    /// Deepest nesting of objects and arrays.
-    depth: usize,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum AmfError {
-    TooDeep,
-    Malformed(&'static str),
-}
-
-/// Walks an AMF0 body without recursion, the way `rml_amf0::deserialize` reads it: top-level
-/// values until the end or an object-end marker; strings read as far as the bytes go; strict
-/// arrays end early at an object-end marker. Stops with [`AmfError::TooDeep`] past `max_depth`.
-fn amf_shape(data: &[u8], max_depth: usize) -> Result<AmfShape, AmfError> {
-    enum Frame {
-        Object,
-        Array { left: u32 },
-    }
-    enum Value {
-        End,
-        Scalar,
-        Open(Frame),
-    }
-    struct Reader<'a> {
-        data: &'a [u8],
-        pos: usize,
-    }
-    impl Reader<'_> {
-        fn take(&mut self, n: usize) -> Result<&[u8], AmfError> {
-            let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-            let end = end.ok_or(AmfError::Malformed("truncated value"))?;
-            let bytes = &self.data[self.pos..end];
-            self.pos = end;
-            Ok(bytes)
-        }
-        fn u16(&mut self) -> Result<usize, AmfError> {
-            let b = self.take(2)?;
-            Ok(usize::from(u16::from_be_bytes([b[0], b[1]])))
-        }
-        fn u32(&mut self) -> Result<u32, AmfError> {
-            let b = self.take(4)?;
-            Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        }
-        /// Skips up to `n` bytes: a short read is not an error to `rml_amf0`.
-        fn skip_short(&mut self, n: usize) {
-            self.pos = self.pos.saturating_add(n).min(self.data.len());
-        }
-        fn value(&mut self) -> Result<Value, AmfError> {
-            let Some(&marker) = self.data.get(self.pos) else {
-                return Ok(Value::End);
-            };
-            self.pos += 1;
-            Ok(match marker {
-                0x00 => {
-                    self.take(8)?;
-                    Value::Scalar
-                }
-                0x01 => {
-                    self.take(1)?;
-                    Value::Scalar
-                }
-                0x02 => {
-                    let len = self.u16()?;
-                    self.skip_short(len);
-                    Value::Scalar
-                }
-                0x03 => Value::Open(Frame::Object),
-                0x05 | 0x06 => Value::Scalar,
-                0x08 => {
-                    self.u32()?;
-                    Value::Open(Frame::Object)
-                }
-                0x09 => Value::End,
-                0x0a => Value::Open(Frame::Array { left: self.u32()? }),
-                _ => return Err(AmfError::Malformed("unknown AMF0 marker")),
-            })
-        }
-    }
-
-    let mut r = Reader { data, pos: 0 };
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut shape = AmfShape {
-        values: 0,
-        depth: 0,
-    };
-    loop {
-        let value = match stack.last_mut() {
-            None => match r.value()? {
-                Value::End => return Ok(shape),
-                v => {
-                    shape.values += 1;
-                    v
-                }
-            },
-            Some(Frame::Object) => {
-                let label = r.u16()?;
-                if label == 0 {
-                    if r.take(1)? != [0x09] {
-                        return Err(AmfError::Malformed("empty property name"));
-                    }
-                    stack.pop();
-                    continue;
-                }
-                r.skip_short(label);
-                match r.value()? {
-                    Value::End => return Err(AmfError::Malformed("property without a value")),
-                    v => v,
-                }
-            }
-            Some(Frame::Array { left }) => {
-                if *left == 0 {
-                    stack.pop();
-                    continue;
-                }
-                *left -= 1;
-                match r.value()? {
-                    Value::End => {
-                        stack.pop();
-                        continue;
-                    }
-                    v => v,
-                }
-            }
-        };
-        if let Value::Open(frame) = value {
-            stack.push(frame);
-            shape.depth = shape.depth.max(stack.len());
-            if stack.len() > max_depth {
-                return Err(AmfError::TooDeep);
-            }
-        }
-    }
-}
-
-/// What [`drive`] saw.
-#[derive(Debug, Default)]
-pub struct Drive {
-    pub publishes: usize,
-    pub tags: usize,
-    pub pictures: usize,
-    pub sent_bytes: usize,
-    pub refused: Option<String>,
-    pub error: Option<ProtocolError>,
-}
-
-/// The stream key [`publisher_prefix`] publishes to.
-pub const DRIVE_STREAM_KEY: &str = "fuzz";
-
-/// Plays `input` as everything a peer sends on one connection, as the server would, and
-/// checks what comes out (each FLV tag's framing; nothing accepted after an error). Used by
-/// the fuzz target and by the regression tests that replay its findings.
-///
-/// `input[0]` picks how: bit 0 puts [`publisher_prefix`] (a finished handshake and an
-/// accepted publish, each flight in a read of its own) before the rest; bit 1 refuses
-/// publishes instead of accepting them; bits 2-4 pick the read size for the rest (1 byte to
-/// 64 KiB: a recorded publisher replays in reads of at most 17 bytes, see
-/// [`record_publisher`]).
-#[doc(hidden)]
-pub fn drive(input: &[u8]) -> Drive {
-    const READ_SIZES: [usize; 8] = [1, 3, 17, 128, 1000, 4096, 16384, 65536];
-    let Some((&mode, rest)) = input.split_first() else {
-        return Drive::default();
-    };
-    let accept = mode & 0b10 == 0;
-    let read = READ_SIZES[usize::from(mode >> 2) & 0b111];
-    let mut protocol = Protocol::new(Limits::default());
-    let mut seen = Drive::default();
-    let prefix: &[Vec<u8>] = if mode & 1 == 1 {
-        publisher_prefix()
-    } else {
-        &[]
-    };
-    let flights = prefix.iter().map(Vec::as_slice);
-    for piece in flights.chain(rest.chunks(read)) {
-        let step = protocol.feed(piece).and_then(|()| {
-            while let Some(action) = protocol.poll()? {
-                match action {
-                    Action::Send(bytes) => seen.sent_bytes += bytes.len(),
-                    Action::Publish { stream_key: _ } if accept => {
-                        seen.publishes += 1;
-                        protocol.accept_publish()?;
-                    }
-                    Action::Publish { stream_key: _ } => {
-                        let refusal = protocol
-                            .refuse_publish("NetStream.Publish.BadName", "refused".to_owned())?;
-                        assert!(matches!(refusal, Action::Refuse { .. }), "{refusal:?}");
-                        seen.refused = Some("publish refused".to_owned());
-                        return Err(ProtocolError::Closed);
-                    }
-                    Action::Tag(tag) => {
-                        check_tag(&tag);
-                        seen.tags += 1;
-                        seen.pictures += usize::from(tag.picture);
-                    }
-                    Action::PublishFinished => {}
-                    Action::Refuse { reason, .. } => {
-                        seen.refused = Some(reason);
-                        return Err(ProtocolError::Closed);
-                    }
-                }
-            }
-            Ok(())
-        });
-        if let Err(e) = step {
-            assert!(
-                matches!(protocol.feed(b"\x03"), Err(ProtocolError::Closed)),
-                "a failed connection must stay closed"
-            );
-            seen.error = Some(e);
-            break;
-        }
-    }
-    seen
-}
-
-/// Asserts an FLV tag is framed as its header says.
-fn check_tag(tag: &MediaTag) {
-    let b = &tag.bytes[..];
-    assert!(b.len() >= 15, "tag shorter than its framing");
-    let size = u32::from_be_bytes([0, b[1], b[2], b[3]]) as usize;
-    assert_eq!(b[0], tag.kind, "tag type");
-    assert!(matches!(b[0], flv::TAG_AUDIO | flv::TAG_VIDEO), "tag type");
-    assert_eq!(b.len(), 11 + size + 4, "data size field");
-    let stamp = u32::from_be_bytes([b[7], b[4], b[5], b[6]]);
-    assert_eq!(stamp, tag.timestamp_ms, "timestamp");
-    let previous = u32::from_be_bytes([
-        b[b.len() - 4],
-        b[b.len() - 3],
-        b[b.len() - 2],
-        b[b.len() - 1],
-    ]);
-    assert_eq!(previous as usize, 11 + size, "PreviousTagSize");
-    assert_eq!(tag.picture, flv::is_picture(tag.kind, &b[11..11 + size]));
-}
-
-/// What a real publisher sends up to an accepted publish on [`DRIVE_STREAM_KEY`]: handshake,
-/// connect, createStream, publish, as the flights it sent between the server's answers.
-/// Recorded once per process from `rml_rtmp`'s client talking to a [`Protocol`] (our server
-/// checks no handshake digest, so the bytes replay).
-#[doc(hidden)]
-pub fn publisher_prefix() -> &'static [Vec<u8>] {
-    static PREFIX: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| record_publisher(&[]))
-}
-
-/// Records a client's flights of bytes (each sent after the server's last answer): handshake,
-/// connect and publish, then `media` as (kind, timestamp, body) messages. Panics if our server
-/// does not take it.
-///
-/// Replay a flight only once the server has answered the one before: like `rml_rtmp`, our
-/// server reads a whole read before it answers, so a command pipelined behind a request that
-/// is still unanswered (createStream behind connect) fails as it would on a real socket.
-#[doc(hidden)]
-pub fn record_publisher(media: &[(u8, u32, &[u8])]) -> Vec<Vec<u8>> {
-    use rml_rtmp::sessions::{
-        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-        PublishRequestType,
-    };
-    use rml_rtmp::time::RtmpTimestamp;
-
-    let mut server = Protocol::new(Limits::default());
-    let mut sent = Vec::new();
-    // Feeds the client's bytes to the server (accepting publishes); returns its answer.
-    let mut exchange = |bytes: &[u8], sent: &mut Vec<Vec<u8>>| -> Vec<u8> {
-        sent.push(bytes.to_vec());
-        server
-            .feed(bytes)
-            .expect("our server takes the client's bytes");
-        let mut answer = Vec::new();
-        while let Some(action) = server.poll().expect("our server takes the client") {
-            match action {
-                Action::Send(b) => answer.extend_from_slice(&b),
-                Action::Publish { .. } => server.accept_publish().expect("accept"),
-                _ => {}
-            }
-        }
-        answer
-    };
-
-    let mut handshake = Handshake::new(PeerType::Client);
-    let c0c1 = handshake
-        .generate_outbound_p0_and_p1()
-        .expect("client handshake");
-    let s0s1s2 = exchange(&c0c1, &mut sent);
-    // The server's answer to C2 opens its session (window size, bandwidth, chunk size).
-    let opening = match handshake.process_bytes(&s0s1s2).expect("server handshake") {
-        HandshakeProcessResult::Completed { response_bytes, .. } => {
-            exchange(&response_bytes, &mut sent)
-        }
-        HandshakeProcessResult::InProgress { .. } => panic!("handshake not finished"),
-    };
-
-    let (mut client, mut outbound) =
-        ClientSession::new(ClientSessionConfig::new()).expect("client");
-    outbound.extend(client.handle_input(&opening).expect("server's opening"));
-    outbound.push(
-        client
-            .request_connection(APP_NAME.to_owned())
-            .expect("connect"),
-    );
-    let mut publishing = false;
-    for _ in 0..16 {
-        let mut bytes = Vec::new();
-        for result in outbound.drain(..) {
-            if let ClientSessionResult::OutboundResponse(packet) = result {
-                bytes.extend_from_slice(&packet.bytes);
-            }
-        }
-        let answer = exchange(&bytes, &mut sent);
-        for result in client.handle_input(&answer).expect("client input") {
-            match result {
-                ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => {
-                    outbound.push(
-                        client
-                            .request_publishing(
-                                DRIVE_STREAM_KEY.to_owned(),
-                                PublishRequestType::Live,
-                            )
-                            .expect("publish"),
-                    );
-                }
-                ClientSessionResult::RaisedEvent(ClientSessionEvent::PublishRequestAccepted) => {
-                    publishing = true;
-                }
-                other => outbound.push(other),
-            }
-        }
-        if publishing {
-            break;
-        }
-    }
-    assert!(publishing, "our server never accepted the publish");
-    for &(kind, timestamp, body) in media {
-        let body = Bytes::copy_from_slice(body);
-        let stamp = RtmpTimestamp::new(timestamp);
-        let packet = if kind == flv::TAG_VIDEO {
-            client.publish_video_data(body, stamp, false)
-        } else {
-            client.publish_audio_data(body, stamp, false)
-        };
-        if let ClientSessionResult::OutboundResponse(packet) = packet.expect("media") {
-            exchange(&packet.bytes, &mut sent);
-        }
-    }
-    sent
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const AVC_HEADER: &[u8] = &[0x17, 0x00, 0, 0, 0, 1, 0x64, 0, 0x1f];
-    const AVC_KEYFRAME: &[u8] = &[0x17, 0x01, 0, 0, 0, 0, 0, 0, 2, 0x65, 0x88];
-    const AAC_FRAME: &[u8] = &[0xaf, 0x01, 0x21, 0x10];
+    use crate::ingest::gate::message;
+    use crate::ingest::harness::samples::{AAC_FRAME, AVC_HEADER, AVC_KEYFRAME};
+    use crate::ingest::harness::{record_publisher, DRIVE_STREAM_KEY};
 
     /// Runs reads through a fresh protocol, accepting publishes; returns the actions.
     fn run<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Action>, Option<ProtocolError>) {
@@ -1024,17 +561,6 @@ mod tests {
         }
     }
 
-    /// A chunk with a full header on chunk stream 3, message stream 0, in one chunk.
-    fn message(type_id: u8, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut out = vec![0x03, 0, 0, 0];
-        out.extend_from_slice(&len.to_be_bytes()[1..]);
-        out.push(type_id);
-        out.extend_from_slice(&[0, 0, 0, 0]);
-        out.extend_from_slice(payload);
-        out
-    }
-
     fn after_handshake(rest: &[u8]) -> Vec<u8> {
         let mut bytes = vec![3u8];
         bytes.extend_from_slice(&[0u8; 1536 * 2]);
@@ -1047,29 +573,6 @@ mod tests {
         let (_, error) = run(b"GET / HTTP/1.1\r\n\r\n".chunks(4096));
         assert!(
             matches!(error, Some(ProtocolError::Handshake(_))),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn a_zero_chunk_size_is_refused() {
-        let bytes = after_handshake(&message(1, &0u32.to_be_bytes()));
-        let (_, error) = run(bytes.chunks(4096));
-        assert!(
-            matches!(error, Some(ProtocolError::ChunkSize { size: 0 })),
-            "{error:?}"
-        );
-    }
-
-    #[test]
-    fn an_endless_message_is_cut_off() {
-        // The largest chunk size, then a video message claiming 16 MiB that never ends.
-        let mut rest = message(1, &0x7fff_ffffu32.to_be_bytes());
-        rest.extend_from_slice(&[0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0]);
-        rest.resize(rest.len() + DEFAULT_MAX_MESSAGE_BYTES + DEFAULT_MAX_READ, 0);
-        let (_, error) = run(after_handshake(&rest).chunks(DEFAULT_MAX_READ));
-        assert!(
-            matches!(error, Some(ProtocolError::MessageTooLarge { .. })),
             "{error:?}"
         );
     }
@@ -1099,18 +602,6 @@ mod tests {
     }
 
     #[test]
-    fn a_command_too_short_for_rml_rtmp_is_refused() {
-        // rml_rtmp 0.8 slices three values out of every command and panics on fewer.
-        let mut amf = vec![0x02, 0, 7];
-        amf.extend_from_slice(b"connect");
-        let (_, error) = run(after_handshake(&message(20, &amf)).chunks(4096));
-        assert!(
-            matches!(error, Some(ProtocolError::Amf { type_id: 20, .. })),
-            "{error:?}"
-        );
-    }
-
-    #[test]
     fn a_panic_in_rml_rtmp_ends_only_the_connection() {
         // Chunks of two messages interleaved: rml_rtmp 0.8 keeps one payload buffer for all
         // chunk streams and subtracts past zero (fuzz/regressions/rml-chunk-length-underflow).
@@ -1126,135 +617,5 @@ mod tests {
         );
         assert!(!inside_guarded_call());
         assert!(matches!(p.feed(&[0x03]), Err(ProtocolError::Closed)));
-    }
-
-    #[test]
-    fn amf_shape_follows_rml_amf0() {
-        let shape = |d: &[u8]| amf_shape(d, 4);
-        // A string, a number, an object {a: null}.
-        let mut d = vec![0x02, 0, 1, b'x', 0x00];
-        d.extend_from_slice(&[0; 8]);
-        d.extend_from_slice(&[0x03, 0, 1, b'a', 0x05, 0, 0, 0x09]);
-        assert_eq!(
-            shape(&d),
-            Ok(AmfShape {
-                values: 3,
-                depth: 1
-            })
-        );
-        // A top-level object-end marker stops the read.
-        assert_eq!(
-            shape(&[0x05, 0x09, 0x05]),
-            Ok(AmfShape {
-                values: 1,
-                depth: 0
-            })
-        );
-        // A short string reads as far as the bytes go.
-        assert_eq!(
-            shape(&[0x02, 0, 9, b'a']),
-            Ok(AmfShape {
-                values: 1,
-                depth: 0
-            })
-        );
-        // A strict array ends at its count or at an end marker.
-        assert_eq!(
-            shape(&[0x0a, 0, 0, 0, 9, 0x0a, 0, 0, 0, 1, 0x05, 0x09, 0x05]),
-            Ok(AmfShape {
-                values: 2,
-                depth: 2
-            })
-        );
-        assert_eq!(
-            shape(&[0x03, 0x00]),
-            Err(AmfError::Malformed("truncated value"))
-        );
-        assert_eq!(
-            shape(&[0x03, 0x00, 0x01, b'a']),
-            Err(AmfError::Malformed("property without a value"))
-        );
-        let deep: Vec<u8> = [0x0a, 0, 0, 0, 1].repeat(5);
-        assert_eq!(shape(&deep), Err(AmfError::TooDeep));
-        assert_eq!(
-            shape(&[0x11]),
-            Err(AmfError::Malformed("unknown AMF0 marker"))
-        );
-    }
-
-    #[test]
-    fn the_fuzz_driver_accepts_the_recorded_publisher() {
-        let mut input = vec![0b0000_0001];
-        input.extend_from_slice(&[0xc3]);
-        let seen = drive(&input);
-        assert_eq!(seen.publishes, 1, "{seen:?}");
-    }
-
-    /// Refreshes the fuzz target's starting corpus in `fuzz/seeds/`:
-    /// `cargo test --lib write_fuzz_seeds -- --ignored`.
-    #[test]
-    #[ignore = "writes files; run by hand to refresh fuzz/seeds"]
-    fn write_fuzz_seeds() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-        std::fs::create_dir_all(&dir).expect("fuzz/seeds");
-        let flights = record_publisher(&[
-            (flv::TAG_VIDEO, 0, AVC_HEADER),
-            (flv::TAG_AUDIO, 0, AAC_FRAME),
-            (flv::TAG_VIDEO, 33, AVC_KEYFRAME),
-            (flv::TAG_AUDIO, 21, AAC_FRAME),
-        ]);
-        let whole = flights.concat();
-        let media = flights[record_publisher(&[]).len()..].concat();
-        const READ_17: u8 = 2 << 2;
-        const READ_4096: u8 = 5 << 2;
-        let seeds: [(&str, u8, &[u8]); 4] = [
-            ("publisher-in-17-byte-reads", READ_17, &whole),
-            ("publisher-byte-by-byte", 0, &whole),
-            ("publisher-refused", READ_17 | 0b10, &whole),
-            ("media-after-prefix", READ_4096 | 1, &media),
-        ];
-        for (name, mode, bytes) in seeds {
-            let mut input = vec![mode];
-            input.extend_from_slice(bytes);
-            std::fs::write(dir.join(name), input).expect("write seed");
-        }
-    }
-
-    /// Inputs the fuzzer found, kept in `fuzz/regressions/`, and its seeds: none may panic
-    /// out of the core. Each regression input must end its connection with an error.
-    #[test]
-    fn fuzz_inputs_replay() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        let files = |dir: &str| {
-            let mut paths: Vec<_> = std::fs::read_dir(root.join(dir))
-                .unwrap_or_else(|e| panic!("fuzz/{dir}: {e}"))
-                .map(|entry| entry.expect("directory entry").path())
-                .filter(|p| p.file_name().is_some_and(|n| n != "README.md"))
-                .collect();
-            paths.sort();
-            paths
-        };
-        let seeds = files("seeds");
-        assert!(!seeds.is_empty(), "no seeds in fuzz/seeds");
-        for path in seeds {
-            let seen = drive(&std::fs::read(&path).expect("seed"));
-            eprintln!("{}: {seen:?}", path.display());
-            assert!(
-                seen.publishes + usize::from(seen.refused.is_some()) > 0,
-                "{}",
-                path.display()
-            );
-        }
-        let regressions = files("regressions");
-        assert!(!regressions.is_empty(), "no inputs in fuzz/regressions");
-        for path in regressions {
-            let seen = drive(&std::fs::read(&path).expect("regression input"));
-            eprintln!("{}: {seen:?}", path.display());
-            assert!(
-                seen.error.is_some(),
-                "{}: the connection should have ended: {seen:?}",
-                path.display()
-            );
-        }
     }
 }
