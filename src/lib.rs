@@ -2,10 +2,13 @@
 //!
 //! Map of the modules:
 //! - [`config`]: the TOML config file and its validation (the settings the operator asked for).
-//! - [`relay`]: one actor per relay owning its GStreamer pipelines, the relay spec (the JSON
-//!   shape shared by the config file and the API), the registry that maps ids and stream
-//!   keys to actors and decides when the API's relays are saved, and the state file
-//!   (`relay::store`) they are saved to and restored from.
+//! - [`relay`]: one actor per relay owning its GStreamer pipelines (`relay::actor`), the
+//!   handle the rest of the daemon talks to it through (`relay::handle`), and the pure rules
+//!   the actor follows: the program's lifecycle, each destination's state and backoff, the
+//!   scorebug's render schedule, and the live events diffed from its state. Beside them, the
+//!   relay spec (the JSON shape shared by the config file and the API), the registry that
+//!   maps ids and stream keys to actors and decides when the API's relays are saved, and the
+//!   state file (`relay::store`) they are saved to and restored from.
 //! - [`pipeline`]: builds the media graphs (ingest → program → HLS, and one pipeline per RTMP
 //!   destination) and turns bus errors into owned errors. Only relay actors call it.
 //! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.
