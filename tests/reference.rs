@@ -1,11 +1,20 @@
-//! The complete config reference, held to the code: `systemd/scorecast.example.toml` to the
-//! config loader. No daemon and no media: the loader runs in this process, in milliseconds.
+//! The two complete references, held to the code: `systemd/scorecast.example.toml` to the
+//! config loader, and `src/api/openapi.json` to the API's routes. No daemon and no media: the
+//! loader and the router run in this process, in milliseconds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
+use scorecast::api;
 use scorecast::config::Config;
+use scorecast::events::EventBus;
+use scorecast::relay::registry::Registry;
 use scorecast::relay::spec::CustomRendition;
+use scorecast::relay::RelayContext;
+use serde_json::Value;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
 
 const EXAMPLE: &str = include_str!("../systemd/scorecast.example.toml");
 const PROBE: &str = "__probe";
@@ -202,4 +211,105 @@ fn the_example_config_shows_every_key_the_loader_accepts() {
         "the config accepts keys that systemd/scorecast.example.toml neither sets nor shows \
          in a commented-out setting: {missing:?}"
     );
+}
+
+/// The documented routes: `(METHOD, path)` for every operation in `openapi.json`.
+fn documented() -> BTreeSet<(String, String)> {
+    let doc: Value = serde_json::from_str(api::OPENAPI).expect("openapi.json is JSON");
+    assert_eq!(doc["openapi"], "3.0.3");
+    let methods = ["get", "put", "post", "delete", "patch", "head", "options"];
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("a path item").keys() {
+            if methods.contains(&method.as_str()) {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    documented
+}
+
+/// A request path for a path template: ids no relay has, so nothing changes.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{id}", "nope")
+        .replace("{output_id}", "nope")
+        .replace("{relay}", "nope")
+        .replace("{rendition}", "720p")
+        .replace("{file}", "index.m3u8")
+}
+
+fn registry(hls_root: &Path) -> Arc<Registry> {
+    Arc::new(Registry::new(
+        RelayContext {
+            program: Default::default(),
+            hls: Default::default(),
+            hls_root: hls_root.to_owned(),
+            slates: Default::default(),
+            events: Arc::new(EventBus::default()),
+        },
+        None,
+    ))
+}
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routes_the_router_serves() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = api::table(registry(dir.path()), dir.path().to_owned());
+
+    let served: BTreeSet<(String, String)> = table
+        .iter()
+        .flat_map(|r| {
+            r.paths
+                .iter()
+                .map(|p| (r.method.to_owned(), (*p).to_owned()))
+        })
+        .collect();
+    let documented = documented();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "served but not in openapi.json: {undocumented:?}; in openapi.json but not served: \
+         {unserved:?}"
+    );
+
+    // Each route's own filter takes the requests it claims (a body that is not JSON, ids no
+    // relay has: the handlers refuse them, but the route matched), and on a documented path no
+    // route takes a method that is not documented there.
+    for route in &table {
+        for path in route.paths {
+            assert!(
+                takes(&route.filter, route.method, path).await,
+                "{} {path}: its own filter does not take it",
+                route.method
+            );
+        }
+    }
+    let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            let mut taken = false;
+            for route in &table {
+                taken |= takes(&route.filter, method, path).await;
+            }
+            let expected = documented.contains(&(method.to_owned(), path.clone()));
+            assert_eq!(
+                taken, expected,
+                "{method} {path}: routed {taken}, documented {expected}"
+            );
+        }
+    }
+}
+
+/// Whether `filter` takes `method` on `template`. The reply is not read: the events' is a
+/// stream that never ends.
+async fn takes(filter: &BoxedFilter<(Response,)>, method: &str, template: &str) -> bool {
+    warp::test::request()
+        .method(method)
+        .path(&concrete(template))
+        .body("{")
+        .filter(filter)
+        .await
+        .is_ok()
 }
