@@ -36,7 +36,7 @@ use crate::relay::{RelayContext, RelayError, RelayPhase};
 pub enum DaemonError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("GStreamer elements missing: {}; install the packages listed in the README", .0.join(", "))]
+    #[error("GStreamer elements missing: {}; scripts/deps installs them on Debian 12", .0.join(", "))]
     MissingElements(Vec<&'static str>),
     #[error("cannot create the data dir {path}: {source}")]
     DataDir {
