@@ -86,7 +86,8 @@ def listening(port, host="127.0.0.1"):
 
 
 def http(method, url, body=None, timeout=5):
-    """(status, parsed JSON, text or None); an HTTP error status is returned, not raised."""
+    """(status, body): the body as JSON, else as text, None when empty. An error status is
+    returned, not raised; no answer at all raises OSError."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"content-type": "application/json"} if data else {})
@@ -125,8 +126,8 @@ def iso(t):
 
 
 def parse_rfc3339(text):
-    """'2026-11-21T20:49:05.123456789Z' -> seconds since the epoch, nanoseconds kept (a float);
-    None when it is not RFC 3339."""
+    """'2026-11-21T20:49:05.123456789Z' -> seconds since the epoch (a float, the fraction
+    added apart so no digit is lost to fromisoformat); None when it is not RFC 3339."""
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", text.strip())
     if not m:
         return None
@@ -144,6 +145,14 @@ def exit_on_signals():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+
+
+def check_argv(argv, most, doc):
+    """For scripts with positional arguments only: prints `doc` and exits on -h/--help (0) or
+    on more than `most` arguments (2)."""
+    if any(a in ("-h", "--help") for a in argv) or len(argv) > most:
+        print(doc)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
 
 
 def command_line(script, argv, env_names=()):
