@@ -111,7 +111,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let text = std::fs::read_to_string(unit).expect("unit file");
     let text = text.replace("/usr/local/bin/scorecast", env!("CARGO_BIN_EXE_scorecast"));
     let copy = dir.path().join("scorecast.service");
-    std::fs::write(&copy, text).expect("copy the unit");
+    std::fs::write(&copy, &text).expect("copy the unit");
     let out = std::process::Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&copy)
@@ -123,6 +123,13 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {}\n{stderr}",
         out.status
     );
+    // A flood or a leak must stop at the service's own ceilings.
+    for limit in ["LimitNOFILE=", "TasksMax=", "MemoryMax="] {
+        assert!(
+            text.lines().any(|l| l.starts_with(limit)),
+            "the unit sets no {limit}"
+        );
+    }
 }
 
 /// For journald and log shippers: with `server.log_format = "json"` every line the daemon
