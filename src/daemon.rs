@@ -5,12 +5,14 @@
 //! Under systemd it reports readiness once the listeners are bound and the relays are back,
 //! then a status line and watchdog pings ([`crate::notify`]).
 //!
-//! Owns start-up order and shutdown. Listeners are passed in already bound, so tests can bind
+//! Owns the settings it runs with ([`load_config`]: the file and the command line over it),
+//! start-up order and shutdown. Listeners are passed in already bound, so tests can bind
 //! `127.0.0.1:0` and read the ports back; nothing is accepted on them before the saved relays
 //! are back.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::api;
 use crate::api::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, LogFormat};
 use crate::events::EventBus;
 use crate::ingest;
 use crate::notify::Notifier;
@@ -51,6 +53,43 @@ pub enum DaemonError {
     Start(#[from] RelayError),
     #[error("saved relays: {0}; the daemon will not start without them: fix the file, or move it away to start without the relays it holds")]
     State(#[from] StoreError),
+}
+
+/// What `scorecast run`'s flags set over the config file; `None` keeps the file's value.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    pub rtmp_listen: Option<SocketAddr>,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log lines as plain text or as JSON objects (overrides `server.log_format`).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings the daemon runs with: the config file at `path` (the built-in defaults
+/// without one), with `overrides` over it.
+pub fn load_config(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+    let mut config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let server = &mut config.server;
+    if let Some(addr) = overrides.api_listen {
+        server.api_listen = addr;
+    }
+    if let Some(addr) = overrides.rtmp_listen {
+        server.rtmp_listen = addr;
+    }
+    if let Some(dir) = overrides.data_dir {
+        server.data_dir = dir;
+    }
+    if let Some(format) = overrides.log_format {
+        server.log_format = format;
+    }
+    Ok(config)
 }
 
 /// Runs the daemon on bound listeners until `shutdown` completes. With `config_path`, SIGHUP

@@ -1,12 +1,12 @@
 //! The `scorecast` command: parses the CLI and calls the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scorecast::config::{Config, LogFormat};
+use scorecast::config::Config;
+use scorecast::daemon::{load_config, Overrides};
 
 #[derive(Parser)]
 #[command(version, about = "Live relay for esports and sports broadcasts")]
@@ -21,15 +21,8 @@ enum Command {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long, value_name = "ADDR")]
-        api_listen: Option<SocketAddr>,
-        #[arg(long, value_name = "ADDR")]
-        rtmp_listen: Option<SocketAddr>,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Log lines as plain text or as JSON objects (overrides `server.log_format`).
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormat>,
+        #[command(flatten)]
+        overrides: Overrides,
     },
     /// Validate a config file; exits non-zero and names the bad key.
     CheckConfig { file: PathBuf },
@@ -161,29 +154,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run {
-            config,
-            api_listen,
-            rtmp_listen,
-            data_dir,
-            log_format,
+            config: config_path,
+            overrides,
         } => {
-            let config_path = config;
-            let mut config = match &config_path {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
-            if let Some(addr) = api_listen {
-                config.server.api_listen = addr;
-            }
-            if let Some(addr) = rtmp_listen {
-                config.server.rtmp_listen = addr;
-            }
-            if let Some(dir) = data_dir {
-                config.server.data_dir = dir;
-            }
-            if let Some(format) = log_format {
-                config.server.log_format = format;
-            }
+            let config = load_config(config_path.as_deref(), overrides)?;
             scorecast::telemetry::init(config.server.log_format);
             scorecast::telemetry::route_gstreamer_log();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

@@ -5,6 +5,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -12,21 +13,41 @@ use crate::config::LogFormat;
 /// The default filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info,scorecast=info";
 
-/// Installs the global subscriber. Colour only on a terminal, so journald gets plain text;
-/// or one JSON object per line, for log shippers.
+/// Installs the global subscriber on stdout, filtered by `RUST_LOG` (else [`DEFAULT_FILTER`]).
+/// Colour only on a terminal, so journald gets plain text.
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // Ignore the error when a subscriber is already set (tests may initialise twice).
+    let _ = try_init(
+        format,
+        filter,
+        std::io::stdout().is_terminal(),
+        std::io::stdout,
+    );
+}
+
+/// Installs the global subscriber: the events `filter` lets through go to `writer`, each as a
+/// line of text (coloured if `ansi`) or as one JSON object per line, for log shippers. Fails
+/// when a global subscriber is set already.
+pub fn try_init<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Result<(), tracing_subscriber::util::TryInitError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
-    // Ignore the error when a subscriber is already set (tests may initialise twice).
-    let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-    };
+        .with_target(true)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).finish().try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).finish().try_init(),
+    }
 }
 
 /// Routes GStreamer's debug log into `tracing`, under the `gstreamer` target.

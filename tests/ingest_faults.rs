@@ -42,7 +42,7 @@ impl Setup {
             "{}\n[[relay]]\nid = \"{SPARE}\"\ningest = {{ stream_key = \"spare-key\" }}\n",
             relay_config(MAIN, r#"stream_key = "main-key""#, "")
         );
-        let daemon = Daemon::start(&config).await;
+        let daemon = Daemon::spawn(&config).await;
         let publisher = ffmpeg_publisher(&daemon.publish_url("main-key"), 120);
         daemon
             .wait_on_air(MAIN, "input", Duration::from_secs(20))

@@ -42,7 +42,7 @@ async fn ladder_renditions_are_aligned_valid_and_within_their_bitrate() {
             nginx.url("mobile")
         ),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("ladder-key"), 90);
     daemon
         .wait_on_air("ladder", "input", Duration::from_secs(20))
@@ -222,7 +222,7 @@ async fn destinations_are_added_and_removed_while_live() {
             nginx.url("main")
         ),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("show-key"), 120);
     let output_state = |relay: &serde_json::Value, id: &str| {
         relay["outputs"]
@@ -359,7 +359,7 @@ async fn passthrough_remuxes_without_decoding() {
             nginx.url("raw")
         ),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("raw-key"), 60);
     daemon
         .wait_state("raw", "live", Duration::from_secs(20))

@@ -244,7 +244,7 @@ impl EventStream {
 
 /// The live events through a publisher's arrival, its loss and a score change, read by a real
 /// client; a client that resumes with `Last-Event-ID` gets what it missed, in order; and an
-/// open stream does not hold the daemon up at SIGTERM.
+/// open stream does not hold up the daemon's shutdown.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_follow_a_publisher_drop_and_resume_from_the_last_id() {
     let config = relay_config("final", r#"stream_key = "final-key""#, "");
@@ -292,7 +292,7 @@ async fn events_follow_a_publisher_drop_and_resume_from_the_last_id() {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
 
-    // SIGTERM with both streams open: they end and the daemon exits as usual.
+    // The shutdown SIGTERM starts, with both streams open: they end and the daemon stops.
     daemon.stop().await;
     assert!(
         resumed.next().await.is_none(),

@@ -161,7 +161,7 @@ async fn live_relay_with_scores(overlay_extra: &str) -> (Arc<Mutex<Answer>>, Dae
             r#"overlay = {{ scores_url = "http://{api}/match", poll_interval = "500ms"{overlay_extra} }}"#
         ),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))

@@ -70,7 +70,7 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
         r#"stream_key = "final-key""#,
         &youtube_output(&nginx.url("yt-key")),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     // On air before any caster: the slate.
     let relay = daemon
         .wait_on_air("final", "slate", Duration::from_secs(20))
@@ -125,7 +125,7 @@ async fn ffmpeg_publish_reaches_hls_and_the_destination() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gst_launch_publisher_is_taken() {
-    let daemon = Daemon::start(TEST_PROGRAM).await;
+    let daemon = Daemon::spawn(TEST_PROGRAM).await;
     let (status, body) = daemon
         .post(
             "/api/v1/relays",
@@ -155,7 +155,7 @@ async fn pull_ingest_from_nginx_rtmp() {
         &format!(r#"url = "{}""#, nginx.url("upstream")),
         "",
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let relay = daemon
         .wait_on_air("pulled", "input", Duration::from_secs(30))
         .await;
@@ -170,7 +170,7 @@ async fn pull_ingest_from_nginx_rtmp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_stream_key_is_refused_and_the_relay_stays_on_the_slate() {
     let config = relay_config("final", r#"stream_key = "right-key""#, "");
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let mut publisher = ffmpeg_publisher(&daemon.publish_url("wrong-key"), 30);
     let status = publisher
         .wait_exit("ffmpeg to be refused", Duration::from_secs(15))
@@ -199,7 +199,7 @@ async fn wrong_stream_key_is_refused_and_the_relay_stays_on_the_slate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn caster_can_drop_and_publish_again() {
     let config = relay_config("final", r#"stream_key = "final-key""#, "");
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let mut first = ffmpeg_publisher(&daemon.publish_url("final-key"), 5);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
@@ -231,7 +231,7 @@ async fn unreachable_destination_retries_and_hls_carries_on() {
         r#"stream_key = "final-key""#,
         &format!(r#"outputs = [ {{ id = "dead", url = "{dead}" }} ]"#),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))

@@ -89,7 +89,7 @@ async fn a_lost_publisher_brings_the_slate_and_the_destination_keeps_one_session
         r#"stream_key = "final-key""#,
         &youtube_output(&nginx.url("yt-key")),
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let playlist = "/hls/final/720p/index.m3u8";
     let mut seen = BTreeMap::new();
 
@@ -154,7 +154,7 @@ async fn a_lost_publisher_brings_the_slate_and_the_destination_keeps_one_session
 #[tokio::test(flavor = "multi_thread")]
 async fn the_slate_is_what_viewers_see_while_the_caster_is_away() {
     let config = relay_config("final", r#"stream_key = "final-key""#, "");
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
@@ -220,7 +220,7 @@ async fn the_slate_is_what_viewers_see_while_the_caster_is_away() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_publisher_is_replaced_but_a_healthy_one_is_not() {
     let config = relay_config("final", r#"stream_key = "final-key""#, "");
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let first = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     let relay = daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
@@ -280,7 +280,7 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
         r#"stream_key = "final-key""#,
         &youtube_output(&nginx.url("yt-key")),
     );
-    let mut daemon = Daemon::start(&config).await;
+    let mut daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 120);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
@@ -347,7 +347,7 @@ async fn destinations_recover_and_a_black_hole_costs_nothing_even_at_shutdown() 
         .wait_output("final", "hole", "connecting", Duration::from_secs(20))
         .await;
     let stopping = std::time::Instant::now();
-    let status = daemon.process.terminate(Duration::from_secs(15));
+    let status = daemon.process_mut().terminate(Duration::from_secs(15));
     assert!(
         status.is_some(),
         "the daemon did not exit within 15 s of SIGTERM:\n{}",

@@ -63,7 +63,7 @@ async fn expect(daemon: &Daemon, method: &str, path: &str, body: &str, status: u
 #[tokio::test(flavor = "multi_thread")]
 async fn api_relays_come_back_after_a_restart() {
     let config = relay_config("cfg", r#"stream_key = "cfg-key""#, "");
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
 
     let alpha = json!({"id": "alpha", "ingest": {"stream_key": "alpha-key"},
                        "overlay": {"stale_after": "5s", "position": "top-right"},
@@ -171,7 +171,7 @@ async fn api_relays_come_back_after_a_restart() {
         "the shutdown changed the saved state"
     );
 
-    let daemon = Daemon::start_in(dir).await;
+    let daemon = Daemon::spawn_in(dir).await;
     let after = all_desired(&daemon).await;
     // Everything as it was, but the config's relay: the config is its source, so the output
     // added over the API is gone.
@@ -198,7 +198,7 @@ async fn api_relays_come_back_after_a_restart() {
          \n[[relay]]\nid = \"cfg2\"\ningest = {{ stream_key = \"delta-key\" }}\n"
     );
     std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
-    let daemon = Daemon::start_in(dir).await;
+    let daemon = Daemon::spawn_in(dir).await;
     let relays = all_desired(&daemon).await;
     let ids: Vec<&str> = relays.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, ["alpha", "beta", "cfg", "cfg2", "epsilon", "match1"]);
@@ -228,7 +228,7 @@ async fn api_relays_come_back_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
-    let daemon = Daemon::start("").await;
+    let daemon = Daemon::spawn("").await;
     expect(
         &daemon,
         "POST",
@@ -244,7 +244,7 @@ async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
     let whole = std::fs::read(&path).expect("relays.json");
     let cut = &whole[..whole.len() / 2];
     std::fs::write(&path, cut).expect("write");
-    let exit = match Daemon::try_start_in(dir).await {
+    let exit = match Daemon::try_spawn_in(dir).await {
         Ok(_) => panic!("scorecast started on a corrupt relays.json"),
         Err(exit) => exit,
     };
@@ -263,7 +263,7 @@ async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
 
     // Moved away, the daemon starts without the relays it held.
     std::fs::rename(&path, path.with_extension("json.bad")).expect("move");
-    let daemon = Daemon::start_in(exit.dir).await;
+    let daemon = Daemon::spawn_in(exit.dir).await;
     assert_eq!(daemon.get("/api/v1/relays").await, (200, json!([])));
 }
 
@@ -272,7 +272,7 @@ async fn a_corrupt_state_file_stops_the_start_and_is_left_alone() {
 /// `EXT-X-DISCONTINUITY`, because its timeline starts again.
 #[tokio::test(flavor = "multi_thread")]
 async fn hls_goes_on_across_a_restart() {
-    let daemon = Daemon::start("").await;
+    let daemon = Daemon::spawn("").await;
     let show = json!({"id": "show", "ingest": {"stream_key": "show-key"}});
     expect(&daemon, "POST", "/api/v1/relays", &show.to_string(), 201).await;
     expect(&daemon, "POST", "/api/v1/relays/show/start", "", 200).await;
@@ -281,7 +281,7 @@ async fn hls_goes_on_across_a_restart() {
     let (before, _) = served_playlist(&daemon, playlist, 2).await;
     let last_before = before.media_sequence + before.segments.len() as u64 - 1;
 
-    let daemon = Daemon::start_in(daemon.stop().await).await;
+    let daemon = Daemon::spawn_in(daemon.stop().await).await;
     let (after, text) = served_playlist(&daemon, playlist, 1).await;
     assert!(
         after.media_sequence > last_before,

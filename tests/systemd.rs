@@ -56,7 +56,7 @@ async fn under_systemd(watchdog: Duration) -> (Daemon, Manager) {
         ("NOTIFY_SOCKET", socket_path.display().to_string()),
         ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
     ];
-    let daemon = Daemon::try_start_with_env(dir, &env)
+    let daemon = Daemon::try_spawn_with_env(dir, &env)
         .await
         .unwrap_or_else(|exit| panic!("scorecast exited at start:\n{}", exit.log));
     (daemon, manager)
@@ -141,7 +141,7 @@ async fn json_logs_are_one_object_per_line() {
         "[server]\nlog_format = \"json\"\n{}",
         relay_config("show", r#"stream_key = "show-key""#, "")
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     daemon
         .wait_on_air("show", "slate", Duration::from_secs(20))
         .await;
@@ -196,7 +196,7 @@ async fn relay_ids(daemon: &Daemon) -> Vec<String> {
 async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
     let nginx = Nginx::start_recording().await;
     let config = reload_config(&nginx, &[("drop", "drop-key"), ("change", "change-key")]);
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("keep-key"), 120);
     daemon
         .wait_on_air("keep", "input", Duration::from_secs(20))
@@ -210,7 +210,7 @@ async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
     let config_path = daemon.dir.path().join("scorecast.toml");
     let changed = reload_config(&nginx, &[("change", "changed-key"), ("add", "add-key")]);
     std::fs::write(&config_path, changed).expect("rewrite the config");
-    daemon.process.signal("HUP");
+    daemon.process().signal("HUP");
     wait_for("the reload", Duration::from_secs(20), || async {
         daemon.log().contains("config reloaded").then_some(())
     })
@@ -242,7 +242,7 @@ async fn sighup_applies_the_config_and_leaves_untouched_relays_alone() {
 
     // A broken file: an error in the log, and every relay as it was.
     std::fs::write(&config_path, "[[relay]]\nid = \"oops\"\nstream_kee = 1\n").expect("break it");
-    daemon.process.signal("HUP");
+    daemon.process().signal("HUP");
     wait_for("the refused reload", Duration::from_secs(20), || async {
         daemon.log().contains("config not reloaded").then_some(())
     })
@@ -340,7 +340,7 @@ async fn watchdog_pings_stop_while_a_pipeline_is_wedged() {
         .await;
     manager.wait("a ping", Duration::from_secs(5), |m| m == "WATCHDOG=1");
 
-    let tid = thread_named(daemon.process.pid(), "enc-q-720p:src")
+    let tid = thread_named(daemon.process().pid(), "enc-q-720p:src")
         .expect("the encoder queue's streaming thread");
     let frozen = FrozenThread::freeze(tid);
     // Pings in flight may still land; after that, none for several intervals.

@@ -1,10 +1,12 @@
-//! Test peers: the daemon binary, an nginx-rtmp stand-in for YouTube, ffmpeg and gst-launch
-//! publishers, and an RFC 8216 playlist checker. Everything listens on 127.0.0.1 with ports
-//! chosen at run time, and every process is killed when its guard drops.
+//! Test peers: the daemon (in the test's process, or the built binary), an nginx-rtmp
+//! stand-in for YouTube, ffmpeg and gst-launch publishers, and an RFC 8216 playlist checker.
+//! Everything listens on 127.0.0.1 with ports chosen at run time, and every process is killed
+//! when its guard drops.
 
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod in_process;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -33,7 +35,11 @@ where
     }
 }
 
-/// A free TCP port on loopback (bound, read back, released).
+/// A free TCP port on loopback (bound, read back, released). Only for a port the test cannot
+/// hold on to: one that another process listens on (the daemon binary, nginx), which that
+/// process binds later, so that something else may take it in between; or one that nothing may
+/// listen on. A listener the test can hand over (the in-process daemon's) is bound on port 0
+/// and passed as it is.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -133,14 +139,59 @@ impl Drop for Process {
     }
 }
 
-/// The scorecast daemon, run from the built binary with a config of the test's.
+/// The scorecast daemon with a config of the test's, and its directory: `scorecast.toml`,
+/// `data/` as its data dir, and its log, `daemon.log`.
 pub struct Daemon {
+    /// Declared first, so it stops before its directory is removed.
+    runner: Runner,
     pub api: String,
     pub rtmp_port: u16,
     pub dir: tempfile::TempDir,
-    pub process: Process,
     pub http: reqwest::Client,
 }
+
+/// How the daemon runs.
+enum Runner {
+    /// `daemon::run` in the test's process, on listeners the test bound ([`Daemon::start`]).
+    InProcess(in_process::InProcess),
+    /// The built binary, `scorecast run`, as systemd starts it ([`Daemon::spawn`]).
+    Process(Process),
+}
+
+impl Runner {
+    fn ended(&mut self) -> bool {
+        match self {
+            Runner::InProcess(daemon) => daemon.ended(),
+            Runner::Process(process) => process.try_wait().is_some(),
+        }
+    }
+
+    /// Stops it as systemd does: SIGTERM to the binary; in process, the shutdown future that
+    /// `main` completes on SIGTERM. `Err` says how it did not end cleanly.
+    async fn stop(self) -> Result<(), String> {
+        match self {
+            Runner::InProcess(daemon) => daemon.stop().await,
+            Runner::Process(mut process) => {
+                process.signal("TERM");
+                let status = process
+                    .wait_exit("scorecast to exit on SIGTERM", STOP_TIMEOUT)
+                    .await;
+                status.success().then_some(()).ok_or(status.to_string())
+            }
+        }
+    }
+}
+
+/// The daemon's log in `dir`.
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+}
+
+/// The log filter of both runners (the binary's `RUST_LOG`): info, and debug for the relays.
+pub const LOG_FILTER: &str = "info,scorecast::relay=debug";
+
+/// How long a daemon may take to stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Settings that keep tests light: ultrafast x264, 2 s segments.
 pub const TEST_PROGRAM: &str =
@@ -166,37 +217,68 @@ pub fn youtube_output(url: &str) -> String {
     format!(r#"outputs = [ {{ id = "youtube", url = "{url}" }} ]"#)
 }
 
-/// A daemon that exited before it served: its status, its log, and its directory.
+/// A daemon binary that exited before it served: its status, its log, and its directory.
 pub struct DaemonExit {
     pub status: std::process::ExitStatus,
     pub log: String,
     pub dir: tempfile::TempDir,
 }
 
+/// A directory holding `config` as its `scorecast.toml`.
+fn config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
+    dir
+}
+
 impl Daemon {
-    /// Starts the daemon with `config` (TOML) and waits for `/healthz`.
+    /// Starts the daemon in this process with `config` (TOML) and waits for `/healthz`.
     pub async fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
-        Self::start_in(dir).await
+        Self::start_in(config_dir(config)).await
     }
 
-    /// Starts the daemon on `dir`: its `scorecast.toml`, its `data/` as the data dir.
+    /// Starts the daemon in this process on `dir` (see [`Daemon`]) and waits for `/healthz`.
+    /// Its log is appended to `dir/daemon.log`.
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        match Self::try_start_in(dir).await {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let (api, rtmp) = (bind(), bind());
+        let port = |l: &std::net::TcpListener| l.local_addr().expect("a bound port").port();
+        let (api_port, rtmp_port) = (port(&api), port(&rtmp));
+        let runner = in_process::InProcess::start(dir.path(), api, rtmp).await;
+        let mut daemon = Self::new(Runner::InProcess(runner), api_port, rtmp_port, dir);
+        if daemon.wait_healthy().await {
+            return daemon;
+        }
+        let log = daemon.log();
+        let Runner::InProcess(mut runner) = daemon.runner else {
+            unreachable!("started in process")
+        };
+        let outcome = runner.outcome().err().unwrap_or_else(|| "Ok".to_owned());
+        panic!("daemon::run returned at start ({outcome}):\n{log}");
+    }
+
+    /// Starts the daemon binary with `config` (TOML) and waits for `/healthz`.
+    pub async fn spawn(config: &str) -> Self {
+        Self::spawn_in(config_dir(config)).await
+    }
+
+    /// Starts the daemon binary on `dir` (see [`Daemon`]) and waits for `/healthz`.
+    pub async fn spawn_in(dir: tempfile::TempDir) -> Self {
+        match Self::try_spawn_in(dir).await {
             Ok(daemon) => daemon,
             Err(exit) => panic!("scorecast exited at start ({}):\n{}", exit.status, exit.log),
         }
     }
 
-    /// Starts the daemon on `dir` and waits for `/healthz`; `Err` if it exits first. Its
-    /// log is appended to `dir/daemon.log`, so the log of a restarted daemon holds both runs.
-    pub async fn try_start_in(dir: tempfile::TempDir) -> Result<Self, DaemonExit> {
-        Self::try_start_with_env(dir, &[]).await
+    /// Starts the daemon binary on `dir` and waits for `/healthz`; `Err` if it exits first.
+    /// Its log is appended to `dir/daemon.log`, so the log of a restarted daemon holds both
+    /// runs.
+    pub async fn try_spawn_in(dir: tempfile::TempDir) -> Result<Self, DaemonExit> {
+        Self::try_spawn_with_env(dir, &[]).await
     }
 
-    /// As [`Daemon::try_start_in`], with extra environment variables.
-    pub async fn try_start_with_env(
+    /// As [`Daemon::try_spawn_in`], with extra environment variables.
+    pub async fn try_spawn_with_env(
         dir: tempfile::TempDir,
         env: &[(&str, String)],
     ) -> Result<Self, DaemonExit> {
@@ -220,64 +302,90 @@ impl Daemon {
                 .arg(format!("127.0.0.1:{rtmp_port}"))
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
-                .env("RUST_LOG", "info,scorecast::relay=debug")
+                .env("RUST_LOG", LOG_FILTER)
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log),
         );
-        let mut daemon = Self {
+        let mut daemon = Self::new(Runner::Process(process), api_port, rtmp_port, dir);
+        if daemon.wait_healthy().await {
+            return Ok(daemon);
+        }
+        let log = daemon.log();
+        let Runner::Process(mut process) = daemon.runner else {
+            unreachable!("spawned")
+        };
+        let status = process.try_wait().expect("it exited");
+        Err(DaemonExit {
+            status,
+            log,
+            dir: daemon.dir,
+        })
+    }
+
+    fn new(runner: Runner, api_port: u16, rtmp_port: u16, dir: tempfile::TempDir) -> Self {
+        Self {
+            runner,
             api: format!("http://127.0.0.1:{api_port}"),
             rtmp_port,
             dir,
-            process,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("http client"),
-        };
-        let url = format!("{}/healthz", daemon.api);
+        }
+    }
+
+    /// Waits for `/healthz` to answer; `false` if the daemon ended first.
+    async fn wait_healthy(&mut self) -> bool {
+        let url = format!("{}/healthz", self.api);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = daemon.process.try_wait() {
-                let log = daemon.log();
-                return Err(DaemonExit {
-                    status,
-                    log,
-                    dir: daemon.dir,
-                });
+            if self.runner.ended() {
+                return false;
             }
-            if let Ok(r) = daemon.http.get(&url).send().await {
+            if let Ok(r) = self.http.get(&url).send().await {
                 if r.status().is_success() {
-                    break;
+                    return true;
                 }
             }
             assert!(
                 Instant::now() < deadline,
                 "scorecast did not come up:\n{}",
-                daemon.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(daemon)
     }
 
-    /// Stops the daemon with SIGTERM, as systemd does, asserts it exits cleanly, and hands
+    /// Stops the daemon as systemd does ([`Runner::stop`]), asserts it ends cleanly, and hands
     /// back its directory.
     pub async fn stop(self) -> tempfile::TempDir {
-        let Daemon {
-            dir, mut process, ..
-        } = self;
-        process.signal("TERM");
-        let status = process
-            .wait_exit("scorecast to exit on SIGTERM", Duration::from_secs(20))
-            .await;
-        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        assert!(status.success(), "scorecast exited with {status}:\n{log}");
+        let Daemon { runner, dir, .. } = self;
+        if let Err(e) = runner.stop().await {
+            panic!("scorecast ended with {e}:\n{}", read_log(dir.path()));
+        }
         dir
     }
 
+    /// The daemon binary's process (for signals and its threads).
+    pub fn process(&self) -> &Process {
+        match &self.runner {
+            Runner::Process(process) => process,
+            Runner::InProcess(_) => panic!("this daemon runs in process: start it with spawn"),
+        }
+    }
+
+    /// As [`Daemon::process`], to end it.
+    pub fn process_mut(&mut self) -> &mut Process {
+        match &mut self.runner {
+            Runner::Process(process) => process,
+            Runner::InProcess(_) => panic!("this daemon runs in process: start it with spawn"),
+        }
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        read_log(self.dir.path())
     }
 
     pub fn hls_dir(&self, relay: &str) -> PathBuf {
