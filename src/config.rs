@@ -65,6 +65,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// How log lines are written: plain text, or one JSON object per line.
     pub log_format: LogFormat,
+    /// Web origins (`https://ops.example.com`) whose pages may call the API, besides its own.
+    pub allowed_origins: Vec<String>,
+    /// Host names the API answers under, besides `localhost` and IP addresses (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Who may use the API. With no tokens, everyone who reaches it may (loopback only, unless
@@ -134,6 +138,8 @@ impl Default for ServerSettings {
             rtmp_listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::default(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -239,6 +245,14 @@ impl Config {
             ("hls.segment_seconds", self.hls.segment_seconds),
             ("hls.playlist_length", self.hls.playlist_length),
         ];
+        for (n, origin) in self.server.allowed_origins.iter().enumerate() {
+            check_origin(origin)
+                .map_err(|message| (format!("server.allowed_origins[{n}]"), message))?;
+        }
+        for (n, host) in self.server.allowed_hosts.iter().enumerate() {
+            check_host_name(host)
+                .map_err(|message| (format!("server.allowed_hosts[{n}]"), message))?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {
             let key = |field: &str| format!("auth.tokens[{n}].{field}");
@@ -319,6 +333,52 @@ impl Config {
     }
 }
 
+/// A web origin as browsers send it: `http://` or `https://`, a host, an optional port other
+/// than the scheme's default, and nothing after.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let form = || {
+        format!("{origin:?} is not an origin: give scheme://host[:port], e.g. \"https://ops.example.com\", with no path or trailing slash")
+    };
+    let (scheme, rest) = origin.split_once("://").ok_or_else(form)?;
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return Err(form()),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !rest.ends_with(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(form());
+    }
+    match port {
+        None => Ok(()),
+        Some(p) if p == default_port => Err(format!(
+            "{origin:?}: leave out the default port {p}, as browsers do"
+        )),
+        Some(p) if !p.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
+        Some(_) => Err(form()),
+    }
+}
+
+/// A host name for `server.allowed_hosts`: letters, digits, `-` and `.`, with no port (any port
+/// is accepted).
+fn check_host_name(host: &str) -> Result<(), String> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name: give the name alone (e.g. \"scorecast.example.com\"), with no scheme or port; IP addresses and localhost are always accepted"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +424,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("relay[0].id"), "{err}");
+    }
+
+    #[test]
+    fn browser_settings_are_checked() {
+        let config = parse(
+            "[server]\nallowed_origins = [\"https://ops.example.com\", \"http://[::1]:8080\"]\n\
+             allowed_hosts = [\"scorecast.example.com\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.server.allowed_hosts, ["scorecast.example.com"]);
+        for (text, key) in [
+            (
+                "allowed_origins = [\"ops.example.com\"]",
+                "server.allowed_origins[0]",
+            ),
+            (
+                "allowed_origins = [\"https://ops.example.com/\"]",
+                "server.allowed_origins[0]",
+            ),
+            (
+                "allowed_origins = [\"https://a.example\", \"ftp://b.example\"]",
+                "server.allowed_origins[1]",
+            ),
+            (
+                "allowed_origins = [\"https://ops.example.com:443\"]",
+                "server.allowed_origins[0]",
+            ),
+            (
+                "allowed_origins = [\"http://ops.example.com:x\"]",
+                "server.allowed_origins[0]",
+            ),
+            (
+                "allowed_hosts = [\"scorecast.example.com:8080\"]",
+                "server.allowed_hosts[0]",
+            ),
+            (
+                "allowed_hosts = [\"https://scorecast.example.com\"]",
+                "server.allowed_hosts[0]",
+            ),
+            ("allowed_hosts = [\"\"]", "server.allowed_hosts[0]"),
+        ] {
+            let err = parse(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

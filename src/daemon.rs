@@ -161,6 +161,7 @@ pub async fn run(
         registry.clone(),
         hls_root,
         Auth::new(config.auth.clone()),
+        api::browsers::Browsers::new(&config.server),
         async move {
             let _ = api_stop.changed().await;
         },

@@ -23,7 +23,7 @@ async fn raw_http(api: &str, request: &str) -> String {
 /// and returns the status and the JSON body.
 async fn raw_request(api: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -49,7 +49,7 @@ async fn chunked_request(api: &str, head: &str, chunks: usize) -> (u16, Value) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     let head = format!(
-        "{head}\r\nHost: t\r\nContent-Type: application/json\r\n\
+        "{head}\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     let writer = tokio::spawn(async move {
@@ -134,7 +134,7 @@ async fn relay_crud_and_errors() {
     // A body announced over 1 MiB is refused before it is read.
     let reply = raw_http(
         &daemon.api,
-        "POST /api/v1/relays HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+        "POST /api/v1/relays HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: 2097152\r\nConnection: close\r\n\r\n{",
     )
     .await;
@@ -704,7 +704,7 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_a_running_relay_alone() {
         let announced = raw_http(
             &api,
             &format!(
-                "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
                  Content-Length: 2097152\r\nConnection: close\r\n\r\n{{"
             ),
         )

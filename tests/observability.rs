@@ -268,6 +268,7 @@ async fn events_follow_a_publisher_drop_and_resume_from_the_last_id() {
     let reply = daemon
         .http
         .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .header("content-type", "application/json")
         .body(score)
         .send()
         .await

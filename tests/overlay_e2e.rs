@@ -329,6 +329,7 @@ async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
     let r = daemon
         .http
         .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .header("content-type", "application/json")
         .body(score_json(2))
         .send()
         .await
@@ -366,6 +367,7 @@ async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
     let r = daemon
         .http
         .put(format!("{}/api/v1/relays/final/score", daemon.api))
+        .header("content-type", "application/json")
         .body(r#"{"home":{"name":"A"},"away":{"name":"B","score":1}}"#)
         .send()
         .await

@@ -52,21 +52,10 @@ impl Auth {
         let unauthorized = |message: &str| {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_owned())
         };
-        let given = authorization
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(|| {
-                unauthorized("a token is required: send `Authorization: Bearer <token>`")
-            })?;
-        // Every token is compared, so the time taken says nothing about which came close.
-        let mut role = None;
-        for token in &self.settings.tokens {
-            if constant_time_eq(token.token.as_bytes(), given.as_bytes()) {
-                role = Some(token.role);
-            }
-        }
-        match role {
+        let given = bearer(authorization).ok_or_else(|| {
+            unauthorized("a token is required: send `Authorization: Bearer <token>`")
+        })?;
+        match self.role(given) {
             None => Err(unauthorized("the token is not valid")),
             Some(Role::ReadOnly) if !matches!(*method, Method::GET | Method::HEAD) => {
                 Err(ApiError::new(
@@ -78,6 +67,30 @@ impl Auth {
             Some(_) => Ok(()),
         }
     }
+
+    /// Whether the `Authorization` header holds a valid token, of any role.
+    pub fn authenticates(&self, authorization: Option<&str>) -> bool {
+        bearer(authorization).is_some_and(|given| self.role(given).is_some())
+    }
+
+    fn role(&self, given: &str) -> Option<Role> {
+        // Every token is compared, so the time taken says nothing about which came close.
+        let mut role = None;
+        for token in &self.settings.tokens {
+            if constant_time_eq(token.token.as_bytes(), given.as_bytes()) {
+                role = Some(token.role);
+            }
+        }
+        role
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 #[cfg(test)]

@@ -151,8 +151,16 @@ pub async fn recover_compat(rejection: Rejection) -> Result<Response, Rejection>
     }
 }
 
-/// Maps warp's own rejections (no route, wrong method, body too large) to JSON.
+/// Maps warp's own rejections (no route, wrong method, body too large) and the refusals of
+/// [`super::browsers`] and [`super::auth`] to JSON.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    if let Some(super::browsers::Refused { error, compat }) = rejection.find() {
+        return Ok(if *compat {
+            CompatError::new(error.status, error.message.clone()).into_response()
+        } else {
+            ApiError::new(error.status, error.code, error.message.clone()).into_response()
+        });
+    }
     if let Some(super::auth::Refused(e)) = rejection.find() {
         let unauthorized = e.status == StatusCode::UNAUTHORIZED;
         let error = ApiError::new(e.status, e.code, e.message.clone());

@@ -1,11 +1,14 @@
 //! The HTTP API (warp): routes here, handlers in [`handlers`], JSON shapes in [`wire`], every
 //! error mapped in [`error`], HLS files in [`hls`], the Prometheus text in [`metrics`], the
-//! operator console's page and files in [`console`].
+//! operator console's page and files in [`console`]. Before any route, [`browsers`] refuses
+//! what a hostile web page could send (foreign Origin or Host, a body that is not JSON), and
+//! [`auth`] checks the token.
 //!
 //! Owns HTTP only. It talks to relays through the registry and their handles and must not
 //! touch pipelines.
 
 pub mod auth;
+pub mod browsers;
 pub mod console;
 pub mod error;
 pub mod handlers;
@@ -27,6 +30,7 @@ use warp::{Filter, Reply};
 
 use crate::relay::registry::Registry;
 use auth::Auth;
+use browsers::Browsers;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -89,6 +93,40 @@ where
         paths,
         filter: filter.boxed(),
     }
+}
+
+/// Passes a request a browser's page could not have forged; rejects the others with
+/// [`browsers::Refused`].
+fn from_no_foreign_page(
+    browsers: Arc<Browsers>,
+    auth: Arc<Auth>,
+) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and_then(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  headers: warp::http::HeaderMap| {
+                let authorization = headers
+                    .get(warp::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let authenticated = auth.authenticates(authorization);
+                let checked = browsers.check(&method, path.as_str(), &headers, authenticated);
+                if let Err(refused) = &checked {
+                    tracing::info!(
+                        %method,
+                        path = path.as_str(),
+                        host = ?headers.get(warp::http::header::HOST),
+                        origin = ?headers.get(warp::http::header::ORIGIN),
+                        code = refused.error.code,
+                        "request refused: a web page could have sent it"
+                    );
+                }
+                async move { checked.map_err(warp::reject::custom) }
+            },
+        )
+        .untuple_one()
 }
 
 /// Passes a request the tokens allow; rejects the others with [`auth::Refused`].
@@ -283,11 +321,12 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
     ]
 }
 
-/// Every route of the API, behind the token check.
+/// Every route of the API, behind the browser rules and the token check.
 pub fn routes(
     registry: Arc<Registry>,
     hls_root: PathBuf,
     auth: Arc<Auth>,
+    browsers: Arc<Browsers>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // Last: an empty id under /api/v1/relays/ matches no route above; say so.
     let empty_id = warp::path::full().and_then(|path: warp::path::FullPath| async move {
@@ -305,7 +344,11 @@ pub fn routes(
         .chain([empty_id.boxed()])
         .reduce(|routes, route| routes.or(route).unify().boxed())
         .expect("the API has routes");
-    authorized(auth).and(all).recover(error::recover).unify()
+    from_no_foreign_page(browsers, auth.clone())
+        .and(authorized(auth))
+        .and(all)
+        .recover(error::recover)
+        .unify()
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -314,11 +357,17 @@ pub async fn serve(
     registry: Arc<Registry>,
     hls_root: PathBuf,
     auth: Auth,
+    browsers: Browsers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(registry, hls_root, Arc::new(auth)))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    warp::serve(routes(
+        registry,
+        hls_root,
+        Arc::new(auth),
+        Arc::new(browsers),
+    ))
+    .incoming(listener)
+    .graceful(shutdown)
+    .run()
+    .await;
 }
