@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod frames;
+pub mod scores;
 
 use std::future::Future;
 use std::net::TcpListener;
