@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::frames::{bug, bug_regions, closer, score_json};
+use common::scores::{Answer, ScoresApi};
 use common::*;
 use image::RgbaImage;
 use scorecast::render::Bug;
-use warp::Filter;
 
 const POLL: Duration = Duration::from_millis(500);
 const STALE_AFTER: Duration = Duration::from_secs(3);
@@ -21,46 +19,6 @@ const STALE_AFTER: Duration = Duration::from_secs(3);
 /// drawn on it: the program's latency (the input switch's 0.3 s and the live sync's 0.1 s) and
 /// some room for a loaded machine.
 const DRAWN_WITHIN: Duration = Duration::from_secs(1);
-
-#[derive(Clone)]
-enum Answer {
-    Score(String),
-    Error500,
-    Garbage,
-    Hang,
-}
-
-/// The scores API stand-in: `GET /match` answers whatever the test sets.
-async fn scores_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
-    let route = warp::path!("match").and(warp::get()).then(move || {
-        let answer = answer.lock().expect("answer lock").clone();
-        async move {
-            use warp::http::StatusCode;
-            use warp::Reply;
-            match answer {
-                Answer::Score(json) => {
-                    warp::reply::with_header(json, "content-type", "application/json")
-                        .into_response()
-                }
-                Answer::Error500 => {
-                    warp::reply::with_status("boom", StatusCode::INTERNAL_SERVER_ERROR)
-                        .into_response()
-                }
-                Answer::Garbage => warp::reply::html("<html>maintenance</html>").into_response(),
-                Answer::Hang => {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    "too late".into_response()
-                }
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    addr
-}
 
 /// Segments of the 720p media playlist, with their program date-time.
 async fn segments(daemon: &Daemon) -> Vec<(SystemTime, f64, String)> {
@@ -149,16 +107,17 @@ async fn wait_score_error(daemon: &Daemon, needle: &str) {
 }
 
 /// A live relay `final` whose overlay polls a scores server answering 1-0 every 500 ms.
-/// `overlay_extra` adds fields to the overlay table. Returns the server's answer to change,
-/// the daemon and the publisher (keep it alive).
-async fn live_relay_with_scores(overlay_extra: &str) -> (Arc<Mutex<Answer>>, Daemon, Process) {
-    let answer = Arc::new(Mutex::new(Answer::Score(score_json(1))));
-    let api = scores_server(answer.clone()).await;
+/// `overlay_extra` adds fields to the overlay table. Returns the server (to change its
+/// answer), the daemon and the publisher (keep it alive).
+async fn live_relay_with_scores(overlay_extra: &str) -> (ScoresApi, Daemon, Process) {
+    let api = ScoresApi::start(Answer::Score(score_json(1))).await;
+    // The stand-in is on loopback, which a relay reaches only when it allows private addresses.
     let config = relay_config(
         "final",
         r#"stream_key = "final-key""#,
         &format!(
-            r#"overlay = {{ scores_url = "http://{api}/match", poll_interval = "500ms"{overlay_extra} }}"#
+            r#"overlay = {{ scores_url = "{}", poll_interval = "500ms", allow_private = true{overlay_extra} }}"#,
+            api.url("match")
         ),
     );
     let daemon = Daemon::spawn(&config).await;
@@ -166,7 +125,7 @@ async fn live_relay_with_scores(overlay_extra: &str) -> (Arc<Mutex<Answer>>, Dae
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
-    (answer, daemon, publisher)
+    (api, daemon, publisher)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,7 +151,7 @@ async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
 
     // The score changes at the API.
     let changed_at = SystemTime::now();
-    *answer.lock().expect("answer lock") = Answer::Score(score_json(2));
+    answer.set(Answer::Score(score_json(2)));
     // Judged by each frame's program date-time: the frame's time as the relay received it.
     let due = changed_at + POLL + Duration::from_secs(1);
     let frames = frames_between(
@@ -261,11 +220,11 @@ async fn scores_api_drives_the_overlay_and_failures_keep_the_last_good_score() {
             .expect("playlist")
             .1,
     );
-    *answer.lock().expect("answer lock") = Answer::Error500;
+    answer.set(Answer::Error500);
     wait_score_error(&daemon, "HTTP 500").await;
-    *answer.lock().expect("answer lock") = Answer::Garbage;
+    answer.set(Answer::Garbage);
     wait_score_error(&daemon, "not JSON").await;
-    *answer.lock().expect("answer lock") = Answer::Hang;
+    answer.set(Answer::Hang);
     wait_score_error(&daemon, "no answer").await;
     let (_, score) = daemon.get("/api/v1/relays/final/score").await;
     assert_eq!(
@@ -356,7 +315,7 @@ async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
     );
 
     // The API moves on (3-0): it takes over again.
-    *answer.lock().expect("answer lock") = Answer::Score(score_json(3));
+    answer.set(Answer::Score(score_json(3)));
     wait_for("the API to take over", Duration::from_secs(5), || async {
         let (_, s) = daemon.get("/api/v1/relays/final/score").await;
         (s["source"] == "api" && s["scoreboard"]["home"]["score"] == "3").then_some(())

@@ -17,6 +17,7 @@ use super::handle::ScoreStatus;
 use super::spec::OverlaySpec;
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::render::{self, Logos};
+use crate::scores::guard::redact;
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
 
@@ -78,8 +79,17 @@ impl Scorebug {
             url,
             interval: overlay.poll_interval(),
             mapping: overlay.map.clone(),
+            allow_private: overlay.allow_private,
+            logo_size: render::logo_size(self.size.1),
         };
-        info!(relay = %self.relay, url = %settings.url, interval = ?settings.interval, "polling the scores API");
+        // The URL's query and user info may carry credentials: they stay out of the log.
+        info!(
+            relay = %self.relay,
+            url = %redact(&settings.url),
+            interval = ?settings.interval,
+            allow_private = settings.allow_private,
+            "polling the scores API"
+        );
         self.poller = Some((poller::spawn(settings, tx), rx));
     }
 

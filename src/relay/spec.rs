@@ -117,6 +117,14 @@ pub struct OverlaySpec {
     /// Distance from the frame's edges in pixels at 720p (default 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<u32>,
+    /// Let the scores API and the logos be fetched from private, loopback and link-local
+    /// addresses, which are refused otherwise (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_private: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl OverlaySpec {

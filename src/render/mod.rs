@@ -29,6 +29,8 @@ const BAR_SHARE: f32 = 0.06;
 const MIN_BAR_PX: u32 = 24;
 /// Text size as a share of the bar height.
 const TEXT_SHARE: f32 = 0.62;
+/// A logo's side as a share of the bar height.
+const LOGO_SHARE: f32 = 0.8;
 const DEFAULT_MARGIN_720P: u32 = 24;
 
 const BACKGROUND: Rgba<u8> = Rgba([16, 18, 26, 230]);
@@ -67,6 +69,18 @@ impl Default for Theme {
     }
 }
 
+/// The bar height for a `frame_height` frame.
+fn bar_height(frame_height: u32) -> u32 {
+    ((frame_height as f32 * BAR_SHARE).round() as u32).max(MIN_BAR_PX)
+}
+
+/// The side of the square a logo is drawn in on a `frame_height` frame. A logo already this
+/// size is drawn as it is; any other size is scaled on every render, so callers that redraw
+/// (the relay's scorebug) scale their logos to it once.
+pub fn logo_size(frame_height: u32) -> u32 {
+    (bar_height(frame_height) as f32 * LOGO_SHARE) as u32
+}
+
 /// Decoded team logos, when the scores data names them and they loaded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logos<'a> {
@@ -91,7 +105,7 @@ pub fn render(
     frame_width: u32,
     frame_height: u32,
 ) -> Bug {
-    let h = ((frame_height as f32 * BAR_SHARE).round() as u32).max(MIN_BAR_PX);
+    let h = bar_height(frame_height);
     let scale = PxScale::from(h as f32 * TEXT_SHARE);
     let small = PxScale::from(h as f32 * TEXT_SHARE * 0.8);
     let unit = |share: f32| ((h as f32 * share).round() as u32).max(1);
@@ -286,14 +300,24 @@ fn text_in_box(
     draw_text_mut(img, color, x as i32, y, scale, &*FONT, text);
 }
 
-/// Draws a logo scaled into an `h`x`h` square at `x`; returns the width used.
+/// Draws a logo scaled into an `h`x`h` square at `x`; returns the width used. A logo that
+/// is already [`logo_size`] is not scaled again.
 fn draw_logo(img: &mut RgbaImage, logo: Option<&RgbaImage>, x: u32, h: u32) -> u32 {
     let Some(logo) = logo else { return 0 };
-    let inner = (h as f32 * 0.8) as u32;
-    let resized = imageops::resize(logo, inner, inner, imageops::FilterType::Triangle);
-    let offset = (h - inner) / 2;
-    imageops::overlay(img, &resized, i64::from(x + offset), i64::from(offset));
+    let inner = (h as f32 * LOGO_SHARE) as u32;
+    let offset = i64::from((h - inner) / 2);
+    if logo.dimensions() == (inner, inner) {
+        imageops::overlay(img, logo, i64::from(x) + offset, offset);
+    } else {
+        let resized = scale_logo(logo, inner);
+        imageops::overlay(img, &resized, i64::from(x) + offset, offset);
+    }
     h
+}
+
+/// A logo scaled to a `side`x`side` square, as the scorebug draws it.
+pub fn scale_logo(logo: &RgbaImage, side: u32) -> RgbaImage {
+    imageops::resize(logo, side, side, imageops::FilterType::Triangle)
 }
 
 /// The team's colour (`#RRGGBB`), or a neutral grey.
@@ -389,6 +413,26 @@ mod tests {
             fit_name("Borussia Mönchengladbach Esports Club", scale, 120),
             "BMEC"
         );
+    }
+
+    #[test]
+    fn a_logo_scaled_once_draws_the_same_pixels() {
+        let board: Scoreboard = serde_json::from_str(
+            r#"{"home":{"name":"NAVI","score":1},"away":{"name":"G2","score":0}}"#,
+        )
+        .expect("valid");
+        let logo = RgbaImage::from_fn(300, 200, |x, y| Rgba([(x % 256) as u8, y as u8, 90, 255]));
+        let side = logo_size(720);
+        assert_eq!(side, 34, "6 % of 720 px is a 43 px bar; 80 % of it");
+        let scaled = scale_logo(&logo, side);
+        let draw = |l: &RgbaImage| {
+            let logos = Logos {
+                home: Some(l),
+                away: None,
+            };
+            render(&board, logos, false, &Theme::default(), 1280, 720).image
+        };
+        assert_eq!(draw(&logo), draw(&scaled));
     }
 
     #[test]

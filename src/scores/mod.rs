@@ -1,9 +1,12 @@
 //! Scores: the scoreboard model, reading it from any JSON (built-in shape or JSON Pointers),
-//! the rule that decides between the scores API and the operator ([`ScoreKeeper`]), and the
-//! poller that fetches the API ([`poller`]).
+//! the rule that decides between the scores API and the operator ([`ScoreKeeper`]), the
+//! poller that fetches the API ([`poller`]), the limits and cache of team logos ([`logos`]),
+//! and the addresses fetches may reach ([`guard`]).
 //!
 //! Owns scores data only. It must not draw (that is [`crate::render`]) or touch pipelines.
 
+pub mod guard;
+pub mod logos;
 pub mod poller;
 
 use std::collections::BTreeMap;

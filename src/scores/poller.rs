@@ -2,11 +2,12 @@
 //!
 //! Every `interval` it GETs the URL, with `If-None-Match` / `If-Modified-Since` when the server
 //! gave an ETag or Last-Modified, timeouts shorter than the interval, and the body capped at
-//! 1 MiB. It decodes team logos when their URLs change. It reports each outcome on a channel
-//! and backs off on errors. It never decides what is on screen: the relay's
-//! [`super::ScoreKeeper`] does.
+//! 1 MiB. It fetches team logos when their URLs change, within [`super::logos`]' limits, and
+//! keeps them scaled to the size the scorebug draws them at. Every fetch goes through
+//! [`super::guard`]'s client: public addresses only unless the relay allows private ones. It
+//! reports each outcome on a channel and backs off on errors. It never decides what is on
+//! screen: the relay's [`super::ScoreKeeper`] does.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +17,11 @@ use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::guard::{self, redact};
+use super::logos::{self, LogoCache, MAX_LOGO_BYTES, MAX_URL_BYTES};
 use super::{parse, Mapping, Scoreboard};
 
-/// The largest body (scores JSON or logo) read.
+/// The largest scores body read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Errors back off up to this delay between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -30,9 +33,13 @@ pub struct PollerSettings {
     pub url: String,
     pub interval: Duration,
     pub mapping: Mapping,
+    /// Fetch from private, loopback and link-local addresses too (`overlay.allow_private`).
+    pub allow_private: bool,
+    /// The side of the square the scorebug draws logos in ([`crate::render::logo_size`]).
+    pub logo_size: u32,
 }
 
-/// Decoded logos for the two teams.
+/// Decoded logos for the two teams, scaled to the size the scorebug draws them at.
 #[derive(Debug, Clone, Default)]
 pub struct LogoSet {
     pub home: Option<Arc<RgbaImage>>,
@@ -72,12 +79,7 @@ pub fn timeout_for(interval: Duration) -> Duration {
 
 async fn run(settings: PollerSettings, updates: mpsc::UnboundedSender<PollUpdate>) {
     let timeout = timeout_for(settings.interval);
-    let client = match reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .user_agent(concat!("scorecast/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match guard::client(timeout, settings.allow_private) {
         Ok(c) => c,
         Err(e) => {
             let _ = updates.send(PollUpdate::Failed(format!(
@@ -91,7 +93,7 @@ async fn run(settings: PollerSettings, updates: mpsc::UnboundedSender<PollUpdate
         settings,
         etag: None,
         last_modified: None,
-        logos: HashMap::new(),
+        logos: LogoCache::default(),
     };
     let mut failures: u32 = 0;
     loop {
@@ -118,12 +120,24 @@ struct Poller {
     settings: PollerSettings,
     etag: Option<String>,
     last_modified: Option<String>,
-    /// Decoded logos by URL; `None` for a URL that is not an image.
-    logos: HashMap<String, Option<Arc<RgbaImage>>>,
+    /// Scaled logos (or why there is none) by URL, for the last few URLs.
+    logos: LogoCache,
+}
+
+/// Why a logo URL gave no logo; only refusals are remembered for the URL.
+enum LogoFailure {
+    /// The network or the server failed: worth trying again at the next poll.
+    Transient(String),
+    /// The logo itself is refused (over a limit, not an image, a refused address, an HTTP
+    /// error): kept in the cache, so it is not fetched again.
+    Refused(String),
 }
 
 impl Poller {
     async fn poll_once(&mut self) -> PollUpdate {
+        if let Err(e) = self.check(&self.settings.url) {
+            return PollUpdate::Failed(e);
+        }
         let mut request = self.client.get(&self.settings.url);
         if let Some(etag) = &self.etag {
             request = request.header(IF_NONE_MATCH, etag);
@@ -139,7 +153,7 @@ impl Poller {
                     timeout_for(self.settings.interval)
                 ))
             }
-            Err(e) => return PollUpdate::Failed(format!("request failed: {}", error_chain(&e))),
+            Err(e) => return PollUpdate::Failed(request_error(e)),
         };
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED {
@@ -156,7 +170,7 @@ impl Poller {
                 .map(str::to_owned)
         };
         let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
-        let body = match read_capped(response).await {
+        let body = match read_capped(response, MAX_BODY_BYTES).await {
             Ok(b) => b,
             Err(e) => return PollUpdate::Failed(e),
         };
@@ -174,16 +188,10 @@ impl Poller {
             ("away", board.away.logo.clone(), &mut logos.away),
         ] {
             let Some(url) = url else { continue };
-            if !self.logos.contains_key(&url) {
-                let loaded = self.fetch_logo(&url).await;
-                if let Err(e) = &loaded {
-                    logo_error = Some(format!("{side}.logo: {e}"));
-                }
-                self.logos.insert(url.clone(), loaded.ok());
-            } else if self.logos.get(&url).is_some_and(Option::is_none) {
-                logo_error = Some(format!("{side}.logo: {url} is not a usable image"));
+            match self.logo(&url).await {
+                Ok(logo) => *slot = Some(logo),
+                Err(e) => logo_error = Some(format!("{side}.logo {}: {e}", redact(&url))),
             }
-            *slot = self.logos.get(&url).cloned().flatten();
         }
         PollUpdate::Board(Box::new(BoardUpdate {
             board,
@@ -192,47 +200,111 @@ impl Poller {
         }))
     }
 
-    async fn fetch_logo(&self, url: &str) -> Result<Arc<RgbaImage>, String> {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
-        if !response.status().is_success() {
-            return Err(format!("{url}: HTTP {}", response.status()));
+    /// Refuses a URL the guard does not let through (a literal private address); names are
+    /// checked when the client resolves them.
+    fn check(&self, url: &str) -> Result<(), String> {
+        if self.settings.allow_private {
+            return Ok(());
         }
-        let body = read_capped(response).await?;
-        let image = tokio::task::spawn_blocking(move || {
-            image::load_from_memory(&body).map(|i| i.to_rgba8())
-        })
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .map_err(|e| format!("{url} is not an image: {e}"))?;
-        Ok(Arc::new(image))
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        guard::check_url(&parsed).map_err(|e| e.to_string())
+    }
+
+    /// The scaled logo at `url`, from the cache or fetched.
+    async fn logo(&mut self, url: &str) -> Result<Arc<RgbaImage>, String> {
+        if let Some(outcome) = self.logos.get(url) {
+            return outcome;
+        }
+        match self.fetch_logo(url).await {
+            Ok(logo) => {
+                self.logos.insert(url.to_owned(), Ok(logo.clone()));
+                Ok(logo)
+            }
+            Err(LogoFailure::Refused(e)) => {
+                self.logos.insert(url.to_owned(), Err(e.clone()));
+                Err(e)
+            }
+            Err(LogoFailure::Transient(e)) => Err(e),
+        }
+    }
+
+    async fn fetch_logo(&self, url: &str) -> Result<Arc<RgbaImage>, LogoFailure> {
+        use LogoFailure::{Refused, Transient};
+        if url.len() > MAX_URL_BYTES {
+            return Err(Refused(format!("URL over {MAX_URL_BYTES} bytes")));
+        }
+        self.check(url).map_err(Refused)?;
+        let response = self.client.get(url).send().await.map_err(|e| {
+            if guard::refusal(&e).is_some() || e.is_builder() {
+                Refused(request_error(e))
+            } else {
+                Transient(request_error(e))
+            }
+        })?;
+        if !response.status().is_success() {
+            return Err(Refused(format!("HTTP {}", response.status())));
+        }
+        let body = read_capped(response, MAX_LOGO_BYTES).await.map_err(|e| {
+            if e.starts_with("body over") {
+                Refused(e)
+            } else {
+                Transient(e)
+            }
+        })?;
+        let side = self.settings.logo_size;
+        let logo = tokio::task::spawn_blocking(move || logos::decode_scaled(&body, side))
+            .await
+            .map_err(|e| Transient(format!("decoding: {e}")))?
+            .map_err(|e| Refused(e.to_string()))?;
+        Ok(Arc::new(logo))
     }
 }
 
-/// Reads a body, refusing anything over [`MAX_BODY_BYTES`].
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    if response
-        .content_length()
-        .is_some_and(|l| l > MAX_BODY_BYTES as u64)
-    {
-        return Err(format!("body over {MAX_BODY_BYTES} bytes"));
+/// A failed request, said without its URL (which may carry credentials): the guard's refusal
+/// as it is, or the error's chain.
+fn request_error(e: reqwest::Error) -> String {
+    if let Some(refused) = guard::refusal(&e) {
+        return refused.to_string();
+    }
+    if e.is_timeout() {
+        return "no answer in time".to_owned();
+    }
+    format!("request failed: {}", error_chain(&e.without_url()))
+}
+
+/// Reads a body, refusing it once it is over `max` bytes: at once when Content-Length says
+/// so, else as soon as more has arrived (whatever Content-Length said, or without one).
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let over = || format!("body over {} ({max} bytes)", size_text(max));
+    if response.content_length().is_some_and(|l| l > max as u64) {
+        return Err(over());
     }
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(format!("body over {MAX_BODY_BYTES} bytes"));
+                if body.len() + chunk.len() > max {
+                    return Err(over());
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(format!("reading the body: {}", error_chain(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "reading the body: {}",
+                    error_chain(&e.without_url())
+                ))
+            }
         }
+    }
+}
+
+/// `2 MiB`, `512 KiB`: a byte limit as people say it.
+fn size_text(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 
@@ -275,6 +347,13 @@ mod tests {
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn limits_are_said_as_people_say_them() {
+        assert_eq!(size_text(MAX_LOGO_BYTES), "2 MiB");
+        assert_eq!(size_text(MAX_BODY_BYTES), "1 MiB");
+        assert_eq!(size_text(1536), "1536 bytes");
     }
 
     #[test]

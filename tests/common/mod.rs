@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod in_process;
+pub mod scores;
 
 use std::future::Future;
 use std::net::TcpListener;
