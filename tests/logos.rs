@@ -38,9 +38,10 @@ fn config(relays: &[(&str, String)]) -> String {
     text
 }
 
-/// The daemon's resident memory, in MiB.
+/// The daemon's resident memory, in MiB (a daemon run from the binary, so that the figure is
+/// its own and not the test's).
 fn rss_mib(daemon: &Daemon) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.process.pid()))
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.process().pid()))
         .expect("the daemon's /proc status");
     let kib: f64 = status
         .lines()
@@ -246,7 +247,7 @@ async fn oversized_logos_are_refused_before_decoding_and_memory_stays_flat() {
     api.put_file("huge.png", vec![0x89; 3 * 1024 * 1024]);
     api.set(Answer::Score(board_with_logo(&api.url("files/good.png"))));
     let endless = endless_logo_server(8 * 1024 * 1024).await;
-    let daemon = Daemon::start(&config(&[(
+    let daemon = Daemon::spawn(&config(&[(
         "final",
         format!(
             r#"scores_url = "{}", poll_interval = "200ms", allow_private = true"#,
@@ -311,7 +312,7 @@ async fn a_logo_url_signed_anew_on_every_poll_does_not_grow_memory() {
     api.set(Answer::Each(Arc::new(move |n| {
         board_with_logo(&format!("{logo}?sig={n}"))
     })));
-    let daemon = Daemon::start(&config(&[(
+    let daemon = Daemon::spawn(&config(&[(
         "final",
         format!(
             r#"scores_url = "{}", poll_interval = "100ms", allow_private = true"#,
