@@ -51,12 +51,19 @@ pub async fn wait_closed(stream: &mut TcpStream, within: Duration, what: &str) -
 
 /// The client side of the plain RTMP handshake: C0+C1, read S0+S1+S2, C2.
 pub async fn handshake(stream: &mut TcpStream) {
+    try_handshake(stream)
+        .await
+        .expect("the daemon takes the handshake");
+}
+
+/// [`handshake`], failing if the daemon closes the connection.
+pub async fn try_handshake(stream: &mut TcpStream) -> std::io::Result<()> {
     let mut c0c1 = vec![3u8];
     c0c1.extend((0..1536u32).map(|i| (i * 7) as u8));
-    stream.write_all(&c0c1).await.expect("write C0+C1");
+    stream.write_all(&c0c1).await?;
     let mut s = vec![0u8; 1 + 1536 * 2];
-    stream.read_exact(&mut s).await.expect("read S0+S1+S2");
-    stream.write_all(&s[1..1537]).await.expect("write C2");
+    stream.read_exact(&mut s).await?;
+    stream.write_all(&s[1..1537]).await
 }
 
 /// One message in chunks of 128 bytes on chunk stream 3: a full header, then type-3 headers.
