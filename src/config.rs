@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::ingest;
 use crate::relay::spec::{RelaySpec, SpecError};
 
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8080";
@@ -47,6 +48,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSettings,
+    pub ingest: IngestSettings,
     pub program: ProgramSettings,
     pub hls: HlsSettings,
     pub auth: AuthSettings,
@@ -70,6 +72,40 @@ pub struct ServerSettings {
     /// Host names the API answers under, besides `localhost` and IP addresses (DNS rebinding).
     pub allowed_hosts: Vec<String>,
 }
+
+/// What the RTMP server lets peers take: connections, failed publishes, and bytes before a
+/// publish is accepted. Read at start-up only.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Connections open at once, from everyone.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// Failed publishes (unknown key, refused publish) from one address within a minute
+    /// before the address is shut out for a minute.
+    pub max_failed_publishes: u32,
+    /// Bytes one connection may send before its publish is accepted.
+    pub max_bytes_before_publish: usize,
+    /// Bytes all connections without an accepted publish may have sent, together.
+    pub max_bytes_before_publish_total: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: ingest::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: ingest::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_failed_publishes: ingest::DEFAULT_MAX_FAILED_PUBLISHES,
+            max_bytes_before_publish: ingest::DEFAULT_MAX_BYTES_BEFORE_PUBLISH,
+            max_bytes_before_publish_total: ingest::DEFAULT_MAX_BYTES_BEFORE_PUBLISH_TOTAL,
+        }
+    }
+}
+
+/// The least `ingest.max_bytes_before_publish` may be: a real publisher sends about 4 KiB
+/// (handshake, connect, createStream, publish) before its publish is accepted.
+pub const MIN_BYTES_BEFORE_PUBLISH: usize = 8 << 10;
 
 /// Who may use the API. With no tokens, everyone who reaches it may (loopback only, unless
 /// `allow_open`).
@@ -244,6 +280,10 @@ impl Config {
             ("program.gop_seconds", p.gop_seconds),
             ("hls.segment_seconds", self.hls.segment_seconds),
             ("hls.playlist_length", self.hls.playlist_length),
+            (
+                "ingest.max_failed_publishes",
+                self.ingest.max_failed_publishes,
+            ),
         ];
         for (n, origin) in self.server.allowed_origins.iter().enumerate() {
             check_origin(origin)
@@ -271,6 +311,33 @@ impl Config {
             if value == 0 {
                 return Err((key.to_owned(), "must be greater than 0".to_owned()));
             }
+        }
+        let i = &self.ingest;
+        for (key, value) in [
+            ("ingest.max_connections", i.max_connections),
+            (
+                "ingest.max_connections_per_address",
+                i.max_connections_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key.to_owned(), "must be greater than 0".to_owned()));
+            }
+        }
+        if i.max_bytes_before_publish < MIN_BYTES_BEFORE_PUBLISH {
+            return Err((
+                "ingest.max_bytes_before_publish".to_owned(),
+                format!(
+                    "must be at least {MIN_BYTES_BEFORE_PUBLISH} (a publisher sends about 4 KiB \
+                     before its publish is accepted)"
+                ),
+            ));
+        }
+        if i.max_bytes_before_publish_total < i.max_bytes_before_publish {
+            return Err((
+                "ingest.max_bytes_before_publish_total".to_owned(),
+                "must be at least ingest.max_bytes_before_publish".to_owned(),
+            ));
         }
         for (key, value) in [("program.width", p.width), ("program.height", p.height)] {
             if !value.is_multiple_of(2) {
@@ -393,7 +460,31 @@ mod tests {
         assert_eq!(config.server.api_listen.port(), 8080);
         assert_eq!(config.server.rtmp_listen.port(), 1935);
         assert_eq!(config.program, ProgramSettings::default());
+        assert_eq!(config.ingest, IngestSettings::default());
         assert!(config.relays.is_empty());
+    }
+
+    #[test]
+    fn ingest_limits_are_checked() {
+        let config = parse("[ingest]\nmax_connections = 16\nmax_connections_per_address = 2\n")
+            .expect("valid");
+        assert_eq!(config.ingest.max_connections, 16);
+        assert_eq!(config.ingest.max_connections_per_address, 2);
+        let err = parse("[ingest]\nmax_connections_per_address = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.max_connections_per_address"), "{err}");
+        let err = parse("[ingest]\nmax_bytes_before_publish = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.max_bytes_before_publish:"), "{err}");
+        let err = parse("[ingest]\nmax_bytes_before_publish_total = 10000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ingest.max_bytes_before_publish_total"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub async fn run(
     let ingest_task = tokio::spawn(ingest::serve(
         rtmp_listener,
         registry.clone(),
+        config.ingest.clone(),
         stop_rx.clone(),
     ));
     let mut api_stop = stop_rx.clone();
