@@ -57,7 +57,7 @@ fn raise_fd_limit() {
 /// The daemon's TCP connections to its RTMP port from addresses `from` accepts, read from
 /// /proc: its socket inodes matched against the kernel's connection table.
 fn held_from(daemon: &Daemon, from: impl Fn(IpAddr) -> bool) -> usize {
-    let pid = daemon.process.pid();
+    let pid = daemon.process().pid();
     let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("the daemon's fds")
         .flatten()
@@ -93,18 +93,6 @@ fn held_from(daemon: &Daemon, from: impl Fn(IpAddr) -> bool) -> usize {
         .count()
 }
 
-/// The daemon's resident memory in MiB.
-fn rss_mib(daemon: &Daemon) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.process.pid()))
-        .expect("the daemon's status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
-}
 
 /// The slowest of `n` `/healthz` answers.
 async fn slowest_healthz(daemon: &Daemon, n: usize) -> Duration {
@@ -140,7 +128,7 @@ async fn open_idle(
 
 async fn daemon_with_main() -> Daemon {
     raise_fd_limit();
-    Daemon::start(&relay_config(
+    Daemon::spawn(&relay_config(
         MAIN,
         &format!("stream_key = \"{MAIN_KEY}\""),
         "",
@@ -160,7 +148,7 @@ fn assert_no_keys_logged(daemon: &Daemon, keys: &[&str]) {
 async fn thousands_of_idle_connections_are_held_at_the_caps() {
     let daemon = daemon_with_main().await;
     let port = daemon.rtmp_port;
-    let rss_before = rss_mib(&daemon);
+    let rss_before = daemon.rss_mib();
 
     // 2,000 from one address: the daemon keeps its 8, and closes the rest at accept.
     let started = Instant::now();
@@ -195,7 +183,7 @@ async fn thousands_of_idle_connections_are_held_at_the_caps() {
     let many = open_idle((10..110).map(attacker), 20, port).await;
     let total = held_from(&daemon, |_| true);
     let healthz = slowest_healthz(&daemon, 20).await;
-    let rss = rss_mib(&daemon);
+    let rss = daemon.rss_mib();
     eprintln!(
         "2000 more from 100 addresses: the daemon holds {total} RTMP connections in all; \
          slowest of 20 /healthz: {healthz:?}; RSS {rss_before:.0} MiB before the floods, \
@@ -236,7 +224,7 @@ async fn key_guessing_on_parallel_connections_shuts_the_address_out() {
         "{}\n[ingest]\nmax_failed_publishes = 4\n",
         relay_config(MAIN, &format!("stream_key = \"{MAIN_KEY}\""), "")
     );
-    let daemon = Daemon::start(&config).await;
+    let daemon = Daemon::spawn(&config).await;
     let port = daemon.rtmp_port;
     let guesser = attacker(2);
 
@@ -290,7 +278,7 @@ async fn key_guessing_on_parallel_connections_shuts_the_address_out() {
 async fn bytes_before_a_publish_are_bounded() {
     let daemon = daemon_with_main().await;
     let port = daemon.rtmp_port;
-    let rss_before = rss_mib(&daemon);
+    let rss_before = daemon.rss_mib();
 
     // One connection sends a message that never ends: cut off at its 64 KiB allowance.
     let mut endless = connect_from(attacker(2), port).await.expect("connect");
@@ -351,7 +339,7 @@ async fn bytes_before_a_publish_are_bounded() {
         streams.push(stream);
     }
     let held = streams.len() - closed;
-    let rss = rss_mib(&daemon);
+    let rss = daemon.rss_mib();
     eprintln!(
         "96 connections sent {SENT} bytes each without publishing: {held} held, {closed} \
          closed; RSS {rss_before:.0} MiB before, {rss:.0} MiB after"

@@ -38,19 +38,6 @@ fn config(relays: &[(&str, String)]) -> String {
     text
 }
 
-/// The daemon's resident memory, in MiB (a daemon run from the binary, so that the figure is
-/// its own and not the test's).
-fn rss_mib(daemon: &Daemon) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.process().pid()))
-        .expect("the daemon's /proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib / 1024.0
-}
 
 async fn score(daemon: &Daemon, relay: &str) -> Value {
     daemon.get(&format!("/api/v1/relays/{relay}/score")).await.1
@@ -264,7 +251,7 @@ async fn oversized_logos_are_refused_before_decoding_and_memory_stays_flat() {
         .wait_state("final", "live", Duration::from_secs(20))
         .await;
     wait_polls(&api, 10, Duration::from_secs(20)).await;
-    let before = rss_mib(&daemon);
+    let before = daemon.rss_mib();
 
     api.set(Answer::Score(board_with_logo(&api.url("files/bomb.png"))));
     let error = wait_error(&daemon, "final", "over the 1024×1024 limit").await;
@@ -275,7 +262,7 @@ async fn oversized_logos_are_refused_before_decoding_and_memory_stays_flat() {
     // The refusal is remembered: the bomb is fetched once, however often the API names it.
     wait_polls(&api, 10, Duration::from_secs(20)).await;
     assert_eq!(api.hits("files/bomb.png"), 1);
-    let after_bomb = rss_mib(&daemon);
+    let after_bomb = daemon.rss_mib();
 
     // Bodies over 2 MiB, announced by Content-Length or not, are cut off.
     api.set(Answer::Score(board_with_logo(&api.url("files/huge.png"))));
@@ -286,7 +273,7 @@ async fn oversized_logos_are_refused_before_decoding_and_memory_stays_flat() {
     ))));
     wait_error(&daemon, "final", "stream.png: body over 2 MiB").await;
     wait_polls(&api, 5, Duration::from_secs(20)).await;
-    let after = rss_mib(&daemon);
+    let after = daemon.rss_mib();
     eprintln!(
         "daemon RSS: {before:.1} MiB before, {after_bomb:.1} MiB after the 20000x20000 bomb, \
          {after:.1} MiB after the oversized bodies"
@@ -325,10 +312,10 @@ async fn a_logo_url_signed_anew_on_every_poll_does_not_grow_memory() {
     })
     .await;
     wait_polls(&api, 10, Duration::from_secs(30)).await;
-    let before = rss_mib(&daemon);
+    let before = daemon.rss_mib();
     let logos_before = api.hits("files/logo.png");
     wait_polls(&api, 100, Duration::from_secs(120)).await;
-    let after = rss_mib(&daemon);
+    let after = daemon.rss_mib();
     let fetched = api.hits("files/logo.png") - logos_before;
     eprintln!(
         "daemon RSS: {before:.1} MiB before, {after:.1} MiB after 100 polls \

@@ -377,6 +377,20 @@ impl Daemon {
         }
     }
 
+    /// The resident memory of a daemon run from the binary, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let pid = self.process().pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("the daemon's /proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib / 1024.0
+    }
+
     /// As [`Daemon::process`], to end it.
     pub fn process_mut(&mut self) -> &mut Process {
         match &mut self.runner {
