@@ -93,7 +93,6 @@ fn held_from(daemon: &Daemon, from: impl Fn(IpAddr) -> bool) -> usize {
         .count()
 }
 
-
 /// The slowest of `n` `/healthz` answers.
 async fn slowest_healthz(daemon: &Daemon, n: usize) -> Duration {
     let mut slowest = Duration::ZERO;

@@ -38,7 +38,6 @@ fn config(relays: &[(&str, String)]) -> String {
     text
 }
 
-
 async fn score(daemon: &Daemon, relay: &str) -> Value {
     daemon.get(&format!("/api/v1/relays/{relay}/score")).await.1
 }
