@@ -1,13 +1,15 @@
 //! The media graphs. [`program`] builds a relay's main pipeline (ingest → decode → normalise →
 //! overlay slot → one encoder per rendition → HLS, plus one FLV mux per encode that
-//! destinations use); [`fanout`] hands each FLV stream to its destinations; [`output`] builds
-//! one small pipeline per RTMP destination, fed from that FLV stream.
+//! destinations use), as [`ladder`] (pure: renditions, destination encodes, the master
+//! playlist) describes it; [`fanout`] hands each FLV stream to its destinations; [`output`]
+//! builds one small pipeline per RTMP destination, fed from that FLV stream.
 //!
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
 pub mod continuity;
 pub mod fanout;
+pub mod ladder;
 pub mod output;
 pub mod overlay;
 pub mod program;

@@ -42,6 +42,7 @@ use std::time::Duration;
 use gst::prelude::*;
 
 use super::fanout::{self, Fanout, FeedSlot};
+use super::ladder::{self, Encode, Rendition, Variant, SOURCE_RENDITION};
 use super::overlay::OverlaySlot;
 use super::{link_chain, link_tee, make, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
@@ -76,71 +77,6 @@ pub enum Source {
     Push,
     /// An external RTMP server, pulled with `rtmp2src`.
     Pull(String),
-}
-
-/// One HLS rendition: its name, frame size and video bitrate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendition {
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    pub video_kbps: u32,
-}
-
-impl Rendition {
-    /// A rendition `height` pixels tall at the program's aspect ratio, or `None` when it would
-    /// upscale.
-    pub fn for_program(
-        name: &str,
-        height: u32,
-        video_kbps: u32,
-        program: &ProgramSettings,
-    ) -> Option<Self> {
-        if height > program.height {
-            return None;
-        }
-        Some(Self {
-            name: name.to_owned(),
-            width: width_for(height, program),
-            height,
-            video_kbps,
-        })
-    }
-
-    /// The encode that produces this rendition, with the program's GOP.
-    pub fn encode(&self, p: &ProgramSettings) -> Encode {
-        Encode {
-            width: self.width,
-            height: self.height,
-            video_kbps: self.video_kbps,
-            gop_frames: p.fps * p.gop_seconds,
-        }
-    }
-}
-
-/// The even frame width that keeps the program's aspect ratio at `height`.
-pub fn width_for(height: u32, program: &ProgramSettings) -> u32 {
-    (u64::from(program.width) * u64::from(height) / u64::from(program.height)) as u32 & !1
-}
-
-/// What an x264 encode is, as far as sharing it goes: destinations whose encodes are equal
-/// share one encoder and one FLV mux.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Encode {
-    pub width: u32,
-    pub height: u32,
-    pub video_kbps: u32,
-    pub gop_frames: u32,
-}
-
-impl Encode {
-    /// A name for its elements: `1280x720-3000k-g60`.
-    pub fn label(&self) -> String {
-        format!(
-            "{}x{}-{}k-g{}",
-            self.width, self.height, self.video_kbps, self.gop_frames
-        )
-    }
 }
 
 /// Where the program's pictures come from.
@@ -199,9 +135,6 @@ impl Arrival {
         self.0.get().copied()
     }
 }
-
-/// The name of a passthrough relay's one rendition.
-pub const SOURCE_RENDITION: &str = "source";
 
 /// A built (not yet playing) program pipeline.
 pub struct Program {
@@ -1272,68 +1205,6 @@ fn make_x264(
     Ok(enc)
 }
 
-/// The `CODECS` value of H.264 High at the lowest level that fits `width`x`height` at `fps`,
-/// with AAC-LC.
-pub fn codecs(width: u32, height: u32, fps: u32) -> String {
-    let macroblocks = u64::from(width.div_ceil(16)) * u64::from(height.div_ceil(16));
-    let per_second = macroblocks * u64::from(fps);
-    // (level_idc, MaxFS, MaxMBPS) from H.264 table A-1.
-    const LEVELS: &[(u32, u64, u64)] = &[
-        (30, 1_620, 40_500),
-        (31, 3_600, 108_000),
-        (32, 5_120, 216_000),
-        (40, 8_192, 245_760),
-        (42, 8_704, 522_240),
-        (50, 22_080, 589_824),
-        (51, 36_864, 983_040),
-    ];
-    let level = LEVELS
-        .iter()
-        .find(|(_, fs, mbps)| macroblocks <= *fs && per_second <= *mbps)
-        .map(|(l, _, _)| *l)
-        .unwrap_or(52);
-    format!("avc1.6400{level:02x},mp4a.40.2")
-}
-
-/// One `EXT-X-STREAM-INF` entry of the master playlist.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Variant {
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    /// Frames per second; 0 when the publisher's stream does not say (then left out).
-    pub fps: f64,
-    pub codecs: String,
-    /// Bits per second, MPEG-TS overhead included.
-    pub average: u64,
-    pub peak: u64,
-}
-
-impl Variant {
-    /// A transcoded rendition: its bitrates follow from the CBR settings plus what MPEG-TS
-    /// adds. Fitted to segments measured on this project's test runs (720p/480p/360p within
-    /// 2 %): about 6 % on video (4-byte headers per 184 bytes, and x264's CBR running a little
-    /// over), a padded packet per frame, 12 % on AAC (each ~360-byte frame takes two 188-byte
-    /// packets), and ~30 kb/s of PAT, PMT and PCR.
-    pub fn for_rendition(r: &Rendition, p: &ProgramSettings) -> Self {
-        let video = u64::from(r.video_kbps) * 1000;
-        let audio = u64::from(p.audio_kbps) * 1000;
-        let per_frame_padding = 110 * 8 * u64::from(p.fps);
-        let tables = 30_000;
-        let average = video * 106 / 100 + per_frame_padding + audio * 112 / 100 + tables;
-        Self {
-            name: r.name.clone(),
-            width: r.width,
-            height: r.height,
-            fps: f64::from(p.fps),
-            codecs: codecs(r.width, r.height, p.fps),
-            average,
-            // CBR with a one-second VBV: a segment can carry up to a second's extra bits.
-            peak: average * 5 / 4,
-        }
-    }
-}
-
 /// The element message hlssink3 posts when it adds a segment to its playlist.
 pub const SEGMENT_ADDED: &str = "hls-segment-added";
 
@@ -1351,7 +1222,7 @@ pub fn source_variant(pipeline: &gst::Pipeline, segment: &gst::StructureRef) -> 
         .map_or(0.0, |f| f64::from(f.numer()) / f64::from(f.denom()));
     // avcC holds the SPS's own profile, constraint flags and level; h264parse's names do not
     // carry the flags.
-    let named = || avc1(s.get::<&str>("profile").ok()?, s.get::<&str>("level").ok()?);
+    let named = || ladder::avc1(s.get::<&str>("profile").ok()?, s.get::<&str>("level").ok()?);
     let from_avcc = s.get::<gst::Buffer>("codec_data").ok().and_then(|b| {
         let map = b.map_readable().ok()?;
         let sps = map.get(1..4)?;
@@ -1378,48 +1249,6 @@ pub fn source_variant(pipeline: &gst::Pipeline, segment: &gst::StructureRef) -> 
     })
 }
 
-/// The RFC 6381 name of an H.264 stream from h264parse's `profile` and `level` caps fields.
-fn avc1(profile: &str, level: &str) -> Option<String> {
-    let (profile_idc, constraints) = match profile {
-        "constrained-baseline" => (0x42, 0xe0),
-        "baseline" => (0x42, 0x00),
-        "main" => (0x4d, 0x40),
-        "extended" => (0x58, 0x00),
-        "high" => (0x64, 0x00),
-        "high-10" => (0x6e, 0x00),
-        "high-4:2:2" => (0x7a, 0x00),
-        "high-4:4:4" => (0xf4, 0x00),
-        _ => return None,
-    };
-    let level_idc = match level {
-        "1b" => 11,
-        _ => {
-            let (major, minor) = level.split_once('.').unwrap_or((level, "0"));
-            major.parse::<u32>().ok()? * 10 + minor.parse::<u32>().ok()?
-        }
-    };
-    Some(format!(
-        "avc1.{profile_idc:02x}{constraints:02x}{level_idc:02x}"
-    ))
-}
-
-/// The master playlist naming every variant's media playlist.
-pub fn master_playlist(variants: &[Variant]) -> String {
-    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
-    for v in variants {
-        let frame_rate = if v.fps > 0.0 {
-            format!(",FRAME-RATE={:.3}", v.fps)
-        } else {
-            String::new()
-        };
-        out.push_str(&format!(
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{frame_rate},CODECS=\"{}\"\n{}/index.m3u8\n",
-            v.peak, v.average, v.width, v.height, v.codecs, v.name
-        ));
-    }
-    out
-}
-
 /// Writes `text` to `path` atomically (temporary file, then rename).
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), PipelineError> {
     let tmp = path.with_extension("tmp");
@@ -1429,61 +1258,4 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<(), PipelineError> {
             path: path.display().to_string(),
             source,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rendition(name: &str, height: u32) -> Rendition {
-        Rendition::for_program(name, height, 3000, &ProgramSettings::default()).expect("no upscale")
-    }
-
-    #[test]
-    fn renditions_keep_the_program_aspect_and_never_upscale() {
-        assert_eq!(rendition("720p", 720).width, 1280);
-        assert_eq!(rendition("360p", 360).width, 640);
-        assert_eq!(rendition("480p", 480).width, 852);
-        assert!(Rendition::for_program("1080p", 1080, 6000, &ProgramSettings::default()).is_none());
-    }
-
-    #[test]
-    fn codecs_follow_the_h264_level_table() {
-        assert_eq!(codecs(1280, 720, 30), "avc1.64001f,mp4a.40.2");
-        assert_eq!(codecs(640, 360, 30), "avc1.64001e,mp4a.40.2");
-        assert_eq!(codecs(1920, 1080, 30), "avc1.640028,mp4a.40.2");
-    }
-
-    #[test]
-    fn master_playlist_names_every_attribute() {
-        let p = ProgramSettings::default();
-        let text = master_playlist(&[
-            Variant::for_rendition(&rendition("720p", 720), &p),
-            Variant::for_rendition(&rendition("360p", 360), &p),
-        ]);
-        assert!(text.starts_with("#EXTM3U\n"));
-        assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
-        for attr in [
-            "BANDWIDTH=4224700",
-            "AVERAGE-BANDWIDTH=3379760",
-            "RESOLUTION=1280x720",
-            "RESOLUTION=640x360",
-            "FRAME-RATE=30.000",
-            "CODECS=\"avc1.64001f,mp4a.40.2\"",
-        ] {
-            assert!(text.contains(attr), "{attr} missing from\n{text}");
-        }
-        assert!(text.ends_with("360p/index.m3u8\n"));
-    }
-
-    #[test]
-    fn publisher_codecs_are_named_as_rfc_6381_wants() {
-        assert_eq!(avc1("high", "3.1").as_deref(), Some("avc1.64001f"));
-        assert_eq!(avc1("main", "4").as_deref(), Some("avc1.4d4028"));
-        assert_eq!(
-            avc1("constrained-baseline", "3").as_deref(),
-            Some("avc1.42e01e")
-        );
-        assert_eq!(avc1("unknown", "3"), None);
-    }
 }

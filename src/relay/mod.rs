@@ -26,16 +26,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::events::EventBus;
+use crate::pipeline::ladder::{self, Encode, Rendition, Variant};
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
-use crate::pipeline::program::{
-    self, Encode, IngestBranch, Input, Program, Rendition, Source, Variant,
-};
+use crate::pipeline::program::{self, IngestBranch, Input, Program, Source};
 use crate::pipeline::{self as pl, continuity, BusError, PipelineError};
 use crate::render::{self, Logos, SlateMessage};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
-use spec::{OutputSpec, RelaySpec, RenditionSpec};
+use spec::{OutputSpec, RelaySpec};
 use state::{OutputEvent, OutputState};
 
 /// How long a stopping program may take to drain (final playlist) before it is torn down.
@@ -796,51 +795,13 @@ impl Actor {
 
     /// The renditions this relay encodes, tallest first, checked against the program format.
     fn renditions(&self) -> Result<Vec<Rendition>, RelayError> {
-        let p = &self.ctx.program;
-        self.spec
-            .check_fits(p.width, p.height)
-            .map_err(|spec::SpecError { field, message }| RelayError::Invalid {
+        ladder::renditions(&self.spec, &self.ctx.program).map_err(
+            |spec::SpecError { field, message }| RelayError::Invalid {
                 id: self.spec.id.clone(),
                 field,
                 message,
-            })?;
-        if !self.spec.transcode {
-            // The publisher's own stream, described once it flows.
-            return Ok(vec![Rendition {
-                name: program::SOURCE_RENDITION.to_owned(),
-                width: 0,
-                height: 0,
-                video_kbps: 0,
-            }]);
-        }
-        let mut renditions: Vec<Rendition> = self
-            .spec
-            .hls
-            .renditions
-            .iter()
-            .map(|r| match r {
-                RenditionSpec::Custom(c) => Rendition {
-                    name: c.name.clone(),
-                    width: c.width,
-                    height: c.height,
-                    video_kbps: c.video_kbps,
-                },
-                preset => {
-                    let (height, kbps) = preset.height_and_kbps().expect("validated preset");
-                    Rendition::for_program(preset.name(), height, kbps, p)
-                        .expect("check_fits rules out upscaling")
-                }
-            })
-            .collect();
-        // No rendition named: one at the program's own size and bitrate.
-        if renditions.is_empty() {
-            renditions.push(
-                Rendition::for_program(&format!("{}p", p.height), p.height, p.video_kbps, p)
-                    .expect("the program's own size"),
-            );
-        }
-        renditions.sort_by_key(|r| std::cmp::Reverse((r.height, r.video_kbps)));
-        Ok(renditions)
+            },
+        )
     }
 
     /// The encode destination `spec` needs, or `None` when the top rendition's serves: the
@@ -848,33 +809,7 @@ impl Actor {
     /// takes the rendition preset's bitrate for that height, or else the top rendition's
     /// scaled by the pixel count; the preset's ceiling applies either way.
     fn output_encode(&self, spec: &OutputSpec, top: &Rendition) -> Option<Encode> {
-        let p = &self.ctx.program;
-        let max = spec.preset_max_kbps().unwrap_or(u32::MAX);
-        let height = spec.height.unwrap_or(top.height);
-        let kbps = spec.video_kbps.unwrap_or_else(|| {
-            if height == top.height {
-                return top.video_kbps;
-            }
-            spec::RENDITION_PRESETS
-                .iter()
-                .find(|(_, h, _)| *h == height)
-                .map(|(_, _, kbps)| *kbps)
-                .unwrap_or_else(|| {
-                    let scale = f64::from(height) / f64::from(top.height);
-                    (f64::from(top.video_kbps) * scale * scale) as u32
-                })
-        });
-        let encode = Encode {
-            width: if height == top.height {
-                top.width
-            } else {
-                program::width_for(height, p)
-            },
-            height,
-            video_kbps: kbps.clamp(100, max),
-            gop_frames: p.fps * spec::OUTPUT_GOP_SECONDS,
-        };
-        (self.spec.transcode && encode != top.encode(p)).then_some(encode)
+        ladder::destination_encode(&self.spec, spec, top, &self.ctx.program)
     }
 
     fn accept_publisher(&mut self, peer: String) -> Result<IngestFeed, RelayError> {
@@ -1004,7 +939,7 @@ impl Actor {
                 .collect();
             program::write_atomic(
                 &hls_dir.join("master.m3u8"),
-                &program::master_playlist(&variants),
+                &ladder::master_playlist(&variants),
             )
             .map_err(pipeline_error)?;
         }
@@ -1414,7 +1349,7 @@ impl Actor {
             Some(variant) => {
                 if let Err(e) = program::write_atomic(
                     &hls_dir.join("master.m3u8"),
-                    &program::master_playlist(&[variant]),
+                    &ladder::master_playlist(&[variant]),
                 ) {
                     warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
                     return;
