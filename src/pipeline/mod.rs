@@ -2,11 +2,13 @@
 //! overlay slot → one encoder per rendition → HLS, plus one FLV mux per encode that
 //! destinations use), as [`ladder`] (pure: renditions, destination encodes, the master
 //! playlist) describes it; [`fanout`] hands each FLV stream to its destinations; [`output`]
-//! builds one small pipeline per RTMP destination, fed from that FLV stream.
+//! builds one small pipeline per RTMP destination, fed from that FLV stream. [`bus`] sorts
+//! bus messages into the events the relay acts on.
 //!
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
+pub mod bus;
 pub mod continuity;
 pub mod fanout;
 pub mod ladder;
@@ -35,30 +37,6 @@ pub enum PipelineError {
         path: String,
         source: std::io::Error,
     },
-}
-
-/// An error posted on a bus, owned and naming the element by its path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{element}: {message}")]
-pub struct BusError {
-    pub element: String,
-    pub message: String,
-    pub debug: Option<String>,
-}
-
-impl BusError {
-    /// Extracts the owned error from a bus `Error` message.
-    pub fn from_message(err: &gst::message::Error) -> Self {
-        let element = err
-            .src()
-            .map(|s| s.path_string().to_string())
-            .unwrap_or_else(|| "<unknown>".to_owned());
-        Self {
-            element,
-            message: err.error().to_string(),
-            debug: err.debug().map(|d| d.to_string()),
-        }
-    }
 }
 
 static INIT: Once = Once::new();

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use gst::prelude::*;
 
+use super::bus::{Segment, INGEST_ENDED, INPUT_SWITCHED};
 use super::fanout::{self, Fanout, FeedSlot};
 use super::ladder::{self, Encode, Rendition, Variant, SOURCE_RENDITION};
 use super::overlay::OverlaySlot;
@@ -65,10 +66,6 @@ pub const DEFAULT_INPUT_LATENCY: Duration = Duration::from_millis(300);
 /// Slack between the switch, which sends each frame when its latency is up, and the live
 /// sync after it, which would otherwise fill in for frames at the same moment they arrive.
 const DEFAULT_SYNC_SLACK: Duration = Duration::from_millis(100);
-/// The element message posted when the switch changes input; field `slate` (bool).
-pub const INPUT_SWITCHED: &str = "scorecast-input-switched";
-/// The element message posted when an ingest branch's stream ends; field `branch` (its name).
-pub const INGEST_ENDED: &str = "scorecast-ingest-ended";
 
 /// Where the program's input comes from.
 #[derive(Debug, Clone)]
@@ -1205,12 +1202,9 @@ fn make_x264(
     Ok(enc)
 }
 
-/// The element message hlssink3 posts when it adds a segment to its playlist.
-pub const SEGMENT_ADDED: &str = "hls-segment-added";
-
 /// A passthrough relay's variant, from the publisher's H.264 caps and the size of its first
-/// segment (`segment`: hlssink3's [`SEGMENT_ADDED`] message). `None` until both are known.
-pub fn source_variant(pipeline: &gst::Pipeline, segment: &gst::StructureRef) -> Option<Variant> {
+/// `segment`. `None` until both are known.
+pub fn source_variant(pipeline: &gst::Pipeline, segment: &Segment) -> Option<Variant> {
     let tee = pipeline.by_name(&format!("video-tee-{SOURCE_RENDITION}"))?;
     let caps = tee.static_pad("sink")?.current_caps()?;
     let s = caps.structure(0)?;
@@ -1229,10 +1223,8 @@ pub fn source_variant(pipeline: &gst::Pipeline, segment: &gst::StructureRef) -> 
         Some(format!("avc1.{:02x}{:02x}{:02x}", sps[0], sps[1], sps[2]))
     });
     let codecs = format!("{},mp4a.40.2", from_avcc.or_else(named)?);
-    let location = segment.get::<&str>("location").ok()?;
-    let duration = segment.get::<gst::ClockTime>("duration").ok()?;
-    let bytes = std::fs::metadata(location).ok()?.len();
-    let seconds = duration.seconds_f64();
+    let bytes = std::fs::metadata(&segment.location).ok()?.len();
+    let seconds = segment.duration.seconds_f64();
     if seconds <= 0.0 {
         return None;
     }

@@ -26,11 +26,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::events::EventBus;
+use crate::pipeline::bus::{BusError, ProgramEvent, Segment};
 use crate::pipeline::ladder::{self, Encode, Rendition, Variant};
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::pipeline::program::{self, IngestBranch, Input, Program, Source};
-use crate::pipeline::{self as pl, continuity, BusError, PipelineError};
+use crate::pipeline::{self as pl, continuity, PipelineError};
 use crate::render::{self, Logos, SlateMessage};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
@@ -311,19 +312,16 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The application message a ping sends round the program's bus.
-const PING_MESSAGE: &str = "scorecast-ping";
-
 /// Messages from the relay's own pipelines and publisher.
 enum Event {
     ProgramBus {
         generation: u64,
-        message: gst::Message,
+        event: ProgramEvent,
     },
     OutputBus {
         output: String,
         generation: u64,
-        message: gst::Message,
+        event: ProgramEvent,
     },
     PublisherGone {
         generation: u64,
@@ -681,10 +679,12 @@ impl Actor {
                         )));
                         return;
                     }
-                    let ping =
-                        gst::message::Application::builder(gst::Structure::new_empty(PING_MESSAGE))
-                            .build();
-                    if running.program.pipeline.post_message(ping).is_ok() {
+                    if running
+                        .program
+                        .pipeline
+                        .post_message(pl::bus::ping())
+                        .is_ok()
+                    {
                         self.pings.push(reply);
                     }
                 }
@@ -943,11 +943,8 @@ impl Actor {
             )
             .map_err(pipeline_error)?;
         }
-        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |message| {
-            Event::ProgramBus {
-                generation,
-                message,
-            }
+        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |event| {
+            Event::ProgramBus { generation, event }
         });
         if let Err(e) = pl::set_state(&built.pipeline, gst::State::Playing) {
             bus_task.abort();
@@ -1044,10 +1041,10 @@ impl Actor {
         };
         let built = output::build(&relay_id, output_id, &out.spec.url).and_then(|p| {
             let id = output_id.to_owned();
-            let bus_task = forward_bus(&p.pipeline, events, move |message| Event::OutputBus {
+            let bus_task = forward_bus(&p.pipeline, events, move |event| Event::OutputBus {
                 output: id.clone(),
                 generation,
-                message,
+                event,
             });
             match pl::set_state(&p.pipeline, gst::State::Playing) {
                 Ok(_) => Ok((p, bus_task)),
@@ -1131,15 +1128,8 @@ impl Actor {
             match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
                 Ok(Some(Event::ProgramBus {
                     generation: g,
-                    message,
-                })) if g == generation
-                    && matches!(
-                        message.view(),
-                        gst::MessageView::Eos(_) | gst::MessageView::Error(_)
-                    ) =>
-                {
-                    break
-                }
+                    event: ProgramEvent::Eos | ProgramEvent::Error { .. },
+                })) if g == generation => break,
                 Ok(Some(event)) => self.on_event(event),
                 Ok(None) => break,
                 Err(_) => {
@@ -1198,18 +1188,16 @@ impl Actor {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::ProgramBus {
-                generation,
-                message,
-            } => {
+            Event::ProgramBus { generation, event } => {
                 if self.program.as_ref().map(|p| p.generation) != Some(generation) {
                     return;
                 }
-                match message.view() {
-                    gst::MessageView::Error(err) => {
-                        let branch = err.src().and_then(program::ingest_branch_of);
+                match event {
+                    ProgramEvent::Error {
+                        error: err,
+                        ingest_branch: branch,
+                    } => {
                         let current = self.input.as_ref().map(|a| a.branch.name());
-                        let err = BusError::from_message(err);
                         if branch.is_some() && branch == current {
                             self.on_input_error(err);
                         } else if branch.is_some() {
@@ -1219,28 +1207,20 @@ impl Actor {
                             self.fail_program(err.to_string());
                         }
                     }
-                    gst::MessageView::Application(a)
-                        if a.structure().is_some_and(|s| s.name() == PING_MESSAGE) =>
-                    {
+                    ProgramEvent::Ping => {
                         for reply in self.pings.drain(..) {
                             let _ = reply.send(Ok(()));
                         }
                     }
-                    gst::MessageView::Latency(_) => {
+                    ProgramEvent::Latency => {
                         if let Some(running) = &self.program {
                             let _ = running.program.pipeline.recalculate_latency();
                         }
                     }
-                    gst::MessageView::Element(e) => {
-                        if let Some(s) = e.structure() {
-                            match s.name().as_str() {
-                                program::INPUT_SWITCHED => self.on_switched(s),
-                                program::INGEST_ENDED => self.on_ingest_ended(s),
-                                _ => self.on_segment_added(s),
-                            }
-                        }
-                    }
-                    gst::MessageView::Eos(_) => {
+                    ProgramEvent::InputSwitched { slate } => self.on_switched(slate),
+                    ProgramEvent::IngestEnded { branch } => self.on_ingest_ended(branch),
+                    ProgramEvent::SegmentAdded(segment) => self.on_segment_added(&segment),
+                    ProgramEvent::Eos => {
                         info!(relay = %self.spec.id, "program reached end of stream");
                         if self.spec.ingest.url.is_some() {
                             self.fail_program("the pulled stream ended".to_owned());
@@ -1248,13 +1228,12 @@ impl Actor {
                             self.teardown_program();
                         }
                     }
-                    _ => {}
                 }
             }
             Event::OutputBus {
                 output,
                 generation,
-                message,
+                event,
             } => {
                 let current = self
                     .outputs
@@ -1264,8 +1243,7 @@ impl Actor {
                 if current != Some(generation) {
                     return;
                 }
-                if let gst::MessageView::Error(err) = message.view() {
-                    let err = BusError::from_message(err);
+                if let ProgramEvent::Error { error: err, .. } = event {
                     let reason = err.to_string();
                     self.stop_output(&output, OutputEvent::Failed(reason.clone()), &reason);
                 }
@@ -1309,12 +1287,8 @@ impl Actor {
     }
 
     /// The switch changed what is on air.
-    fn on_switched(&mut self, s: &gst::StructureRef) {
-        let on_air = if s.get::<bool>("slate").unwrap_or(true) {
-            OnAir::Slate
-        } else {
-            OnAir::Input
-        };
+    fn on_switched(&mut self, slate: bool) {
+        let on_air = if slate { OnAir::Slate } else { OnAir::Input };
         if self.on_air.map(|(o, _)| o) == Some(on_air) {
             return;
         }
@@ -1324,8 +1298,7 @@ impl Actor {
     }
 
     /// An input's stream ended (a pulled stream's server ended it); the branch goes.
-    fn on_ingest_ended(&mut self, s: &gst::StructureRef) {
-        let branch = s.get::<String>("branch").unwrap_or_default();
+    fn on_ingest_ended(&mut self, branch: String) {
         if self.input.as_ref().map(|a| a.branch.name()) != Some(branch) {
             return;
         }
@@ -1337,7 +1310,7 @@ impl Actor {
 
     /// A passthrough relay learns its stream's size and bitrate from its first segment, and
     /// writes the master playlist then.
-    fn on_segment_added(&mut self, segment: &gst::StructureRef) {
+    fn on_segment_added(&mut self, segment: &Segment) {
         let Some(running) = &mut self.program else {
             return;
         };
@@ -1768,34 +1741,21 @@ fn transition(relay: &str, out: &mut Output, next: OutputState, reason: &str) {
     out.state = next;
 }
 
-/// Forwards a pipeline's bus messages into the actor's event channel until aborted.
+/// Forwards the bus messages of a pipeline that mean something to the actor (see
+/// [`pl::bus::classify`]) into its event channel, until aborted.
 fn forward_bus(
     pipeline: &gst::Pipeline,
     events: mpsc::UnboundedSender<Event>,
-    wrap: impl Fn(gst::Message) -> Event + Send + 'static,
+    wrap: impl Fn(ProgramEvent) -> Event + Send + 'static,
 ) -> JoinHandle<()> {
     let bus = pipeline.bus().expect("a pipeline always has a bus");
     let mut stream = bus.stream();
     tokio::spawn(async move {
         while let Some(message) = stream.next().await {
-            let interesting = match message.view() {
-                gst::MessageView::Error(_)
-                | gst::MessageView::Eos(_)
-                | gst::MessageView::Latency(_) => true,
-                gst::MessageView::Application(a) => {
-                    a.structure().is_some_and(|s| s.name() == PING_MESSAGE)
-                }
-                gst::MessageView::Element(e) => e.structure().is_some_and(|s| {
-                    [
-                        program::SEGMENT_ADDED,
-                        program::INPUT_SWITCHED,
-                        program::INGEST_ENDED,
-                    ]
-                    .contains(&s.name().as_str())
-                }),
-                _ => false,
+            let Some(event) = pl::bus::classify(&message) else {
+                continue;
             };
-            if interesting && events.send(wrap(message)).is_err() {
+            if events.send(wrap(event)).is_err() {
                 break;
             }
         }
