@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use gst::prelude::*;
 
-use super::program;
+use super::input;
 
 /// The application message a ping sends round a program's bus (see [`ping`]).
 pub const PING_MESSAGE: &str = "scorecast-ping";
@@ -82,7 +82,7 @@ pub fn classify(message: &gst::Message) -> Option<ProgramEvent> {
     match message.view() {
         gst::MessageView::Error(err) => Some(ProgramEvent::Error {
             error: BusError::from_message(err),
-            ingest_branch: err.src().and_then(program::ingest_branch_of),
+            ingest_branch: err.src().and_then(input::ingest_branch_of),
         }),
         gst::MessageView::Eos(_) => Some(ProgramEvent::Eos),
         gst::MessageView::Latency(_) => Some(ProgramEvent::Latency),

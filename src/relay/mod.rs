@@ -27,10 +27,11 @@ use tracing::{debug, error, info, warn};
 use crate::config::{HlsSettings, ProgramSettings};
 use crate::events::EventBus;
 use crate::pipeline::bus::{BusError, ProgramEvent, Segment};
+use crate::pipeline::input::{Arrival, IngestBranch, Source};
 use crate::pipeline::ladder::{self, Encode, Rendition, Variant};
 use crate::pipeline::output::{self, OutputPipeline};
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
-use crate::pipeline::program::{self, IngestBranch, Input, Program, Source};
+use crate::pipeline::program::{self, Input, Program};
 use crate::pipeline::{self as pl, continuity, PipelineError};
 use crate::render::{self, Logos, SlateMessage};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
@@ -230,7 +231,7 @@ pub struct ScoreStatus {
 /// the program's input.
 pub struct IngestFeed {
     appsrc: gst_app::AppSrc,
-    arrival: Arc<program::Arrival>,
+    arrival: Arc<Arrival>,
     events: mpsc::UnboundedSender<Event>,
     generation: u64,
     /// When bytes last came (ms since the Unix epoch), for the relay to tell a stale
@@ -882,7 +883,7 @@ impl Actor {
     fn start_program(
         &mut self,
         remux: Option<Source>,
-    ) -> Result<(Option<gst_app::AppSrc>, Arc<program::Arrival>), RelayError> {
+    ) -> Result<(Option<gst_app::AppSrc>, Arc<Arrival>), RelayError> {
         let epoch = gst::SystemClock::obtain().time();
         let renditions = self.renditions()?;
         let pipeline_error = |source| RelayError::Pipeline {
