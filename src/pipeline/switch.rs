@@ -286,3 +286,315 @@ fn report_switches(switch: &gst::Element) {
         let _ = switch.post_message(gst::message::Element::builder(s).src(switch).build());
     });
 }
+
+#[cfg(test)]
+mod tests {
+    //! The slate switch as the program builds it ([`build`], a publisher linked with
+    //! [`link_to_switch`]), run on a `gst_check::TestClock` that only this test moves.
+    //!
+    //! Every clock wait in the graph (imagefreeze's and audiotestsrc's pacing, the switches'
+    //! waits and timeouts, the live syncs' output) is on that clock, so the switch decides by
+    //! virtual time alone. The test moves the clock one frame at a time and, before moving it
+    //! again, lets the due waits return one by one, each once every streaming thread of the
+    //! pipeline is asleep (on a wait not yet due, or on an empty queue): all that can happen
+    //! before the next frame has happened, whatever the machine's load. Only the order of
+    //! waits due at the same virtual instant is left to the threads. Threads are known by the
+    //! stream-status messages they post as they start, and asleep means their state in
+    //! `/proc` is `S`. Each switch message is read with [`classify`], as the relay
+    //! reads it, and stamped with the clock's time when it was posted. Six virtual seconds
+    //! take a fraction of a real one.
+
+    use std::sync::{mpsc, Arc};
+    use std::time::{Duration as WallDuration, Instant};
+
+    use gst_check::TestClock;
+
+    use super::*;
+    use crate::pipeline::bus::{classify, ProgramEvent};
+
+    /// Clock time of running time 0. The clock starts at 0, not there, so the pipeline's base
+    /// time is never mistaken for a frame's time.
+    const BASE: gst::ClockTime = gst::ClockTime::from_seconds(1);
+    /// How long the graph may take in real time to settle before it counts as stuck.
+    const SETTLE_DEADLINE: WallDuration = WallDuration::from_secs(10);
+
+    /// The program: small frames, 20 fps.
+    fn settings() -> ProgramSettings {
+        ProgramSettings {
+            width: 160,
+            height: 90,
+            fps: 20,
+            ..ProgramSettings::default()
+        }
+    }
+
+    fn clock_time(d: Duration) -> gst::ClockTime {
+        gst::ClockTime::from_nseconds(d.as_nanos() as u64)
+    }
+
+    /// What the relay would read off the bus.
+    enum Seen {
+        Switched { slate: bool, at: gst::ClockTime },
+        Failed(String),
+    }
+
+    /// The switch in a pipeline of its own, with a publisher's appsrc on it and sinks after
+    /// the syncs.
+    struct Rig {
+        pipeline: gst::Pipeline,
+        clock: TestClock,
+        input: gst_app::AppSrc,
+        frame: gst::ClockTime,
+        frame_bytes: usize,
+        /// Running time now.
+        now: gst::ClockTime,
+        /// The `/proc` stat file of each streaming thread.
+        threads: Arc<Mutex<Vec<String>>>,
+        seen: mpsc::Receiver<Seen>,
+    }
+
+    impl Rig {
+        fn start(p: &ProgramSettings) -> Self {
+            crate::pipeline::init().expect("GStreamer and the static plugins initialise");
+            let clock = TestClock::new();
+            let pipeline = gst::Pipeline::with_name("switch-test");
+            pipeline.use_clock(Some(&clock));
+            pipeline.set_start_time(gst::ClockTime::NONE);
+            pipeline.set_base_time(BASE);
+            clock.set_time(BASE);
+
+            let slate =
+                image::RgbaImage::from_pixel(p.width, p.height, image::Rgba([200, 0, 0, 255]));
+            let switch = build(&pipeline, p, &slate).expect("the switch builds");
+            let input = gst_app::AppSrc::builder()
+                .name("input")
+                .caps(&program_video_caps(p))
+                .is_live(true)
+                .format(gst::Format::Time)
+                .build();
+            // A publisher's branch ends in a queue and converters, not at its source.
+            let input_q = make("queue", "input-q").expect("queue exists");
+            let input_el = input.clone().upcast::<gst::Element>();
+            add_elements(&pipeline, &[&input_el, &input_q]).expect("add the input");
+            link_chain(&[&input_el, &input_q]).expect("link the input");
+            let input_pad = input_q.static_pad("src").expect("a queue has a src pad");
+            link_to_switch(&input_pad, &switch.video, PUBLISHER_PRIORITY)
+                .expect("the input links to the switch");
+            for sync in [&switch.video_sync, &switch.audio_sync] {
+                let sink = make("fakesink", &format!("{}-out", sync.name())).expect("fakesink");
+                sink.set_property("sync", false);
+                // Playing at once: prerolling would wait for frames, which wait for the clock.
+                sink.set_property("async", false);
+                add_elements(&pipeline, &[&sink]).expect("add a sink");
+                link_chain(&[sync, &sink]).expect("link a sync to its sink");
+            }
+
+            let threads: Arc<Mutex<Vec<String>>> = Arc::default();
+            let (seen_tx, seen) = mpsc::channel();
+            let bus = pipeline.bus().expect("a pipeline has a bus");
+            let at = clock.clone();
+            let started = threads.clone();
+            bus.set_sync_handler(move |_, message| {
+                if let gst::MessageView::StreamStatus(status) = message.view() {
+                    // Posted by the streaming thread itself as it starts.
+                    if status.get().0 == gst::StreamStatusType::Enter {
+                        let me = std::fs::read_link("/proc/thread-self")
+                            .expect("Linux names the thread in /proc");
+                        let stat = format!("/proc/{}/stat", me.display());
+                        started.lock().expect("thread list lock").push(stat);
+                    }
+                    return gst::BusSyncReply::Drop;
+                }
+                let seen = match classify(message) {
+                    Some(ProgramEvent::InputSwitched { slate }) => Seen::Switched {
+                        slate,
+                        at: at.time() - BASE,
+                    },
+                    Some(ProgramEvent::Error { error, .. }) => Seen::Failed(error.to_string()),
+                    _ => return gst::BusSyncReply::Drop,
+                };
+                let _ = seen_tx.send(seen);
+                gst::BusSyncReply::Drop
+            });
+
+            pipeline
+                .set_state(gst::State::Playing)
+                .expect("the switch plays");
+            let rig = Self {
+                pipeline,
+                clock,
+                input,
+                frame: gst::ClockTime::SECOND / u64::from(p.fps),
+                frame_bytes: (p.width * p.height * 3 / 2) as usize,
+                now: gst::ClockTime::ZERO,
+                threads,
+                seen,
+            };
+            // Every streaming thread must be known before the first settle counts on them.
+            let expected = started_tasks(&rig.pipeline);
+            let deadline = Instant::now() + SETTLE_DEADLINE;
+            while rig.threads.lock().expect("thread list lock").len() < expected {
+                assert!(
+                    Instant::now() < deadline,
+                    "the streaming threads never started"
+                );
+                std::thread::sleep(WallDuration::from_micros(200));
+            }
+            rig.settle();
+            rig
+        }
+
+        /// Runs `length` of virtual time, one frame at a time, giving the input a frame
+        /// (stamped with the running time now) at each step when `feed`. Returns the
+        /// switches seen, with the running time each was posted at.
+        fn run(&mut self, length: gst::ClockTime, feed: bool) -> Vec<(bool, gst::ClockTime)> {
+            let end = self.now + length;
+            let mut switches = Vec::new();
+            while self.now < end {
+                if feed {
+                    let mut buffer = gst::Buffer::from_mut_slice(vec![128u8; self.frame_bytes]);
+                    {
+                        let buffer = buffer.get_mut().expect("a new buffer is writable");
+                        buffer.set_pts(self.now);
+                        buffer.set_duration(self.frame);
+                    }
+                    self.input
+                        .push_buffer(buffer)
+                        .expect("the input takes a frame");
+                    self.settle();
+                }
+                self.now += self.frame;
+                self.clock.set_time(BASE + self.now);
+                self.settle();
+                while let Ok(seen) = self.seen.try_recv() {
+                    match seen {
+                        Seen::Switched { slate, at } => switches.push((slate, at)),
+                        Seen::Failed(error) => panic!("the switch failed: {error}"),
+                    }
+                }
+            }
+            switches
+        }
+
+        /// Lets the clock waits that are due return one at a time, each once every streaming
+        /// thread is asleep (the last one released has done all it could), until every
+        /// thread is asleep with nothing due. One thread at a time runs, as far as the graph
+        /// allows, so the order of events does not depend on the machine.
+        fn settle(&self) {
+            let deadline = Instant::now() + SETTLE_DEADLINE;
+            loop {
+                if self.all_asleep() {
+                    if !self.anything_due() {
+                        return;
+                    }
+                    self.clock.process_next_clock_id();
+                    continue;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the graph never settled at {}",
+                    self.now
+                );
+                std::thread::sleep(WallDuration::from_micros(100));
+            }
+        }
+
+        fn anything_due(&self) -> bool {
+            let now = self.clock.time();
+            self.clock
+                .peek_next_pending_id()
+                .is_some_and(|id| id.time() <= now)
+        }
+
+        /// Whether every streaming thread sleeps (a thread that has ended does too).
+        fn all_asleep(&self) -> bool {
+            let threads = self.threads.lock().expect("thread list lock").clone();
+            threads.iter().all(|stat| {
+                let Ok(stat) = std::fs::read_to_string(stat) else {
+                    return true;
+                };
+                // pid (comm) state ...: comm may hold spaces and parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('S'))
+            })
+        }
+    }
+
+    /// How many pads of `pipeline` run a streaming thread.
+    fn started_tasks(pipeline: &gst::Pipeline) -> usize {
+        pipeline
+            .iterate_recurse()
+            .into_iter()
+            .flatten()
+            .flat_map(|element| element.pads())
+            .filter(|pad| pad.task_state() == gst::TaskState::Started)
+            .count()
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = self.pipeline.set_state(gst::State::Null);
+        }
+    }
+
+    #[test]
+    fn the_switch_takes_the_slate_when_the_input_stops_and_gives_it_back() {
+        let mut rig = Rig::start(&settings());
+        let ms = gst::ClockTime::from_mseconds;
+        let timeout = clock_time(DEFAULT_INPUT_TIMEOUT);
+        let latency = clock_time(DEFAULT_INPUT_LATENCY);
+        // Which of two waits due at the same virtual instant goes first is up to the threads;
+        // it can move a switch by a frame or two.
+        let slack = 2 * rig.frame;
+
+        // Nobody publishing: the slate at once.
+        let seen = rig.run(ms(1000), false);
+        assert!(
+            matches!(seen[..], [(true, at)] if at <= slack),
+            "expected the slate at once, got {seen:?}"
+        );
+
+        // A publisher's frames: the switch takes the first one when its latency is up.
+        let first = rig.now;
+        let seen = rig.run(ms(1500), true);
+        let [(false, at)] = seen[..] else {
+            panic!("expected one switch to the input, got {seen:?}");
+        };
+        let taken = first + latency;
+        assert!(
+            at >= taken && at <= taken + slack,
+            "input at {at}, its first frame at {first}"
+        );
+
+        // The publisher stops. Never before the timeout has passed, the switch takes the
+        // slate: it waits for the timeout after the last frame it sent (that frame's end plus
+        // the latency it was sent at), then sends the slate's next frame when that frame's own
+        // latency is up.
+        let last_end = rig.now;
+        let seen = rig.run(ms(2000), false);
+        let [(true, at)] = seen[..] else {
+            panic!("expected one switch to the slate, got {seen:?}");
+        };
+        assert!(
+            at >= last_end + timeout,
+            "slate at {at}, the input's last frame ended at {last_end}"
+        );
+        let taken = last_end + latency + timeout + latency;
+        assert!(
+            at >= taken && at <= taken + slack,
+            "slate at {at}, the input's last frame ended at {last_end}"
+        );
+
+        // It comes back: the input again, as at first.
+        let back = rig.now;
+        let seen = rig.run(ms(1500), true);
+        let [(false, at)] = seen[..] else {
+            panic!("expected one switch back to the input, got {seen:?}");
+        };
+        let taken = back + latency;
+        assert!(
+            at >= taken && at <= taken + slack,
+            "input at {at}, back at {back}"
+        );
+    }
+}
