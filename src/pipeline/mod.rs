@@ -1,16 +1,26 @@
-//! The media graphs. [`program`] builds a relay's main pipeline (ingest → decode → normalise →
-//! overlay slot → one encoder per rendition → HLS, plus one FLV mux per encode that
-//! destinations use); [`fanout`] hands each FLV stream to its destinations; [`output`] builds
-//! one small pipeline per RTMP destination, fed from that FLV stream.
+//! The media graphs. [`program`] puts a relay's main pipeline together (ingest → decode →
+//! normalise → overlay slot → one encoder per rendition → HLS, plus one FLV mux per encode
+//! that destinations use) from its parts: [`input`] (sources and ingest bins), [`switch`]
+//! (slate, input switches, live syncs), [`overlay`] (the overlay's element) and [`encode`]
+//! (encoders, HLS and FLV branches), as [`ladder`] (pure: renditions, destination encodes,
+//! the master playlist) describes them. [`fanout`] hands each FLV stream to its destinations;
+//! [`output`] builds one small pipeline per RTMP destination, fed from that FLV stream.
+//! [`bus`] sorts bus messages into the events the relay acts on; [`continuity`] carries HLS
+//! numbering from one program to the next.
 //!
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
+pub mod bus;
 pub mod continuity;
+pub mod encode;
 pub mod fanout;
+pub mod input;
+pub mod ladder;
 pub mod output;
 pub mod overlay;
 pub mod program;
+pub mod switch;
 
 use std::sync::Once;
 
@@ -33,30 +43,6 @@ pub enum PipelineError {
         path: String,
         source: std::io::Error,
     },
-}
-
-/// An error posted on a bus, owned and naming the element by its path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{element}: {message}")]
-pub struct BusError {
-    pub element: String,
-    pub message: String,
-    pub debug: Option<String>,
-}
-
-impl BusError {
-    /// Extracts the owned error from a bus `Error` message.
-    pub fn from_message(err: &gst::message::Error) -> Self {
-        let element = err
-            .src()
-            .map(|s| s.path_string().to_string())
-            .unwrap_or_else(|| "<unknown>".to_owned());
-        Self {
-            element,
-            message: err.error().to_string(),
-            debug: err.debug().map(|d| d.to_string()),
-        }
-    }
 }
 
 static INIT: Once = Once::new();
@@ -169,4 +155,44 @@ pub(crate) fn set_state(
         path: pipeline.path_string().to_string(),
         state,
     })
+}
+
+/// A `capsfilter` named `name` that lets `caps` through.
+pub(crate) fn capsfilter(name: &str, caps: gst::Caps) -> Result<gst::Element, PipelineError> {
+    let filter = make("capsfilter", name)?;
+    filter.set_property("caps", caps);
+    Ok(filter)
+}
+
+/// Adds `elements` to `pipeline`, naming them all in the error.
+pub(crate) fn add_elements(
+    pipeline: &gst::Pipeline,
+    elements: &[&gst::Element],
+) -> Result<(), PipelineError> {
+    pipeline
+        .add_many(elements.iter().copied())
+        .map_err(|_| PipelineError::Link {
+            from: pipeline.name().to_string(),
+            to: elements
+                .iter()
+                .map(|e| e.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Links `src`'s static `src` pad to a new request pad `pad_name` of `sink`.
+pub(crate) fn link_request(
+    src: &gst::Element,
+    sink: &gst::Element,
+    pad_name: &str,
+) -> Result<(), PipelineError> {
+    let error = || PipelineError::Link {
+        from: src.name().to_string(),
+        to: format!("{}:{pad_name}", sink.name()),
+    };
+    let sinkpad = sink.request_pad_simple(pad_name).ok_or_else(error)?;
+    let srcpad = src.static_pad("src").ok_or_else(error)?;
+    srcpad.link(&sinkpad).map_err(|_| error())?;
+    Ok(())
 }

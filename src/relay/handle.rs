@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::actor::Event;
 use super::spec::{OutputSpec, RelaySpec};
 use super::state::OutputState;
-use crate::pipeline::program;
+use crate::pipeline::input::Arrival;
 use crate::pipeline::PipelineError;
 use crate::scores::{Scoreboard, Source as ScoreSource};
 
@@ -155,7 +155,7 @@ pub struct ScoreStatus {
 /// the program's input.
 pub struct IngestFeed {
     pub(super) appsrc: gst_app::AppSrc,
-    pub(super) arrival: Arc<program::Arrival>,
+    pub(super) arrival: Arc<Arrival>,
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) generation: u64,
     /// When bytes last came (ms since the Unix epoch), for the relay to tell a stale

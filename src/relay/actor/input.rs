@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::program::DEFAULT_DRAIN_TIMEOUT;
 use super::Actor;
-use crate::pipeline::program::{IngestBranch, Source};
-use crate::pipeline::BusError;
+use crate::pipeline::bus::BusError;
+use crate::pipeline::input::{IngestBranch, Source};
 use crate::relay::handle::{unix_millis, IngestFeed, PublisherStatus, RelayError};
 use crate::relay::lifecycle::{LifeEvent, Retry};
 use crate::relay::state;
@@ -205,12 +205,8 @@ impl Actor {
     }
 
     /// The switch changed what is on air.
-    pub(super) fn on_switched(&mut self, s: &gst::StructureRef) {
-        let on_air = if s.get::<bool>("slate").unwrap_or(true) {
-            OnAir::Slate
-        } else {
-            OnAir::Input
-        };
+    pub(super) fn on_switched(&mut self, slate: bool) {
+        let on_air = if slate { OnAir::Slate } else { OnAir::Input };
         if self.on_air.map(|(o, _)| o) == Some(on_air) {
             return;
         }
@@ -220,8 +216,7 @@ impl Actor {
     }
 
     /// An input's stream ended (a pulled stream's server ended it); the branch goes.
-    pub(super) fn on_ingest_ended(&mut self, s: &gst::StructureRef) {
-        let branch = s.get::<String>("branch").unwrap_or_default();
+    pub(super) fn on_ingest_ended(&mut self, branch: String) {
         if self.input.as_ref().map(|a| a.branch.name()) != Some(branch) {
             return;
         }

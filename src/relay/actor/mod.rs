@@ -40,7 +40,7 @@ use super::scorebug::Scorebug;
 use super::spec::RelaySpec;
 use super::state;
 use super::{OnAir, RelayContext};
-use crate::pipeline::program::{INGEST_ENDED, INPUT_SWITCHED, SEGMENT_ADDED};
+use crate::pipeline::bus::{self, ProgramEvent};
 use input::Attached;
 use outputs::RunningOutput;
 use program::RunningProgram;
@@ -49,19 +49,17 @@ use program::RunningProgram;
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
 /// Commands that may queue for one relay.
 const DEFAULT_COMMAND_QUEUE: usize = 64;
-/// The application message a ping sends round the program's bus.
-const PING_MESSAGE: &str = "scorecast-ping";
 
 /// Messages from the relay's own pipelines and publisher.
 pub(in crate::relay) enum Event {
     ProgramBus {
         generation: u64,
-        message: gst::Message,
+        event: ProgramEvent,
     },
     OutputBus {
         output: String,
         generation: u64,
-        message: gst::Message,
+        event: ProgramEvent,
     },
     PublisherGone {
         generation: u64,
@@ -245,24 +243,19 @@ impl Actor {
             )));
             return;
         }
-        let ping =
-            gst::message::Application::builder(gst::Structure::new_empty(PING_MESSAGE)).build();
-        if running.program.pipeline.post_message(ping).is_ok() {
+        if running.program.pipeline.post_message(bus::ping()).is_ok() {
             self.pings.push(reply);
         }
     }
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::ProgramBus {
-                generation,
-                message,
-            } => self.on_program_message(generation, &message),
+            Event::ProgramBus { generation, event } => self.on_program_event(generation, event),
             Event::OutputBus {
                 output,
                 generation,
-                message,
-            } => self.on_output_message(&output, generation, &message),
+                event,
+            } => self.on_output_event(&output, generation, &event),
             Event::PublisherGone { generation } => self.on_publisher_gone(generation),
         }
     }
@@ -368,31 +361,21 @@ impl Actor {
     }
 }
 
-/// Whether the actor reacts to `message` from one of the relay's pipelines.
-fn interesting(message: &gst::Message) -> bool {
-    match message.view() {
-        gst::MessageView::Error(_) | gst::MessageView::Eos(_) | gst::MessageView::Latency(_) => {
-            true
-        }
-        gst::MessageView::Application(a) => a.structure().is_some_and(|s| s.name() == PING_MESSAGE),
-        gst::MessageView::Element(e) => e.structure().is_some_and(|s| {
-            [SEGMENT_ADDED, INPUT_SWITCHED, INGEST_ENDED].contains(&s.name().as_str())
-        }),
-        _ => false,
-    }
-}
-
-/// Forwards a pipeline's bus messages into the actor's event channel until aborted.
+/// Forwards the bus messages of a pipeline that mean something to the actor (see
+/// [`bus::classify`]) into its event channel, until aborted.
 fn forward_bus(
     pipeline: &gst::Pipeline,
     events: mpsc::UnboundedSender<Event>,
-    wrap: impl Fn(gst::Message) -> Event + Send + 'static,
+    wrap: impl Fn(ProgramEvent) -> Event + Send + 'static,
 ) -> JoinHandle<()> {
     let bus = pipeline.bus().expect("a pipeline always has a bus");
     let mut stream = bus.stream();
     tokio::spawn(async move {
         while let Some(message) = stream.next().await {
-            if interesting(&message) && events.send(wrap(message)).is_err() {
+            let Some(event) = bus::classify(&message) else {
+                continue;
+            };
+            if events.send(wrap(event)).is_err() {
                 break;
             }
         }

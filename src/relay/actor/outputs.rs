@@ -13,8 +13,9 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::{abandon, forward_bus, Actor, Event};
+use crate::pipeline as pl;
+use crate::pipeline::bus::ProgramEvent;
 use crate::pipeline::output::{self, OutputPipeline};
-use crate::pipeline::{self as pl, BusError};
 use crate::relay::destinations::Action;
 use crate::relay::handle::RelayError;
 use crate::relay::spec::OutputSpec;
@@ -100,10 +101,10 @@ impl Actor {
         let events = self.events_tx.clone();
         let built = output::build(&relay_id, output_id, &out.spec.url).and_then(|p| {
             let id = output_id.to_owned();
-            let bus_task = forward_bus(&p.pipeline, events, move |message| Event::OutputBus {
+            let bus_task = forward_bus(&p.pipeline, events, move |event| Event::OutputBus {
                 output: id.clone(),
                 generation,
-                message,
+                event,
             });
             match pl::set_state(&p.pipeline, gst::State::Playing) {
                 Ok(_) => Ok((p, bus_task)),
@@ -154,18 +155,13 @@ impl Actor {
             .ended(output_id, event, bytes_sent, why, Instant::now());
     }
 
-    /// What a push pipeline's bus reported (messages from an older session are ignored).
-    pub(super) fn on_output_message(
-        &mut self,
-        output: &str,
-        generation: u64,
-        message: &gst::Message,
-    ) {
+    /// What a push pipeline's bus reported (events from an older session are ignored).
+    pub(super) fn on_output_event(&mut self, output: &str, generation: u64, event: &ProgramEvent) {
         if self.pushes.get(output).map(|r| r.generation) != Some(generation) {
             return;
         }
-        if let gst::MessageView::Error(err) = message.view() {
-            let reason = BusError::from_message(err).to_string();
+        if let ProgramEvent::Error { error, .. } = event {
+            let reason = error.to_string();
             self.stop_output(output, OutputEvent::Failed(reason.clone()), &reason);
         }
     }

@@ -13,12 +13,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{abandon, forward_bus, Actor, Event, PING_MESSAGE};
-use crate::pipeline::program::{self, Encode, Input, Rendition, Source, Variant};
-use crate::pipeline::{self as pl, continuity, BusError, PipelineError};
+use super::{abandon, forward_bus, Actor, Event};
+use crate::pipeline::bus::{ProgramEvent, Segment};
+use crate::pipeline::input::{Arrival, Source};
+use crate::pipeline::ladder::{self, Encode, Rendition, Variant};
+use crate::pipeline::program::{self, Input};
+use crate::pipeline::{self as pl, continuity, PipelineError};
 use crate::relay::handle::RelayError;
 use crate::relay::lifecycle::{LifeEvent, Lifecycle};
-use crate::relay::spec::{self, OutputSpec, RenditionSpec};
+use crate::relay::spec::{self, OutputSpec};
 use crate::relay::state::OutputEvent;
 use crate::render::SlateMessage;
 
@@ -54,51 +57,13 @@ impl Actor {
 
     /// The renditions this relay encodes, tallest first, checked against the program format.
     pub(super) fn renditions(&self) -> Result<Vec<Rendition>, RelayError> {
-        let p = &self.ctx.program;
-        self.spec
-            .check_fits(p.width, p.height)
-            .map_err(|spec::SpecError { field, message }| RelayError::Invalid {
+        ladder::renditions(&self.spec, &self.ctx.program).map_err(
+            |spec::SpecError { field, message }| RelayError::Invalid {
                 id: self.spec.id.clone(),
                 field,
                 message,
-            })?;
-        if !self.spec.transcode {
-            // The publisher's own stream, described once it flows.
-            return Ok(vec![Rendition {
-                name: program::SOURCE_RENDITION.to_owned(),
-                width: 0,
-                height: 0,
-                video_kbps: 0,
-            }]);
-        }
-        let mut renditions: Vec<Rendition> = self
-            .spec
-            .hls
-            .renditions
-            .iter()
-            .map(|r| match r {
-                RenditionSpec::Custom(c) => Rendition {
-                    name: c.name.clone(),
-                    width: c.width,
-                    height: c.height,
-                    video_kbps: c.video_kbps,
-                },
-                preset => {
-                    let (height, kbps) = preset.height_and_kbps().expect("validated preset");
-                    Rendition::for_program(preset.name(), height, kbps, p)
-                        .expect("check_fits rules out upscaling")
-                }
-            })
-            .collect();
-        // No rendition named: one at the program's own size and bitrate.
-        if renditions.is_empty() {
-            renditions.push(
-                Rendition::for_program(&format!("{}p", p.height), p.height, p.video_kbps, p)
-                    .expect("the program's own size"),
-            );
-        }
-        renditions.sort_by_key(|r| std::cmp::Reverse((r.height, r.video_kbps)));
-        Ok(renditions)
+            },
+        )
     }
 
     /// The encode destination `spec` needs, or `None` when the top rendition's serves: the
@@ -106,33 +71,7 @@ impl Actor {
     /// takes the rendition preset's bitrate for that height, or else the top rendition's
     /// scaled by the pixel count; the preset's ceiling applies either way.
     pub(super) fn output_encode(&self, spec: &OutputSpec, top: &Rendition) -> Option<Encode> {
-        let p = &self.ctx.program;
-        let max = spec.preset_max_kbps().unwrap_or(u32::MAX);
-        let height = spec.height.unwrap_or(top.height);
-        let kbps = spec.video_kbps.unwrap_or_else(|| {
-            if height == top.height {
-                return top.video_kbps;
-            }
-            spec::RENDITION_PRESETS
-                .iter()
-                .find(|(_, h, _)| *h == height)
-                .map(|(_, _, kbps)| *kbps)
-                .unwrap_or_else(|| {
-                    let scale = f64::from(height) / f64::from(top.height);
-                    (f64::from(top.video_kbps) * scale * scale) as u32
-                })
-        });
-        let encode = Encode {
-            width: if height == top.height {
-                top.width
-            } else {
-                program::width_for(height, p)
-            },
-            height,
-            video_kbps: kbps.clamp(100, max),
-            gop_frames: p.fps * spec::OUTPUT_GOP_SECONDS,
-        };
-        (self.spec.transcode && encode != top.encode(p)).then_some(encode)
+        ladder::destination_encode(&self.spec, spec, top, &self.ctx.program)
     }
 
     /// Builds and plays the program and every destination's pipeline: a decoded one on the
@@ -141,7 +80,7 @@ impl Actor {
     pub(super) fn start_program(
         &mut self,
         remux: Option<Source>,
-    ) -> Result<(Option<gst_app::AppSrc>, Arc<program::Arrival>), RelayError> {
+    ) -> Result<(Option<gst_app::AppSrc>, Arc<Arrival>), RelayError> {
         let epoch = gst::SystemClock::obtain().time();
         let renditions = self.renditions()?;
         let pipeline_error = |source| RelayError::Pipeline {
@@ -196,15 +135,12 @@ impl Actor {
                 .collect();
             program::write_atomic(
                 &hls_dir.join("master.m3u8"),
-                &program::master_playlist(&variants),
+                &ladder::master_playlist(&variants),
             )
             .map_err(pipeline_error)?;
         }
-        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |message| {
-            Event::ProgramBus {
-                generation,
-                message,
-            }
+        let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |event| {
+            Event::ProgramBus { generation, event }
         });
         if let Err(e) = pl::set_state(&built.pipeline, gst::State::Playing) {
             bus_task.abort();
@@ -246,15 +182,8 @@ impl Actor {
             match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
                 Ok(Some(Event::ProgramBus {
                     generation: g,
-                    message,
-                })) if g == generation
-                    && matches!(
-                        message.view(),
-                        gst::MessageView::Eos(_) | gst::MessageView::Error(_)
-                    ) =>
-                {
-                    break
-                }
+                    event: ProgramEvent::Eos | ProgramEvent::Error { .. },
+                })) if g == generation => break,
                 Ok(Some(event)) => self.on_event(event),
                 Ok(None) => break,
                 Err(_) => {
@@ -315,16 +244,17 @@ impl Actor {
         }
     }
 
-    /// What the program's bus reported (messages from an older program are ignored).
-    pub(super) fn on_program_message(&mut self, generation: u64, message: &gst::Message) {
+    /// What the program's bus reported (events from an older program are ignored).
+    pub(super) fn on_program_event(&mut self, generation: u64, event: ProgramEvent) {
         if self.program.as_ref().map(|p| p.generation) != Some(generation) {
             return;
         }
-        match message.view() {
-            gst::MessageView::Error(err) => {
-                let branch = err.src().and_then(program::ingest_branch_of);
+        match event {
+            ProgramEvent::Error {
+                error: err,
+                ingest_branch: branch,
+            } => {
                 let current = self.input.as_ref().map(|a| a.branch.name());
-                let err = BusError::from_message(err);
                 if branch.is_some() && branch == current {
                     self.on_input_error(err);
                 } else if branch.is_some() {
@@ -334,28 +264,20 @@ impl Actor {
                     self.fail_program(err.to_string());
                 }
             }
-            gst::MessageView::Application(a)
-                if a.structure().is_some_and(|s| s.name() == PING_MESSAGE) =>
-            {
+            ProgramEvent::Ping => {
                 for reply in self.pings.drain(..) {
                     let _ = reply.send(Ok(()));
                 }
             }
-            gst::MessageView::Latency(_) => {
+            ProgramEvent::Latency => {
                 if let Some(running) = &self.program {
                     let _ = running.program.pipeline.recalculate_latency();
                 }
             }
-            gst::MessageView::Element(e) => {
-                if let Some(s) = e.structure() {
-                    match s.name().as_str() {
-                        program::INPUT_SWITCHED => self.on_switched(s),
-                        program::INGEST_ENDED => self.on_ingest_ended(s),
-                        _ => self.on_segment_added(s),
-                    }
-                }
-            }
-            gst::MessageView::Eos(_) => {
+            ProgramEvent::InputSwitched { slate } => self.on_switched(slate),
+            ProgramEvent::IngestEnded { branch } => self.on_ingest_ended(branch),
+            ProgramEvent::SegmentAdded(segment) => self.on_segment_added(&segment),
+            ProgramEvent::Eos => {
                 info!(relay = %self.spec.id, "program reached end of stream");
                 if self.spec.ingest.url.is_some() {
                     self.fail_program("the pulled stream ended".to_owned());
@@ -363,13 +285,12 @@ impl Actor {
                     self.teardown_program();
                 }
             }
-            _ => {}
         }
     }
 
     /// A passthrough relay learns its stream's size and bitrate from its first segment, and
     /// writes the master playlist then.
-    fn on_segment_added(&mut self, segment: &gst::StructureRef) {
+    fn on_segment_added(&mut self, segment: &Segment) {
         let Some(running) = &mut self.program else {
             return;
         };
@@ -381,7 +302,7 @@ impl Actor {
             Some(variant) => {
                 if let Err(e) = program::write_atomic(
                     &hls_dir.join("master.m3u8"),
-                    &program::master_playlist(&[variant]),
+                    &ladder::master_playlist(&[variant]),
                 ) {
                     warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
                     return;
