@@ -9,13 +9,19 @@
 //!   relay spec (the JSON shape shared by the config file and the API), the registry that
 //!   maps ids and stream keys to actors and decides when the API's relays are saved, and the
 //!   state file (`relay::store`) they are saved to and restored from.
-//! - [`pipeline`]: builds the media graphs (ingest → program → HLS, and one pipeline per RTMP
-//!   destination) and turns bus errors into owned errors. Only relay actors call it.
-//! - [`ingest`]: the RTMP server that publishers push to; it hands accepted streams to relays.
-//! - [`api`]: the HTTP API (warp): filters, handlers, wire types, error mapping, HLS serving,
-//!   and the operator console's page (`console/`, built in).
-//! - [`scores`]: the scoreboard model, JSON-Pointer mapping, the manual-vs-API rule, and the
-//!   scores API poller.
+//! - [`pipeline`]: builds the media graphs (the program: inputs, the slate switch, encoders,
+//!   HLS and FLV branches; and one pipeline per RTMP destination), the pure ladder rules
+//!   (renditions, destination encodes, the master playlist), and the bus messages classified
+//!   into what the relay reacts to. Only relay actors call it.
+//! - [`ingest`]: the RTMP server that publishers push to, with its connection and refusal
+//!   caps; one connection's protocol without sockets, the gate in front of `rml_rtmp`, and
+//!   the fuzz driver. It hands accepted streams to relays.
+//! - [`api`]: the HTTP API (warp): the route table, handlers, wire types, error mapping, the
+//!   token check and the browser rules (Host, Origin, Content-Type), HLS serving, and the
+//!   operator console's page (`console/`, built in).
+//! - [`scores`]: the scoreboard model, JSON-Pointer mapping, the manual-vs-API rule, the
+//!   scores API poller, the logo limits and cache, and the guard that keeps fetches off
+//!   private addresses.
 //! - [`render`]: pure scorebug rendering (scoreboard → RGBA image), shared by the pipeline and
 //!   `scorecast render-overlay`.
 //! - [`events`]: the live event feed (ids, history for `Last-Event-ID`, fan-out).
