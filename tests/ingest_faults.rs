@@ -189,24 +189,7 @@ async fn absurd_chunk_sizes_and_an_endless_message_are_cut_off() {
     // no publish accepted, the daemon must stop taking it at its 64 KiB allowance (the 8 MiB
     // limit on a message is the gate's, unit-tested), so writing 16 MiB fails.
     let mut endless = setup.connect().await;
-    handshake(&mut endless).await;
-    endless
-        .write_all(&endless_message_head())
-        .await
-        .expect("write");
-    let zeros = vec![0u8; 64 * 1024];
-    let written = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut written = 0usize;
-        while written < 16 << 20 {
-            if endless.write_all(&zeros).await.is_err() {
-                return Some(written);
-            }
-            written += zeros.len();
-        }
-        None
-    })
-    .await
-    .expect("writing to the daemon stalled for 20 s instead of failing");
+    let written = write_endless_message(&mut endless, Duration::from_secs(20)).await;
     let written = written.expect("the daemon took a 16 MiB message without closing");
     eprintln!("the endless message was cut off after {written} bytes");
     setup.wait_log("before a publish was accepted").await;

@@ -93,6 +93,31 @@ pub fn endless_message_head() -> Vec<u8> {
     head
 }
 
+/// After a handshake, sends a message that claims 16 MiB and never ends, 64 KiB at a time,
+/// until the daemon stops taking it: the bytes written when a write failed (the kernel's
+/// socket buffers included), or `None` if all 16 MiB went in. Panics if writing stalls for
+/// `within` instead of failing.
+pub async fn write_endless_message(stream: &mut TcpStream, within: Duration) -> Option<usize> {
+    handshake(stream).await;
+    stream
+        .write_all(&endless_message_head())
+        .await
+        .expect("write");
+    let zeros = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        let mut written = 0usize;
+        while written < 16 << 20 {
+            if stream.write_all(&zeros).await.is_err() {
+                return Some(written);
+            }
+            written += zeros.len();
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("writing to the daemon stalled for {within:?} instead of failing"))
+}
+
 /// `connect("live")` as an AMF0 command message.
 pub fn connect_command() -> Vec<u8> {
     let string = |s: &str| {
