@@ -254,7 +254,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_message(text, &e),
         })?;
         config
             .validate()
@@ -397,6 +397,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The parser's message with its line and column, without the quoted line of the file the
+/// parser adds: that line may hold a token or a stream key, and the message goes to the log
+/// (a refused reload) as well as to the terminal.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -561,6 +577,19 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_parse_error_does_not_quote_the_file() {
+        let text = "[[auth.tokens]]\nname = \"a\"\ntokn = \"secret-token-0123456789\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("line 3, column 1: unknown field `tokn`"), "{err}");
+        assert!(!err.contains("secret-token"), "{err}");
+        let err = parse("[[auth.tokens]]\ntoken = \"secret-token-0123\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("secret-token"), "{err}");
     }
 
     #[test]
