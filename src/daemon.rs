@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api;
-use crate::api::auth::Auth;
+use crate::api::auth::{self, Auth, TokenError};
 use crate::config::{Config, ConfigError, LogFormat};
 use crate::events::EventBus;
 use crate::ingest;
@@ -47,6 +47,8 @@ pub enum DaemonError {
     },
     #[error("the API would listen on {0}, beyond this machine, with no token: add [[auth.tokens]] to the config, or set auth.allow_open = true to serve it open")]
     OpenApi(std::net::SocketAddr),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -107,6 +109,9 @@ pub async fn run(
             return Err(DaemonError::OpenApi(addr));
         }
     }
+    // Token files and credentials are read before anything starts: one missing stops it.
+    let credentials = auth::credentials_directory();
+    let auth = Auth::new(auth::Rules::load(&config.auth, credentials.as_deref())?);
     pipeline::init()?;
     let missing = pipeline::missing_elements();
     if !missing.is_empty() {
@@ -161,7 +166,7 @@ pub async fn run(
         api_listener,
         registry.clone(),
         hls_root,
-        Auth::new(config.auth.clone()),
+        auth,
         api::browsers::Browsers::new(&config.server),
         async move {
             let _ = api_stop.changed().await;
