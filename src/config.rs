@@ -135,14 +135,143 @@ impl Default for AuthSettings {
     }
 }
 
-/// One API bearer token.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// One API bearer token: who holds it, what it may do, and where its secret is. Exactly one
+/// of `token`, `token_sha256`, `token_file` and `credential` is given; the files are read by
+/// [`crate::api::auth`] at start-up and on SIGHUP, not here.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     /// Who holds it, for the log.
     pub name: String,
-    pub token: String,
+    /// The token itself.
+    pub token: Option<String>,
+    /// The SHA-256 of the token, in hex (`scorecast hash-token`, or
+    /// `printf %s "$TOKEN" | sha256sum`).
+    pub token_sha256: Option<String>,
+    /// An absolute path to a file holding the token.
+    pub token_file: Option<PathBuf>,
+    /// A systemd credential (`LoadCredential=NAME:PATH`) holding the token, read from
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    pub credential: Option<String>,
     pub role: Role,
+}
+
+/// Where a token's secret is, from the one key of [`TokenSettings`] that gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource<'a> {
+    Token(&'a str),
+    Sha256(&'a str),
+    File(&'a Path),
+    Credential(&'a str),
+}
+
+impl TokenSource<'_> {
+    /// The config key that gives it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TokenSource::Token(_) => "token",
+            TokenSource::Sha256(_) => "token_sha256",
+            TokenSource::File(_) => "token_file",
+            TokenSource::Credential(_) => "credential",
+        }
+    }
+}
+
+/// The keys that may give a token's secret, in the order they are named in errors.
+pub const TOKEN_KEYS: [&str; 4] = ["token", "token_sha256", "token_file", "credential"];
+
+impl TokenSettings {
+    /// Where its secret is; `Err` names the key at fault when none or more than one is given.
+    pub fn source(&self) -> Result<TokenSource<'_>, (&'static str, String)> {
+        let given: Vec<TokenSource<'_>> = [
+            self.token.as_deref().map(TokenSource::Token),
+            self.token_sha256.as_deref().map(TokenSource::Sha256),
+            self.token_file.as_deref().map(TokenSource::File),
+            self.credential.as_deref().map(TokenSource::Credential),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given[..] {
+            [one] => Ok(one),
+            [] => Err((
+                "token",
+                format!("missing: give one of {}", TOKEN_KEYS.join(", ")),
+            )),
+            [first, second, ..] => Err((
+                second.key(),
+                format!(
+                    "give only one of {}; {} is given too",
+                    TOKEN_KEYS.join(", "),
+                    first.key()
+                ),
+            )),
+        }
+    }
+}
+
+/// Leaves the secret out: a token's settings may be printed or logged.
+impl std::fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match self.source() {
+            Ok(TokenSource::Token(_)) => "token (hidden)".to_owned(),
+            Ok(TokenSource::Sha256(_)) => "token_sha256 (hidden)".to_owned(),
+            Ok(TokenSource::File(path)) => format!("token_file {}", path.display()),
+            Ok(TokenSource::Credential(name)) => format!("credential {name}"),
+            Err(_) => "none".to_owned(),
+        };
+        f.debug_struct("TokenSettings")
+            .field("name", &self.name)
+            .field("source", &source)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Checks a token's text: at least [`MIN_TOKEN_LENGTH`] characters, with no white space. The
+/// message never holds the token.
+pub fn check_token_text(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_LENGTH || token.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "must be at least {MIN_TOKEN_LENGTH} characters, with no spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the key that gives a token's secret; the message never holds a secret.
+fn check_token_source(source: TokenSource<'_>) -> Result<(), String> {
+    match source {
+        TokenSource::Token(token) => check_token_text(token),
+        TokenSource::Sha256(hex) => {
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(())
+            } else {
+                Err(
+                    "must be a SHA-256 in hex: 64 characters 0-9 and a-f (`scorecast hash-token` \
+                     makes one)"
+                        .to_owned(),
+                )
+            }
+        }
+        TokenSource::File(path) => {
+            if path.is_absolute() {
+                Ok(())
+            } else {
+                Err(format!("{} must be an absolute path", path.display()))
+            }
+        }
+        TokenSource::Credential(name) => {
+            if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+                Err(format!(
+                    "{name:?} is not a credential name: give the NAME of the unit's \
+                     LoadCredential=NAME:PATH, with no slash"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// What a token may do.
@@ -254,7 +383,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_message(text, &e),
         })?;
         config
             .validate()
@@ -296,13 +425,10 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (n, token) in self.auth.tokens.iter().enumerate() {
             let key = |field: &str| format!("auth.tokens[{n}].{field}");
-            if token.token.len() < MIN_TOKEN_LENGTH || token.token.chars().any(char::is_whitespace)
-            {
-                return Err((
-                    key("token"),
-                    format!("must be at least {MIN_TOKEN_LENGTH} characters, with no spaces"),
-                ));
-            }
+            let source = token
+                .source()
+                .map_err(|(field, message)| (key(field), message))?;
+            check_token_source(source).map_err(|message| (key(source.key()), message))?;
             if token.name.is_empty() || !names.insert(token.name.as_str()) {
                 return Err((key("name"), "must be given, and unique".to_owned()));
             }
@@ -397,6 +523,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The parser's message with its line and column, without the quoted line of the file the
+/// parser adds: that line may hold a token or a stream key, and the message goes to the log
+/// (a refused reload) as well as to the terminal.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -561,6 +703,59 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn token_sources_are_checked_and_the_key_named() {
+        let hash = "ab".repeat(32);
+        let config = parse(&format!(
+            "[[auth.tokens]]\nname = \"a\"\ntoken_sha256 = \"{hash}\"\nrole = \"admin\"\n\
+             [[auth.tokens]]\nname = \"b\"\ntoken_file = \"/etc/scorecast/b.token\"\nrole = \"read-only\"\n\
+             [[auth.tokens]]\nname = \"c\"\ncredential = \"scorecast-c\"\nrole = \"admin\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.auth.tokens[0].source(),
+            Ok(TokenSource::Sha256(&hash))
+        );
+        for (body, key) in [
+            ("", "auth.tokens[0].token:"),
+            ("token = \"short\"", "auth.tokens[0].token:"),
+            ("token_sha256 = \"abc\"", "auth.tokens[0].token_sha256:"),
+            (
+                &format!("token_sha256 = \"{}\"", "g".repeat(64)),
+                "auth.tokens[0].token_sha256:",
+            ),
+            ("token_file = \"b.token\"", "auth.tokens[0].token_file:"),
+            ("credential = \"\"", "auth.tokens[0].credential:"),
+            ("credential = \"a/b\"", "auth.tokens[0].credential:"),
+            (
+                &format!("token = \"long-enough-token-0123\"\ntoken_sha256 = \"{hash}\""),
+                "auth.tokens[0].token_sha256: give only one",
+            ),
+        ] {
+            let text = format!("[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\n{body}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{body}: {err}");
+        }
+        let settings = &config.auth.tokens[0];
+        assert!(!format!("{settings:?}").contains(&hash));
+    }
+
+    #[test]
+    fn a_parse_error_does_not_quote_the_file() {
+        let text = "[[auth.tokens]]\nname = \"a\"\ntokn = \"secret-token-0123456789\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("line 3, column 1: unknown field `tokn`"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-token"), "{err}");
+        let err = parse("[[auth.tokens]]\ntoken = \"secret-token-0123\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("secret-token"), "{err}");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api;
-use crate::api::auth::Auth;
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::api::auth::{self, Auth, TokenError};
+use crate::config::{AuthSettings, Config, ConfigError, LogFormat};
 use crate::events::EventBus;
 use crate::ingest;
 use crate::notify::Notifier;
@@ -47,6 +47,8 @@ pub enum DaemonError {
     },
     #[error("the API would listen on {0}, beyond this machine, with no token: add [[auth.tokens]] to the config, or set auth.allow_open = true to serve it open")]
     OpenApi(std::net::SocketAddr),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -92,8 +94,14 @@ pub fn load_config(path: Option<&Path>, overrides: Overrides) -> Result<Config, 
     Ok(config)
 }
 
+/// Whether the API at `addr` would be open beyond this machine: no token, and not
+/// `auth.allow_open`.
+fn open_beyond_loopback(addr: SocketAddr, auth: &AuthSettings) -> bool {
+    !addr.ip().is_loopback() && auth.tokens.is_empty() && !auth.allow_open
+}
+
 /// Runs the daemon on bound listeners until `shutdown` completes. With `config_path`, SIGHUP
-/// reloads the relays from that file.
+/// reloads the relays and the API's tokens from that file.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
@@ -101,12 +109,13 @@ pub async fn run(
     rtmp_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    if let Ok(addr) = api_listener.local_addr() {
-        let auth = &config.auth;
-        if !addr.ip().is_loopback() && auth.tokens.is_empty() && !auth.allow_open {
-            return Err(DaemonError::OpenApi(addr));
-        }
+    let api_addr = api_listener.local_addr().ok();
+    if let Some(addr) = api_addr.filter(|a| open_beyond_loopback(*a, &config.auth)) {
+        return Err(DaemonError::OpenApi(addr));
     }
+    // Token files and credentials are read before anything starts: one missing stops it.
+    let credentials = auth::credentials_directory();
+    let auth = Auth::new(auth::Rules::load(&config.auth, credentials.as_deref())?);
     pipeline::init()?;
     let missing = pipeline::missing_elements();
     if !missing.is_empty() {
@@ -149,7 +158,6 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let rtmp_addr = rtmp_listener.local_addr().ok();
-    let api_addr = api_listener.local_addr().ok();
     let ingest_task = tokio::spawn(ingest::serve(
         rtmp_listener,
         registry.clone(),
@@ -161,7 +169,7 @@ pub async fn run(
         api_listener,
         registry.clone(),
         hls_root,
-        Auth::new(config.auth.clone()),
+        auth.clone(),
         api::browsers::Browsers::new(&config.server),
         async move {
             let _ = api_stop.changed().await;
@@ -201,7 +209,15 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(()) = async { hangups.as_mut()?.recv().await } => match &config_path {
-                Some(path) => reload(&registry, path, &config, &mut applied).await,
+                Some(path) => {
+                    let running = Running {
+                        registry: &registry,
+                        auth: &auth,
+                        api_addr,
+                        config: &config,
+                    };
+                    reload(&running, path, &mut applied).await;
+                }
                 None => warn!("SIGHUP: the daemon runs on built-in defaults, with no config file to reload"),
             },
         }
@@ -257,24 +273,46 @@ async fn relays_answer(registry: &Registry, within: Duration) -> Result<(), Stri
     Ok(())
 }
 
-/// Applies the config file's relays again (SIGHUP): relays added to it are made and started,
-/// relays removed from it are deleted, and relays whose spec changed get it (their program is
-/// rebuilt); the others are not touched. A file that does not load changes nothing. Program,
-/// HLS and server settings take effect at the next start.
-async fn reload(
-    registry: &Registry,
-    path: &Path,
-    running: &Config,
-    applied: &mut BTreeMap<String, RelaySpec>,
-) {
+/// What a reload acts on.
+struct Running<'a> {
+    registry: &'a Registry,
+    /// The API's tokens, shared with its filters.
+    auth: &'a Auth,
+    api_addr: Option<SocketAddr>,
+    /// The config the daemon started with.
+    config: &'a Config,
+}
+
+/// Applies the config file again (SIGHUP). The `[auth]` section is re-read, token files and
+/// credentials included, and swapped in whole under the running API. Relays added to the file
+/// are made and started, relays removed from it are deleted, and relays whose spec changed
+/// get it (their program is rebuilt); the others are not touched. A file that does not load,
+/// or whose tokens cannot be read, changes nothing. Program, HLS and server settings take
+/// effect at the next start.
+async fn reload(running: &Running<'_>, path: &Path, applied: &mut BTreeMap<String, RelaySpec>) {
     info!(config = %path.display(), "SIGHUP: reloading the config");
+    let not_reloaded = |why: &dyn std::fmt::Display| {
+        error!(error = %why, "config not reloaded; every relay and token stays as it was");
+    };
     let config = match Config::load(path) {
         Ok(config) => config,
-        Err(e) => {
-            error!(error = %e, "config not reloaded; every relay stays as it was");
-            return;
-        }
+        Err(e) => return not_reloaded(&e),
     };
+    let rules = match auth::Rules::load(&config.auth, auth::credentials_directory().as_deref()) {
+        Ok(rules) => rules,
+        Err(e) => return not_reloaded(&e),
+    };
+    if let Some(addr) = running
+        .api_addr
+        .filter(|a| open_beyond_loopback(*a, &config.auth))
+    {
+        return not_reloaded(&DaemonError::OpenApi(addr));
+    }
+    let count = rules.len();
+    running.auth.set(rules);
+    info!(count, "tokens reloaded");
+    let registry = running.registry;
+    let running = running.config;
     if config.program != running.program || config.hls != running.hls {
         warn!("program and hls settings changed in the config; they take effect at the next start");
     }

@@ -26,6 +26,9 @@ enum Command {
     },
     /// Validate a config file; exits non-zero and names the bad key.
     CheckConfig { file: PathBuf },
+    /// Print the SHA-256 of an API token read from stdin (one trailing newline dropped), for
+    /// `token_sha256` in `[[auth.tokens]]`.
+    HashToken,
     /// Render the scorebug to a PNG, with no daemon and no video.
     RenderOverlay {
         /// A scoreboard in the built-in shape: a JSON file, or the JSON itself.
@@ -94,6 +97,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.relays.len(),
                 if config.relays.len() == 1 { "" } else { "s" }
             );
+            Ok(())
+        }
+        Command::HashToken => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("cannot read the token from stdin")?;
+            let token = text
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text);
+            scorecast::config::check_token_text(token)
+                .map_err(|message| anyhow::anyhow!("the token on stdin {message}"))?;
+            println!("{}", scorecast::api::auth::sha256_hex(token));
             Ok(())
         }
         Command::RenderOverlay {
