@@ -6,6 +6,7 @@ use warp::http::{Method, StatusCode};
 use super::error::ApiError;
 use crate::config::{AuthSettings, Role};
 use crate::relay::registry::constant_time_eq;
+use crate::secrets::Sight;
 
 /// The tokens and the public paths, from the config.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +66,19 @@ impl Auth {
                 ))
             }
             Some(_) => Ok(()),
+        }
+    }
+
+    /// What a request with this `Authorization` header may see of secrets: everything with an
+    /// admin token or when no token is configured (the open API is admin by design);
+    /// masked with a read-only token, and with none on a public path.
+    pub fn sight(&self, authorization: Option<&str>) -> Sight {
+        if !self.required() {
+            return Sight::Full;
+        }
+        match bearer(authorization).and_then(|given| self.role(given)) {
+            Some(Role::Admin) => Sight::Full,
+            _ => Sight::Masked,
         }
     }
 
@@ -157,5 +171,18 @@ mod tests {
             status(Auth::default().check(&Method::POST, "/x", None)),
             None
         );
+    }
+
+    #[test]
+    fn only_admins_and_the_open_api_see_secrets() {
+        let a = auth();
+        assert_eq!(a.sight(Some("Bearer admin-token-0123456789")), Sight::Full);
+        assert_eq!(a.sight(Some("Bearer read-token-0123456789")), Sight::Masked);
+        assert_eq!(
+            a.sight(Some("Bearer wrong-token-0123456789")),
+            Sight::Masked
+        );
+        assert_eq!(a.sight(None), Sight::Masked);
+        assert_eq!(Auth::default().sight(None), Sight::Full);
     }
 }
