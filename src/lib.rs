@@ -25,6 +25,8 @@
 //! - [`render`]: pure scorebug rendering (scoreboard → RGBA image), shared by the pipeline and
 //!   `scorecast render-overlay`.
 //! - [`events`]: the live event feed (ids, history for `Last-Event-ID`, fan-out).
+//! - [`secrets`]: the masked forms of stream keys, destination keys and scores-API
+//!   credentials, for read-only callers and log lines, and the public id of compatible relays.
 //! - [`notify`]: systemd's notify protocol (readiness, status line, watchdog pings).
 //! - [`telemetry`]: `tracing` set-up and the bridge that routes GStreamer's log into it.
 //! - [`daemon`]: wires everything together; `run(listeners, shutdown)` is what `main` and the
@@ -40,4 +42,5 @@ pub mod pipeline;
 pub mod relay;
 pub mod render;
 pub mod scores;
+pub mod secrets;
 pub mod telemetry;

@@ -313,6 +313,10 @@ async fn compatible_routes_behave_as_the_old_service() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["message"], "Stream match1 started successfully");
     assert_eq!(reply["youtube_url"], url);
+    // Its public id is not the stream key, and says nothing of it.
+    let id = reply["id"].as_str().expect("the relay's id").to_owned();
+    assert!(id.starts_with("s-") && !id.contains("match1"), "{reply}");
+    assert_eq!(reply["hls"], format!("/hls/{id}/master.m3u8"), "{reply}");
     let (status, reply) = daemon.post("/start_stream", &start).await;
     assert_eq!(status, 409, "{reply}");
     assert!(reply["error"].is_string());
@@ -320,12 +324,14 @@ async fn compatible_routes_behave_as_the_old_service() {
     // The relay it made is visible in the v1 API too, running on the slate until the caster
     // comes.
     daemon
-        .wait_on_air("match1", "slate", Duration::from_secs(20))
+        .wait_on_air(&id, "slate", Duration::from_secs(20))
         .await;
     let relay = daemon
-        .wait_state("match1", "live", Duration::from_secs(20))
+        .wait_state(&id, "live", Duration::from_secs(20))
         .await;
     assert!(relay["publisher"].is_null(), "{relay}");
+    assert_eq!(relay["ingest"]["stream_key"], "match1", "{relay}");
+    assert_eq!(daemon.get("/api/v1/relays/match1").await.0, 404);
 
     let listed = wait_for("uptime to rise", Duration::from_secs(5), || async {
         let (_, list) = daemon.get("/list_streams").await;

@@ -255,7 +255,11 @@ fn registry(hls_root: &Path) -> Arc<Registry> {
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes_the_router_serves() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let table = api::table(registry(dir.path()), dir.path().to_owned());
+    let table = api::table(
+        registry(dir.path()),
+        dir.path().to_owned(),
+        Arc::new(Default::default()),
+    );
 
     let served: BTreeSet<(String, String)> = table
         .iter()

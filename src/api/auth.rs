@@ -16,6 +16,7 @@ use warp::http::{Method, StatusCode};
 use super::error::ApiError;
 use crate::config::{check_token_text, AuthSettings, Role, TokenSettings, TokenSource};
 use crate::relay::registry::constant_time_eq;
+use crate::secrets::Sight;
 
 /// The variable systemd sets to the directory of a unit's credentials (`LoadCredential=`).
 pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
@@ -285,6 +286,20 @@ impl Auth {
         }
     }
 
+    /// What a request with this `Authorization` header may see of secrets: everything with an
+    /// admin token or when no token is configured (the open API is admin by design);
+    /// masked with a read-only token, and with none on a public path.
+    pub fn sight(&self, authorization: Option<&str>) -> Sight {
+        let rules = self.current();
+        if rules.is_empty() {
+            return Sight::Full;
+        }
+        match bearer(authorization).and_then(|given| rules.role(given)) {
+            Some(Role::Admin) => Sight::Full,
+            _ => Sight::Masked,
+        }
+    }
+
     /// Whether the `Authorization` header holds a valid token, of any role.
     pub fn authenticates(&self, authorization: Option<&str>) -> bool {
         let rules = self.current();
@@ -513,5 +528,18 @@ mod tests {
         assert!(!served.authenticates(Some(&admin)));
         assert!(served.authenticates(Some(&bearer(new))));
         assert_eq!(format!("{served:?}"), r#"[("ops", Admin)]"#);
+    }
+
+    #[test]
+    fn only_admins_and_the_open_api_see_secrets() {
+        let a = auth();
+        assert_eq!(a.sight(Some(&bearer(ADMIN))), Sight::Full);
+        assert_eq!(a.sight(Some(&bearer(READER))), Sight::Masked);
+        assert_eq!(
+            a.sight(Some("Bearer wrong-token-0123456789")),
+            Sight::Masked
+        );
+        assert_eq!(a.sight(None), Sight::Masked);
+        assert_eq!(Auth::default().sight(None), Sight::Full);
     }
 }

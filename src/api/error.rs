@@ -66,7 +66,9 @@ impl From<RegistryError> for ApiError {
         let (status, code) = match &e {
             RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_relay"),
             RegistryError::DuplicateId(_) => (StatusCode::CONFLICT, "relay_exists"),
-            RegistryError::DuplicateKey { .. } => (StatusCode::CONFLICT, "stream_key_in_use"),
+            RegistryError::DuplicateKey { .. } | RegistryError::KeyClash { .. } => {
+                (StatusCode::CONFLICT, "stream_key_in_use")
+            }
             RegistryError::NotFound(_) => (StatusCode::NOT_FOUND, "relay_not_found"),
             RegistryError::Relay(e) => relay_status(e),
             RegistryError::BadPatch(_) => (StatusCode::BAD_REQUEST, "invalid_body"),

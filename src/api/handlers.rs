@@ -21,6 +21,7 @@ use crate::relay::registry::{Registry, RegistryError};
 use crate::relay::spec::{check_name, HlsSpec, IngestSpec, OutputSpec, RelaySpec};
 use crate::relay::RelayHandle;
 use crate::scores::Scoreboard;
+use crate::secrets::{self, Sight};
 
 /// The name of the destination the compatible `/start_stream` creates.
 pub const COMPAT_OUTPUT_ID: &str = "youtube";
@@ -52,7 +53,7 @@ pub async fn healthz() -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &json!({ "status": "ok" })))
 }
 
-pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> {
+pub async fn list_relays(sight: Sight, registry: Arc<Registry>) -> Result<Response, ApiError> {
     // Every actor is asked at once: one round of wake-ups per request, not one per relay.
     let handles = registry.list();
     let statuses = futures_util::future::join_all(handles.iter().map(|h| h.status())).await;
@@ -60,7 +61,7 @@ pub async fn list_relays(registry: Arc<Registry>) -> Result<Response, ApiError> 
     let views: Vec<RelayView> = statuses
         .into_iter()
         .flatten()
-        .map(RelayView::from)
+        .map(|status| RelayView::seen(status, sight))
         .collect();
     Ok(json_reply(StatusCode::OK, &views))
 }
@@ -74,8 +75,13 @@ pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
             continue;
         };
         relays.push(Scraped {
-            relay: RelayView::from(status),
-            score: handle.score().await.ok().map(ScoreView::from),
+            // Ids and numbers only; masked all the same, as read-only tokens scrape it.
+            relay: RelayView::seen(status, Sight::Masked),
+            score: handle
+                .score()
+                .await
+                .ok()
+                .map(|s| ScoreView::seen(s, Sight::Masked)),
             counters,
         });
     }
@@ -128,30 +134,42 @@ pub async fn events(last_id: Option<u64>, registry: Arc<Registry>) -> Result<Res
     Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
 }
 
-pub async fn create_relay(registry: Arc<Registry>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_relay(
+    sight: Sight,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let spec: RelaySpec = parse(&body).map_err(ApiError::bad_body)?;
     let status = registry.create_saved(spec).await?;
-    Ok(json_reply(StatusCode::CREATED, &RelayView::from(status)))
+    Ok(json_reply(
+        StatusCode::CREATED,
+        &RelayView::seen(status, sight),
+    ))
 }
 
-pub async fn get_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+pub async fn get_relay(
+    id: String,
+    sight: Sight,
+    registry: Arc<Registry>,
+) -> Result<Response, ApiError> {
     let handle = relay(&registry, &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &RelayView::from(handle.status().await?),
+        &RelayView::seen(handle.status().await?, sight),
     ))
 }
 
 /// `PATCH /api/v1/relays/{id}`: a JSON merge patch of a stopped relay's spec.
 pub async fn patch_relay(
     id: String,
+    sight: Sight,
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     relay(&registry, &id)?;
     let patch: serde_json::Value = parse(&body).map_err(ApiError::bad_body)?;
     let status = registry.patch(&id, &patch).await?;
-    Ok(json_reply(StatusCode::OK, &RelayView::from(status)))
+    Ok(json_reply(StatusCode::OK, &RelayView::seen(status, sight)))
 }
 
 pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
@@ -160,25 +178,34 @@ pub async fn delete_relay(id: String, registry: Arc<Registry>) -> Result<Respons
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn start_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+pub async fn start_relay(
+    id: String,
+    sight: Sight,
+    registry: Arc<Registry>,
+) -> Result<Response, ApiError> {
     path_id("id", &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &RelayView::from(registry.start(&id).await?),
+        &RelayView::seen(registry.start(&id).await?, sight),
     ))
 }
 
-pub async fn stop_relay(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+pub async fn stop_relay(
+    id: String,
+    sight: Sight,
+    registry: Arc<Registry>,
+) -> Result<Response, ApiError> {
     path_id("id", &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &RelayView::from(registry.stop(&id).await?),
+        &RelayView::seen(registry.stop(&id).await?, sight),
     ))
 }
 
 /// `POST .../outputs`: adds a destination; it goes live at once when the relay is.
 pub async fn add_output(
     id: String,
+    sight: Sight,
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -186,7 +213,7 @@ pub async fn add_output(
     let spec: OutputSpec = parse(&body).map_err(ApiError::bad_body)?;
     Ok(json_reply(
         StatusCode::CREATED,
-        &RelayView::from(registry.add_output(&id, spec).await?),
+        &RelayView::seen(registry.add_output(&id, spec).await?, sight),
     ))
 }
 
@@ -202,17 +229,22 @@ pub async fn remove_output(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn get_score(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+pub async fn get_score(
+    id: String,
+    sight: Sight,
+    registry: Arc<Registry>,
+) -> Result<Response, ApiError> {
     let handle = relay(&registry, &id)?;
     Ok(json_reply(
         StatusCode::OK,
-        &ScoreView::from(handle.score().await?),
+        &ScoreView::seen(handle.score().await?, sight),
     ))
 }
 
 /// `PUT .../score`: the built-in scoreboard shape, set by hand.
 pub async fn put_score(
     id: String,
+    sight: Sight,
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -223,7 +255,7 @@ pub async fn put_score(
         .map_err(|e| ApiError::bad_body(e.to_string()))?;
     Ok(json_reply(
         StatusCode::OK,
-        &ScoreView::from(handle.set_score(board).await?),
+        &ScoreView::seen(handle.set_score(board).await?, sight),
     ))
 }
 
@@ -274,7 +306,9 @@ fn bad_request(message: impl Into<String>) -> CompatError {
 /// A registry error on a compatible route, for stream `name`.
 fn compat_error(e: RegistryError, name: &str) -> CompatError {
     match e {
-        RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. } => CompatError::new(
+        RegistryError::DuplicateId(_)
+        | RegistryError::DuplicateKey { .. }
+        | RegistryError::KeyClash { .. } => CompatError::new(
             StatusCode::CONFLICT,
             format!("Stream {name} is already active"),
         ),
@@ -288,7 +322,8 @@ fn compat_error(e: RegistryError, name: &str) -> CompatError {
     }
 }
 
-/// `POST /start_stream`: a relay named after the stream key, pushing to one URL, started.
+/// `POST /start_stream`: a relay with a fresh public id ([`secrets::public_id`]) taking the
+/// stream key `stream_name`, pushing to one URL, started.
 pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
     let req: StartStream = parse(&body).map_err(bad_request)?;
     let youtube_url = required(req.youtube_url, "youtube_url")?;
@@ -298,8 +333,8 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
     output
         .validate("")
         .map_err(|e| bad_request(format!("youtube_url: {}", e.message)))?;
-    let spec = RelaySpec {
-        id: name.clone(),
+    let mut spec = RelaySpec {
+        id: secrets::public_id(),
         ingest: IngestSpec {
             stream_key: Some(name.clone()),
             url: None,
@@ -309,15 +344,24 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
         outputs: vec![output],
         transcode: true,
     };
-    registry
-        .create_saved(spec)
-        .await
-        .map_err(|e| compat_error(e, &name))?;
-    match registry.start(&name).await {
+    // A fresh id that another relay has already (48 random bits: next to never) is drawn
+    // again; a stream key in use is the old service's "already active".
+    let mut attempts = 0;
+    let status = loop {
+        match registry.create_saved(spec.clone()).await {
+            Err(RegistryError::DuplicateId(_)) if attempts < 3 => {
+                attempts += 1;
+                spec.id = secrets::public_id();
+            }
+            created => break created.map_err(|e| compat_error(e, &name))?,
+        }
+    };
+    let id = status.spec.id;
+    match registry.start(&id).await {
         Ok(_) => {}
         Err(e @ RegistryError::NotSaved(_)) => return Err(compat_error(e, &name)),
         Err(e) => {
-            let _ = registry.remove(&name).await;
+            let _ = registry.remove(&id).await;
             return Err(bad_request(e.to_string()));
         }
     }
@@ -326,6 +370,8 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
         &json!({
             "message": format!("Stream {name} started successfully"),
             "youtube_url": youtube_url,
+            "id": id,
+            "hls": format!("/hls/{id}/master.m3u8"),
         }),
     ))
 }
@@ -348,8 +394,10 @@ pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respons
     ))
 }
 
-/// `GET /list_streams`: every running push relay by stream key.
-pub async fn list_streams(registry: Arc<Registry>) -> Result<Response, CompatError> {
+/// `GET /list_streams`: every running push relay. As the old service did, by stream key with
+/// the full URL for whoever may see secrets; by the relay's public id with the URL masked for
+/// the others.
+pub async fn list_streams(sight: Sight, registry: Arc<Registry>) -> Result<Response, CompatError> {
     let mut streams = BTreeMap::new();
     for handle in registry.list() {
         let Ok(status) = handle.status().await else {
@@ -359,14 +407,19 @@ pub async fn list_streams(registry: Arc<Registry>) -> Result<Response, CompatErr
         else {
             continue;
         };
-        let youtube_url = status
-            .spec
-            .outputs
-            .first()
-            .map(|o| o.url.clone())
-            .unwrap_or_default();
+        let url = status.spec.outputs.first().map(|o| o.url.as_str());
+        let (name, youtube_url) = match sight {
+            Sight::Full => (key, url.unwrap_or_default().to_owned()),
+            Sight::Masked => (
+                status.spec.id,
+                url.map(secrets::rtmp_url).unwrap_or_default(),
+            ),
+        };
         let uptime = started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        streams.insert(key, json!({ "youtube_url": youtube_url, "uptime": uptime }));
+        streams.insert(
+            name,
+            json!({ "youtube_url": youtube_url, "uptime": uptime }),
+        );
     }
     Ok(json_reply(StatusCode::OK, &streams))
 }

@@ -29,6 +29,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::relay::registry::Registry;
+use crate::secrets::Sight;
 use auth::Auth;
 use browsers::Browsers;
 
@@ -145,11 +146,21 @@ fn authorized(auth: Arc<Auth>) -> impl Filter<Extract = (), Error = warp::Reject
         .untuple_one()
 }
 
+/// What the request's token may see of secrets ([`Auth::sight`]).
+fn sight(auth: Arc<Auth>) -> impl Filter<Extract = (Sight,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("authorization")
+        .map(move |header: Option<String>| auth.sight(header.as_deref()))
+        .or(warp::any().map(|| Sight::Masked))
+        .unify()
+}
+
 /// Every route of the API, in the order they are tried. [`routes`] serves these and nothing
 /// else (besides the error for an empty id), so `tests/reference.rs` can hold them to
-/// `openapi.json`.
-pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
+/// `openapi.json`. Every route that answers with a relay, a score or the compatible list
+/// shows secrets only to the callers `auth` lets see them.
+pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec<Route> {
     let with_registry = warp::any().map(move || registry.clone());
+    let sight = sight(auth);
     let body = bounded_body();
 
     let healthz = warp::path!("healthz")
@@ -179,11 +190,13 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
     let relays = warp::path!("api" / "v1" / "relays");
     let list = relays
         .and(warp::get())
+        .and(sight.clone())
         .and(with_registry.clone())
         .then(handlers::list_relays)
         .and_then(finish);
     let create = relays
         .and(warp::post())
+        .and(sight.clone())
         .and(with_registry.clone())
         .and(body.clone())
         .then(handlers::create_relay)
@@ -191,11 +204,13 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
     let relay = warp::path!("api" / "v1" / "relays" / String);
     let get = relay
         .and(warp::get())
+        .and(sight.clone())
         .and(with_registry.clone())
         .then(handlers::get_relay)
         .and_then(finish);
     let patch = relay
         .and(warp::patch())
+        .and(sight.clone())
         .and(with_registry.clone())
         .and(body.clone())
         .then(handlers::patch_relay)
@@ -207,17 +222,20 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
         .and_then(finish);
     let start = warp::path!("api" / "v1" / "relays" / String / "start")
         .and(warp::post())
+        .and(sight.clone())
         .and(with_registry.clone())
         .then(handlers::start_relay)
         .and_then(finish);
     let stop = warp::path!("api" / "v1" / "relays" / String / "stop")
         .and(warp::post())
+        .and(sight.clone())
         .and(with_registry.clone())
         .then(handlers::stop_relay)
         .and_then(finish);
 
     let add_output = warp::path!("api" / "v1" / "relays" / String / "outputs")
         .and(warp::post())
+        .and(sight.clone())
         .and(with_registry.clone())
         .and(body.clone())
         .then(handlers::add_output)
@@ -231,11 +249,13 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
     let score = warp::path!("api" / "v1" / "relays" / String / "score");
     let get_score = score
         .and(warp::get())
+        .and(sight.clone())
         .and(with_registry.clone())
         .then(handlers::get_score)
         .and_then(finish);
     let put_score = score
         .and(warp::put())
+        .and(sight.clone())
         .and(with_registry.clone())
         .and(body.clone())
         .then(handlers::put_score)
@@ -263,6 +283,7 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf) -> Vec<Route> {
     );
     let list_streams = warp::path!("list_streams")
         .and(warp::get())
+        .and(sight.clone())
         .and(with_registry)
         .then(handlers::list_streams)
         .and_then(finish);
@@ -338,7 +359,7 @@ pub fn routes(
 
     // Boxed one by one: a chain of sixteen unboxed `or`s nests types deep enough to make the
     // crate take twenty minutes to compile.
-    let all = table(registry, hls_root)
+    let all = table(registry, hls_root, auth.clone())
         .into_iter()
         .map(|route| route.filter)
         .chain([empty_id.boxed()])

@@ -1,5 +1,6 @@
 //! The API's JSON shapes. Kept apart from the relay's internal state: these are what clients
-//! parse, and they change only deliberately.
+//! parse, and they change only deliberately. Each is made for a [`Sight`]: a read-only caller
+//! gets the same shape with every secret masked ([`crate::secrets`]).
 
 use std::time::SystemTime;
 
@@ -10,6 +11,7 @@ use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, OverlaySpec};
 use crate::relay::state::OutputState;
 use crate::relay::{RelayPhase, RelayStatus, ScoreStatus};
 use crate::scores::{Scoreboard, Source};
+use crate::secrets::{self, Sight};
 
 #[derive(Debug, Serialize)]
 pub struct RelayView {
@@ -94,6 +96,31 @@ fn retry_view(attempt: u32, next_at: Instant, reason: &str) -> RetryView {
     }
 }
 
+impl RelayView {
+    /// The relay as `sight` may see it: with [`Sight::Masked`], its stream key, pull URL,
+    /// destination keys and scores-API credentials are masked, and so is any of them that an
+    /// error message or retry reason quotes.
+    pub fn seen(mut s: RelayStatus, sight: Sight) -> Self {
+        if sight == Sight::Masked {
+            let spec = s.spec.clone();
+            let scrub = |text: &mut String| *text = secrets::scrub(text, &spec);
+            if let RelayPhase::Retrying { reason, .. } = &mut s.phase {
+                scrub(reason);
+            }
+            s.last_error.iter_mut().for_each(scrub);
+            for o in &mut s.outputs {
+                o.spec.url = secrets::rtmp_url(&o.spec.url);
+                o.last_error.iter_mut().for_each(scrub);
+                if let OutputState::Retrying { reason, .. } = &mut o.state {
+                    scrub(reason);
+                }
+            }
+            s.spec = secrets::spec(&s.spec);
+        }
+        Self::from(s)
+    }
+}
+
 impl From<RelayStatus> for RelayView {
     fn from(s: RelayStatus) -> Self {
         let retry = match &s.phase {
@@ -166,6 +193,17 @@ pub struct ScoreView {
     pub last_error: Option<String>,
     pub overlay: bool,
     pub scores_url: Option<String>,
+}
+
+impl ScoreView {
+    /// The score as `sight` may see it: with [`Sight::Masked`], the scores URL's user info and
+    /// query are masked.
+    pub fn seen(mut s: ScoreStatus, sight: Sight) -> Self {
+        if sight == Sight::Masked {
+            s.scores_url = s.scores_url.as_deref().map(secrets::http_url);
+        }
+        Self::from(s)
+    }
 }
 
 impl From<ScoreStatus> for ScoreView {

@@ -229,10 +229,18 @@ impl Destinations {
         let Some(out) = self.outputs.get_mut(id) else {
             return;
         };
-        let event = change(out);
-        if let OutputEvent::Failed(why) = &event {
-            out.last_error = Some(why.clone());
-        }
+        // GStreamer's messages may quote the URL, key and all: neither the API, the events
+        // nor the log get it.
+        let event = match change(out) {
+            OutputEvent::Failed(why) => {
+                let why = crate::secrets::scrub_rtmp_url(&why, &out.spec.url);
+                out.last_error = Some(why.clone());
+                OutputEvent::Failed(why)
+            }
+            event => event,
+        };
+        let reason = crate::secrets::scrub_rtmp_url(reason, &out.spec.url);
+        let reason = reason.as_str();
         let failed = matches!(event, OutputEvent::Failed(_));
         let next = out
             .state

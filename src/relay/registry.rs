@@ -28,6 +28,14 @@ pub enum RegistryError {
     DuplicateId(String),
     #[error("relay {owner:?} already uses this stream key")]
     DuplicateKey { owner: String },
+    /// A stream key that is another relay's id would be public in that relay's HLS paths,
+    /// metrics and events; and an id that is another relay's stream key would publish it.
+    #[error("{field}: is relay {other:?}'s {what}; ids are public and stream keys secret, so they never meet")]
+    KeyClash {
+        field: &'static str,
+        other: String,
+        what: &'static str,
+    },
     #[error("no relay with id {0:?}")]
     NotFound(String),
     #[error(transparent)]
@@ -96,6 +104,7 @@ impl Registry {
         if let Some(owner) = key_owner(&relays, stream_key.as_deref(), None) {
             return Err(RegistryError::DuplicateKey { owner });
         }
+        key_clash(&relays, &spec)?;
         let id = spec.id.clone();
         let handle = spawn(spec, self.ctx.clone());
         relays.insert(
@@ -120,12 +129,18 @@ impl Registry {
 
     /// Brings back the relays saved before the last stop, each started if the operator had it
     /// running. Call it after the config's relays exist: a saved relay whose id or stream key
-    /// a config relay has is skipped (the config wins), with a warning that carries its spec,
-    /// and it leaves the file at the next write.
+    /// a config relay has is skipped (the config wins), with a warning that carries its spec
+    /// (secrets masked), and it leaves the file at the next write. A relay the store gave a
+    /// public id loses the HLS files of its old id, whose path held its stream key.
     pub async fn restore(&self, saved: Vec<SavedRelay>) {
         for relay in saved {
             let id = relay.spec.id.clone();
-            let spec_json = serde_json::to_string(&relay.spec).unwrap_or_default();
+            let spec_json =
+                serde_json::to_string(&crate::secrets::spec(&relay.spec)).unwrap_or_default();
+            if let Some(old) = &relay.renamed_from {
+                self.remove_hls(old, &id).await;
+                info!(relay = %id, "saved relay had its stream key as its id; it has a public id now");
+            }
             let handle = match self.create(relay.spec.clone(), Origin::Api) {
                 Ok(handle) => handle,
                 Err(e @ (RegistryError::DuplicateId(_) | RegistryError::DuplicateKey { .. })) => {
@@ -327,6 +342,7 @@ impl Registry {
             if let Some(owner) = key_owner(&relays, stream_key.as_deref(), Some(id)) {
                 return Err(RegistryError::DuplicateKey { owner });
             }
+            key_clash(&relays, &spec)?;
             let entry = relays
                 .get_mut(id)
                 .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
@@ -355,13 +371,24 @@ impl Registry {
         self.ctx
             .events
             .publish("relay_removed", id, Value::Object(Default::default()));
-        let dir = self.ctx.hls_root.join(id);
+        self.remove_hls(id, id).await;
+        self.saved_if(entry.origin).await
+    }
+
+    /// Deletes the HLS files under `dir_name` of relay `id`.
+    async fn remove_hls(&self, dir_name: &str, id: &str) {
+        let dir = self.ctx.hls_root.join(dir_name);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(relay = id, dir = %dir.display(), error = %e, "cannot delete HLS files");
+                // The path is named only when it is the relay's id, which is public.
+                let dir = if dir_name == id {
+                    dir.display().to_string()
+                } else {
+                    crate::secrets::MASK.to_owned()
+                };
+                warn!(relay = id, dir = %dir, error = %e, "cannot delete HLS files");
             }
         }
-        self.saved_if(entry.origin).await
     }
 
     /// Writes the desired state of every relay made over the API: its spec and whether it
@@ -391,6 +418,7 @@ impl Registry {
                 Ok(s) => SavedRelay {
                     running: s.phase != RelayPhase::Stopped,
                     spec: s.spec,
+                    renamed_from: None,
                 },
                 // An actor that is gone while still listed keeps what was last saved.
                 Err(e) => match saved.relays.get(&id) {
@@ -453,6 +481,30 @@ fn key_owner(
         .iter()
         .find(|(id, e)| Some(id.as_str()) != except && e.stream_key.as_deref() == Some(key))
         .map(|(id, _)| id.clone())
+}
+
+/// Refuses `spec` when its stream key is another relay's id, or its id another relay's stream
+/// key. Keys are compared in constant time.
+fn key_clash(relays: &BTreeMap<String, Entry>, spec: &RelaySpec) -> Result<(), RegistryError> {
+    let key = spec.ingest.stream_key();
+    for (id, entry) in relays.iter().filter(|(id, _)| **id != spec.id) {
+        if key.is_some_and(|key| constant_time_eq(key.as_bytes(), id.as_bytes())) {
+            return Err(RegistryError::KeyClash {
+                field: "ingest.stream_key",
+                other: id.clone(),
+                what: "id",
+            });
+        }
+        let theirs = entry.stream_key.as_deref().unwrap_or_default();
+        if constant_time_eq(theirs.as_bytes(), spec.id.as_bytes()) {
+            return Err(RegistryError::KeyClash {
+                field: "id",
+                other: id.clone(),
+                what: "stream key",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Applies a JSON merge patch (RFC 7396): objects merge, `null` removes, anything else

@@ -310,7 +310,16 @@ impl RelaySpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         check_name("id", &self.id)?;
         match (&self.ingest.stream_key, &self.ingest.url) {
-            (Some(key), None) => check_name("ingest.stream_key", key)?,
+            (Some(key), None) => {
+                check_name("ingest.stream_key", key)?;
+                if *key == self.id {
+                    return Err(SpecError::new(
+                        "ingest.stream_key",
+                        "must differ from the relay's id: the id is public (HLS paths, \
+                         metrics, events), the stream key is the publisher's secret",
+                    ));
+                }
+            }
             (None, Some(url)) => check_rtmp_url("ingest.url", url)?,
             (Some(_), Some(_)) => {
                 return Err(SpecError::new(
@@ -543,6 +552,10 @@ mod tests {
         let cases = [
             (r#"{"id":"a/b","ingest":{"stream_key":"k"}}"#, "id"),
             (r#"{"id":"a","ingest":{}}"#, "ingest"),
+            (
+                r#"{"id":"same","ingest":{"stream_key":"same"}}"#,
+                "ingest.stream_key",
+            ),
             (
                 r#"{"id":"a","ingest":{"stream_key":"k","url":"rtmp://h/a/b"}}"#,
                 "ingest",

@@ -10,7 +10,7 @@
 //!   "relays": [ { "running": true, "spec": { "id": "final", "ingest": { "stream_key": "k" } } } ] }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -42,12 +42,19 @@ pub enum StoreError {
         id: String,
         source: SpecError,
     },
-    #[error("{path}: relays[{index}]: {what} {value:?} appears more than once")]
-    Duplicate {
+    #[error("{path}: relays[{index}]: relay id {id:?} appears more than once")]
+    DuplicateId {
         path: PathBuf,
         index: usize,
-        what: &'static str,
-        value: String,
+        id: String,
+    },
+    /// The key itself is not named: errors are logged.
+    #[error("{path}: relays[{index}] (relay {id:?}) has the stream key of relay {owner:?}")]
+    DuplicateKey {
+        path: PathBuf,
+        index: usize,
+        id: String,
+        owner: String,
     },
     #[error("cannot write {path}: {source}")]
     Write {
@@ -63,6 +70,11 @@ pub struct SavedRelay {
     /// Whether the operator wants it running (started and not stopped since).
     pub running: bool,
     pub spec: RelaySpec,
+    /// The id it was saved under, when that was its stream key (as `/start_stream` made
+    /// them before 0.2): it was given a public id at load, and the old id's HLS files are
+    /// to go, since their path holds the key.
+    #[serde(skip)]
+    pub renamed_from: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -128,9 +140,15 @@ impl Store {
                 found,
             });
         }
-        let file: FileIn = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let mut file: FileIn = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        for relay in &mut file.relays {
+            if relay.spec.ingest.stream_key.as_deref() == Some(relay.spec.id.as_str()) {
+                let public = crate::secrets::public_id();
+                relay.renamed_from = Some(std::mem::replace(&mut relay.spec.id, public));
+            }
+        }
         let mut ids = HashSet::new();
-        let mut keys = HashSet::new();
+        let mut keys = HashMap::new();
         for (index, relay) in file.relays.iter().enumerate() {
             let spec = &relay.spec;
             spec.validate().map_err(|source| StoreError::InvalidRelay {
@@ -139,18 +157,21 @@ impl Store {
                 id: spec.id.clone(),
                 source,
             })?;
-            let duplicate = |what, value: &str| StoreError::Duplicate {
-                path: path.clone(),
-                index,
-                what,
-                value: value.to_owned(),
-            };
             if !ids.insert(spec.id.as_str()) {
-                return Err(duplicate("relay id", &spec.id));
+                return Err(StoreError::DuplicateId {
+                    path: path.clone(),
+                    index,
+                    id: spec.id.clone(),
+                });
             }
             if let Some(key) = spec.ingest.stream_key() {
-                if !keys.insert(key) {
-                    return Err(duplicate("stream key", key));
+                if let Some(owner) = keys.insert(key, spec.id.as_str()) {
+                    return Err(StoreError::DuplicateKey {
+                        path: path.clone(),
+                        index,
+                        id: spec.id.clone(),
+                        owner: owner.to_owned(),
+                    });
                 }
             }
         }
@@ -204,7 +225,11 @@ mod tests {
             "outputs": [ { "id": "yt", "url": "rtmp://127.0.0.1/live2/KEY" } ]
         }))
         .expect("valid spec");
-        SavedRelay { running, spec }
+        SavedRelay {
+            running,
+            spec,
+            renamed_from: None,
+        }
     }
 
     #[test]
@@ -235,12 +260,27 @@ mod tests {
             (r#"{"version":2,"relays":[]}"#, "version 2"),
             (r#"{"version":1,"relays":[],"extra":1}"#, "extra"),
             (bad_relay, "relays[0] (relay \"a/b\"): id:"),
-            (twice, "relays[1]: stream key \"k\""),
+            (
+                twice,
+                "relays[1] (relay \"b\") has the stream key of relay \"a\"",
+            ),
         ] {
             std::fs::write(store.path(), text).expect("write");
             let err = store.load().expect_err(text).to_string();
             assert!(err.contains("relays.json"), "{err}");
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_relay_saved_under_its_stream_key_gets_a_public_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::new(dir.path());
+        let old = r#"{"version":1,"relays":[{"running":true,"spec":{"id":"match1","ingest":{"stream_key":"match1"}}}]}"#;
+        std::fs::write(store.path(), old).expect("write");
+        let relays = store.load().expect("loads");
+        assert_eq!(relays[0].renamed_from.as_deref(), Some("match1"));
+        assert!(relays[0].spec.id.starts_with("s-"), "{:?}", relays[0].spec);
+        assert_eq!(relays[0].spec.ingest.stream_key(), Some("match1"));
     }
 }

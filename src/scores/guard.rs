@@ -175,19 +175,10 @@ pub fn refusal(e: &reqwest::Error) -> Option<Refused> {
     None
 }
 
-/// A URL fit for logs and status: scheme, host, port and path, without the user name,
-/// password, query or fragment, which may carry credentials (`https://api.example/m/42`).
+/// A URL fit for logs and status: scheme, host, port and path, with the user name, password
+/// and query masked, as they may carry credentials (`https://api.example/m/42?****`).
 pub fn redact(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or_default();
-            match u.port() {
-                Some(port) => format!("{}://{host}:{port}{}", u.scheme(), u.path()),
-                None => format!("{}://{host}{}", u.scheme(), u.path()),
-            }
-        }
-        Err(_) => "(not a URL)".to_owned(),
-    }
+    crate::secrets::http_url(url)
 }
 
 #[cfg(test)]
@@ -301,7 +292,7 @@ mod tests {
     fn logs_get_no_credentials() {
         assert_eq!(
             redact("https://user:secret@api.example:8443/m/42?token=abc#x"),
-            "https://api.example:8443/m/42"
+            "https://****@api.example:8443/m/42?****"
         );
         assert_eq!(
             redact("http://scores.example/match"),
