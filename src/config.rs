@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::api::server::{self, HttpLimits};
+use crate::events;
 use crate::ingest;
 use crate::relay::spec::{RelaySpec, SpecError};
 
@@ -52,6 +54,7 @@ pub struct Config {
     pub program: ProgramSettings,
     pub hls: HlsSettings,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
     #[serde(rename = "relay")]
     pub relays: Vec<RelaySpec>,
 }
@@ -71,6 +74,114 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
     /// Host names the API answers under, besides `localhost` and IP addresses (DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// HTTP connections open at once, from everyone.
+    pub max_connections: usize,
+    /// HTTP connections open at once from one IP address.
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a complete request head, from connecting or from the end
+    /// of its last response (so also how long an idle kept-alive connection stays open).
+    pub header_timeout_seconds: u64,
+    /// Clients of `/api/v1/events` at once.
+    pub max_event_streams: usize,
+}
+
+impl ServerSettings {
+    /// What the API's listener lets clients take.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_seconds),
+        }
+    }
+}
+
+/// How many relays, and how big, the API and the config may make. Checked on every relay
+/// made or changed over the API and on the config file; a refusal names the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Relays at once, from the config and the API together.
+    pub relays: usize,
+    /// Destinations (`outputs`) of one relay.
+    pub outputs_per_relay: usize,
+    /// HLS renditions of one relay.
+    pub renditions_per_relay: usize,
+}
+
+pub const DEFAULT_MAX_RELAYS: usize = 64;
+pub const DEFAULT_MAX_OUTPUTS_PER_RELAY: usize = 8;
+pub const DEFAULT_MAX_RENDITIONS_PER_RELAY: usize = 6;
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            relays: DEFAULT_MAX_RELAYS,
+            outputs_per_relay: DEFAULT_MAX_OUTPUTS_PER_RELAY,
+            renditions_per_relay: DEFAULT_MAX_RENDITIONS_PER_RELAY,
+        }
+    }
+}
+
+/// A cap of `[limits]` that a relay or a request would go over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} limit reached: {limit}{per} (limits.{key})")]
+pub struct LimitError {
+    /// `relay`, `output` or `rendition`.
+    pub what: &'static str,
+    pub limit: usize,
+    /// ` per relay`, or empty.
+    pub per: &'static str,
+    /// The key under `[limits]`.
+    pub key: &'static str,
+}
+
+impl LimitSettings {
+    /// Refuses a relay when there are `existing` relays already.
+    pub fn check_relay_count(&self, existing: usize) -> Result<(), LimitError> {
+        if existing >= self.relays {
+            return Err(LimitError {
+                what: "relay",
+                limit: self.relays,
+                per: "",
+                key: "relays",
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a relay spec with more destinations or renditions than allowed.
+    pub fn check_spec(&self, spec: &RelaySpec) -> Result<(), LimitError> {
+        if spec.outputs.len() > self.outputs_per_relay {
+            return Err(self.outputs());
+        }
+        if spec.hls.renditions.len() > self.renditions_per_relay {
+            return Err(LimitError {
+                what: "rendition",
+                limit: self.renditions_per_relay,
+                per: " per relay",
+                key: "renditions_per_relay",
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses one more destination on a relay that has `existing`.
+    pub fn check_output_count(&self, existing: usize) -> Result<(), LimitError> {
+        if existing >= self.outputs_per_relay {
+            return Err(self.outputs());
+        }
+        Ok(())
+    }
+
+    fn outputs(&self) -> LimitError {
+        LimitError {
+            what: "output",
+            limit: self.outputs_per_relay,
+            per: " per relay",
+            key: "outputs_per_relay",
+        }
+    }
 }
 
 /// What the RTMP server lets peers take: connections, failed publishes, and bytes before a
@@ -305,6 +416,10 @@ impl Default for ServerSettings {
             log_format: LogFormat::default(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            max_connections: server::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout_seconds: server::DEFAULT_HEADER_TIMEOUT.as_secs(),
+            max_event_streams: events::DEFAULT_MAX_SUBSCRIBERS,
         }
     }
 }
@@ -439,7 +554,22 @@ impl Config {
             }
         }
         let i = &self.ingest;
+        let srv = &self.server;
+        let l = &self.limits;
         for (key, value) in [
+            ("server.max_connections", srv.max_connections),
+            (
+                "server.max_connections_per_address",
+                srv.max_connections_per_address,
+            ),
+            (
+                "server.header_timeout_seconds",
+                usize::try_from(srv.header_timeout_seconds).unwrap_or(usize::MAX),
+            ),
+            ("server.max_event_streams", srv.max_event_streams),
+            ("limits.relays", l.relays),
+            ("limits.outputs_per_relay", l.outputs_per_relay),
+            ("limits.renditions_per_relay", l.renditions_per_relay),
             ("ingest.max_connections", i.max_connections),
             (
                 "ingest.max_connections_per_address",
@@ -500,6 +630,15 @@ impl Config {
                 "must be at least 6".to_owned(),
             ));
         }
+        if srv.max_event_streams >= srv.max_connections {
+            return Err((
+                "server.max_event_streams".to_owned(),
+                format!(
+                    "must be less than server.max_connections ({}): every event stream holds a connection",
+                    srv.max_connections
+                ),
+            ));
+        }
         let mut ids = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, relay) in self.relays.iter().enumerate() {
@@ -507,6 +646,20 @@ impl Config {
                 .validate()
                 .and_then(|_| relay.check_fits(p.width, p.height))
                 .map_err(|SpecError { field, message }| (format!("relay[{i}].{field}"), message))?;
+            if i == l.relays {
+                return Err((
+                    format!("relay[{i}]"),
+                    l.check_relay_count(i).expect_err("at the cap").to_string(),
+                ));
+            }
+            l.check_spec(relay).map_err(|e| {
+                let field = if e.key == "outputs_per_relay" {
+                    "outputs"
+                } else {
+                    "hls.renditions"
+                };
+                (format!("relay[{i}].{field}"), e.to_string())
+            })?;
             if !ids.insert(relay.id.as_str()) {
                 return Err((
                     format!("relay[{i}].id"),
@@ -627,6 +780,49 @@ mod tests {
             err.contains("ingest.max_bytes_before_publish_total"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_are_checked_on_the_config_relays() {
+        let relay = |i: usize, extra: &str| {
+            format!("[[relay]]\nid = \"r{i}\"\ningest = {{ stream_key = \"k{i}\" }}\n{extra}\n")
+        };
+        let two: String = (0..2).map(|i| relay(i, "")).collect();
+        parse(&format!("[limits]\nrelays = 2\n{two}")).expect("at the cap");
+        let three: String = (0..3).map(|i| relay(i, "")).collect();
+        let err = parse(&format!("[limits]\nrelays = 2\n{three}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("relay[2]: relay limit reached: 2 (limits.relays)"),
+            "{err}"
+        );
+        let outputs = relay(
+            0,
+            r#"outputs = [ { id = "a", url = "rtmp://h/a/k" }, { id = "b", url = "rtmp://h/a/k" } ]"#,
+        );
+        let err = parse(&format!("[limits]\noutputs_per_relay = 1\n{outputs}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "relay[0].outputs: output limit reached: 1 per relay (limits.outputs_per_relay)"
+            ),
+            "{err}"
+        );
+        let renditions = relay(0, r#"hls = { renditions = ["720p", "360p"] }"#);
+        let err = parse(&format!("[limits]\nrenditions_per_relay = 1\n{renditions}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(limits.renditions_per_relay)"), "{err}");
+        let err = parse("[server]\nmax_event_streams = 2000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_event_streams"), "{err}");
+        let err = parse("[server]\nheader_timeout_seconds = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.header_timeout_seconds"), "{err}");
     }
 
     #[test]

@@ -135,17 +135,20 @@ pub async fn run(
     let store = Store::new(&config.server.data_dir);
     let saved = store.load()?;
 
-    let events = Arc::new(EventBus::default());
-    let registry = Arc::new(Registry::new(
-        RelayContext {
-            program: config.program.clone(),
-            hls: config.hls.clone(),
-            hls_root: hls_root.clone(),
-            slates: Default::default(),
-            events: events.clone(),
-        },
-        Some(store),
-    ));
+    let events = Arc::new(EventBus::new(config.server.max_event_streams));
+    let registry = Arc::new(
+        Registry::new(
+            RelayContext {
+                program: config.program.clone(),
+                hls: config.hls.clone(),
+                hls_root: hls_root.clone(),
+                slates: Default::default(),
+                events: events.clone(),
+            },
+            Some(store),
+        )
+        .with_limits(config.limits),
+    );
     // The config's relays as last applied: a reload compares the file against these.
     let mut applied = BTreeMap::new();
     for spec in &config.relays {
@@ -171,6 +174,7 @@ pub async fn run(
         hls_root,
         auth.clone(),
         api::browsers::Browsers::new(&config.server),
+        config.server.http_limits(),
         async move {
             let _ = api_stop.changed().await;
         },

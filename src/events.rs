@@ -2,18 +2,20 @@
 //! publisher connects and disconnects, what is on air, and score changes. Each has a rising
 //! id, and the latest are kept so a client that reconnects with `Last-Event-ID` misses none.
 //!
-//! Owns the ids, the history and the fan-out. Relay actors publish; the API's
+//! Owns the ids, the history, the fan-out and how many may subscribe at once. Relay actors publish; the API's
 //! `/api/v1/events` subscribes. It must not decide what is worth an event.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 /// How many events are kept for clients that reconnect.
 pub const DEFAULT_HISTORY: usize = 1024;
+/// Subscribers at once (`server.max_event_streams`).
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -36,11 +38,30 @@ pub struct EventBus {
     history: Mutex<History>,
     live: broadcast::Sender<Event>,
     closed: watch::Sender<bool>,
+    /// One permit per subscriber.
+    slots: Arc<Semaphore>,
+    max_subscribers: usize,
+}
+
+/// A subscription over the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event stream limit reached: {limit} (server.max_event_streams)")]
+pub struct TooManySubscribers {
+    pub limit: usize,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
+        Self::new(DEFAULT_MAX_SUBSCRIBERS)
+    }
+}
+
+impl EventBus {
+    /// A bus that takes at most `max_subscribers` at once.
+    pub fn new(max_subscribers: usize) -> Self {
         Self {
+            slots: Arc::new(Semaphore::new(max_subscribers)),
+            max_subscribers,
             history: Mutex::new(History {
                 next_id: 1,
                 events: VecDeque::with_capacity(DEFAULT_HISTORY),
@@ -62,6 +83,8 @@ pub struct Subscription {
     pub missed: Vec<Event>,
     pub live: broadcast::Receiver<Event>,
     pub closed: watch::Receiver<bool>,
+    /// Its place among the subscribers, given back when dropped.
+    pub slot: OwnedSemaphorePermit,
 }
 
 impl EventBus {
@@ -88,8 +111,16 @@ impl EventBus {
     }
 
     /// Subscribes; with `after`, the kept events with a higher id come first. Taken under
-    /// the history's lock, so nothing falls between the two.
-    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+    /// the history's lock, so nothing falls between the two. Refused when as many as the
+    /// bus takes are subscribed already.
+    pub fn subscribe(&self, after: Option<u64>) -> Result<Subscription, TooManySubscribers> {
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| TooManySubscribers {
+                limit: self.max_subscribers,
+            })?;
         let history = self.history.lock().expect("event history lock poisoned");
         let live = self.live.subscribe();
         let missed = match after {
@@ -101,11 +132,12 @@ impl EventBus {
                 .collect(),
             None => Vec::new(),
         };
-        Subscription {
+        Ok(Subscription {
             missed,
             live,
             closed: self.closed.subscribe(),
-        }
+            slot,
+        })
     }
 
     /// Ends every subscription (at shutdown), so no client holds the server open.
@@ -125,10 +157,10 @@ mod tests {
         for n in 0..3 {
             bus.publish("score", "a", json!({ "n": n }));
         }
-        let sub = bus.subscribe(Some(1));
+        let sub = bus.subscribe(Some(1)).expect("room");
         let ids: Vec<u64> = sub.missed.iter().map(|e| e.id).collect();
         assert_eq!(ids, [2, 3]);
-        assert!(bus.subscribe(None).missed.is_empty());
+        assert!(bus.subscribe(None).expect("room").missed.is_empty());
     }
 
     #[test]
@@ -137,8 +169,22 @@ mod tests {
         for _ in 0..DEFAULT_HISTORY + 5 {
             bus.publish("score", "a", Value::Null);
         }
-        let missed = bus.subscribe(Some(0)).missed;
+        let missed = bus.subscribe(Some(0)).expect("room").missed;
         assert_eq!(missed.len(), DEFAULT_HISTORY);
         assert_eq!(missed[0].id, 6);
+    }
+
+    #[test]
+    fn subscribers_are_capped_and_a_slot_comes_back() {
+        let bus = EventBus::new(2);
+        let first = bus.subscribe(None).expect("room");
+        let _second = bus.subscribe(None).expect("room");
+        let err = bus.subscribe(None).err().expect("over the cap");
+        assert_eq!(
+            err.to_string(),
+            "event stream limit reached: 2 (server.max_event_streams)"
+        );
+        drop(first);
+        bus.subscribe(None).expect("a slot came back");
     }
 }

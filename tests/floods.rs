@@ -9,7 +9,6 @@
 mod common;
 mod rtmp_peer;
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -34,63 +33,9 @@ fn attacker(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
 }
 
-/// Raises this process's soft limit on open files to its hard limit: the tests hold a few
-/// thousand sockets.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(
-        limit.rlim_cur >= 5000,
-        "the hard limit on open files is {}; the flood tests need 5000",
-        limit.rlim_cur
-    );
-}
-
-/// The daemon's TCP connections to its RTMP port from addresses `from` accepts, read from
-/// /proc: its socket inodes matched against the kernel's connection table.
+/// The daemon's TCP connections to its RTMP port from addresses `from` accepts.
 fn held_from(daemon: &Daemon, from: impl Fn(IpAddr) -> bool) -> usize {
-    let pid = daemon.process().pid();
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the daemon's fds")
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let port = format!("{:04X}", daemon.rtmp_port);
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(remote), Some(state), Some(inode)) =
-                (f.get(1), f.get(2), f.get(3), f.get(9))
-            else {
-                return false;
-            };
-            let remote_ip = remote
-                .split(':')
-                .next()
-                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-                .map(|raw| IpAddr::from(raw.to_le_bytes()));
-            // 0A: the listening socket itself.
-            local.ends_with(&format!(":{port}"))
-                && *state != "0A"
-                && inodes.contains(*inode)
-                && remote_ip.is_some_and(&from)
-        })
-        .count()
+    daemon.held_connections(daemon.rtmp_port, from)
 }
 
 /// The slowest of `n` `/healthz` answers.

@@ -65,6 +65,7 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let (status, code) = match &e {
             RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_relay"),
+            RegistryError::Limit(_) => (StatusCode::BAD_REQUEST, "limit_reached"),
             RegistryError::DuplicateId(_) => (StatusCode::CONFLICT, "relay_exists"),
             RegistryError::DuplicateKey { .. } | RegistryError::KeyClash { .. } => {
                 (StatusCode::CONFLICT, "stream_key_in_use")

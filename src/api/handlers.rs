@@ -100,11 +100,19 @@ pub async fn events(last_id: Option<u64>, registry: Arc<Registry>) -> Result<Res
         missed,
         live,
         closed,
-    } = registry.events().subscribe(last_id);
+        slot,
+    } = registry.events().subscribe(last_id).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event_stream_limit",
+            e.to_string(),
+        )
+    })?;
     let after = missed.last().map(|e| e.id).or(last_id).unwrap_or(0);
+    // The slot goes with the stream: it comes back when the client goes.
     let live = futures_util::stream::unfold(
-        (live, closed, after),
-        |(mut live, mut closed, after)| async move {
+        (live, closed, after, slot),
+        |(mut live, mut closed, after, slot)| async move {
             loop {
                 let received = tokio::select! {
                     received = live.recv() => received,
@@ -115,7 +123,7 @@ pub async fn events(last_id: Option<u64>, registry: Arc<Registry>) -> Result<Res
                     Ok(event) if event.id <= after => continue,
                     Ok(event) => {
                         let id = event.id;
-                        return Some((event, (live, closed, id)));
+                        return Some((event, (live, closed, id, slot)));
                     }
                     // A client this far behind resumes from the history (`Last-Event-ID`).
                     Err(RecvError::Lagged(_) | RecvError::Closed) => return None,

@@ -1,6 +1,7 @@
 //! The HTTP API (warp): routes here, handlers in [`handlers`], JSON shapes in [`wire`], every
 //! error mapped in [`error`], HLS files in [`hls`], the Prometheus text in [`metrics`], the
-//! operator console's page and files in [`console`]. Before any route, [`browsers`] refuses
+//! operator console's page and files in [`console`], the listener and its connection caps in
+//! [`server`]. Before any route, [`browsers`] refuses
 //! what a hostile web page could send (foreign Origin or Host, a body that is not JSON), and
 //! [`auth`] checks the token.
 //!
@@ -14,6 +15,7 @@ pub mod error;
 pub mod handlers;
 pub mod hls;
 pub mod metrics;
+pub mod server;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -372,23 +374,16 @@ pub fn routes(
         .unify()
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` under `limits` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     hls_root: PathBuf,
     auth: Auth,
     browsers: Browsers,
+    limits: server::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(
-        registry,
-        hls_root,
-        Arc::new(auth),
-        Arc::new(browsers),
-    ))
-    .incoming(listener)
-    .graceful(shutdown)
-    .run()
-    .await;
+    let routes = routes(registry, hls_root, Arc::new(auth), Arc::new(browsers));
+    server::run(listener, routes, limits, shutdown).await;
 }

@@ -221,6 +221,7 @@ mod tests {
         observer.look(look("live"), &bus, "final");
         let kinds: Vec<_> = bus
             .subscribe(Some(0))
+            .expect("room")
             .missed
             .iter()
             .map(|e| e.kind)

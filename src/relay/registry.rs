@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use super::spec::{OutputSpec, RelaySpec, SpecError};
 use super::store::{SavedRelay, Store, StoreError};
 use super::{spawn, RelayContext, RelayError, RelayHandle, RelayPhase, RelayStatus};
+use crate::config::{LimitError, LimitSettings};
 use crate::events::EventBus;
 use crate::scores::Source as ScoreSource;
 
@@ -24,6 +25,8 @@ use crate::scores::Source as ScoreSource;
 pub enum RegistryError {
     #[error("{0}")]
     Invalid(SpecError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("a relay with id {0:?} already exists")]
     DuplicateId(String),
     #[error("relay {owner:?} already uses this stream key")]
@@ -76,6 +79,8 @@ pub struct Registry {
     ctx: Arc<RelayContext>,
     relays: RwLock<BTreeMap<String, Entry>>,
     saved: Mutex<Saved>,
+    /// How many relays, and how big, the API may make.
+    limits: LimitSettings,
 }
 
 impl Registry {
@@ -89,16 +94,41 @@ impl Registry {
                 relays: BTreeMap::new(),
                 closed: false,
             }),
+            limits: LimitSettings::default(),
         }
+    }
+
+    /// The same registry, holding the API's changes to `limits` (the config file's relays
+    /// are checked when it loads).
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Validates `spec` and spawns its actor (stopped). Nothing is saved: see
     /// [`Registry::create_saved`].
     pub fn create(&self, spec: RelaySpec, origin: Origin) -> Result<RelayHandle, RegistryError> {
+        self.create_capped(spec, origin, false)
+    }
+
+    /// As [`Registry::create`]; `capped`, it also holds `spec` and the number of relays to
+    /// the limits.
+    fn create_capped(
+        &self,
+        spec: RelaySpec,
+        origin: Origin,
+        capped: bool,
+    ) -> Result<RelayHandle, RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
+        if capped {
+            self.limits.check_spec(&spec)?;
+        }
         let mut relays = self.relays.write().expect("registry lock poisoned");
         if relays.contains_key(&spec.id) {
             return Err(RegistryError::DuplicateId(spec.id));
+        }
+        if capped {
+            self.limits.check_relay_count(relays.len())?;
         }
         let stream_key = spec.ingest.stream_key.clone();
         if let Some(owner) = key_owner(&relays, stream_key.as_deref(), None) {
@@ -119,9 +149,9 @@ impl Registry {
         Ok(handle)
     }
 
-    /// Creates a relay for the API (stopped) and saves it.
+    /// Creates a relay for the API (stopped), within the limits, and saves it.
     pub async fn create_saved(&self, spec: RelaySpec) -> Result<RelayStatus, RegistryError> {
-        let handle = self.create(spec, Origin::Api)?;
+        let handle = self.create_capped(spec, Origin::Api, true)?;
         let status = handle.status().await?;
         self.save().await?;
         Ok(status)
@@ -255,6 +285,8 @@ impl Registry {
         spec: OutputSpec,
     ) -> Result<RelayStatus, RegistryError> {
         let (_ops, handle, origin) = self.operate(id).await?;
+        let outputs = handle.status().await?.spec.outputs.len();
+        self.limits.check_output_count(outputs)?;
         let status = handle.add_output(spec).await?;
         self.saved_if(origin).await?;
         Ok(status)
@@ -293,6 +325,7 @@ impl Registry {
             }));
         }
         spec.validate().map_err(RegistryError::Invalid)?;
+        self.limits.check_spec(&spec)?;
         if current.phase != RelayPhase::Stopped {
             return Err(RegistryError::Running(id.to_owned()));
         }

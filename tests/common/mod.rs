@@ -140,6 +140,26 @@ impl Drop for Process {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit: the flood tests hold a
+/// few thousand sockets (and a daemon spawned afterwards inherits the limit).
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 5000,
+        "the hard limit on open files is {}; the flood tests need 5000",
+        limit.rlim_cur
+    );
+}
+
 /// The scorecast daemon with a config of the test's, and its directory: `scorecast.toml`,
 /// `data/` as its data dir, and its log, `daemon.log`.
 pub struct Daemon {
@@ -389,6 +409,55 @@ impl Daemon {
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in /proc/<pid>/status");
         kib / 1024.0
+    }
+
+    /// The port of the API (and HLS) listener.
+    pub fn api_port(&self) -> u16 {
+        self.api
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the API's URL ends in its port")
+    }
+
+    /// The daemon binary's TCP connections to its own `port` from addresses `from` accepts,
+    /// read from /proc: its socket inodes matched against the kernel's connection table.
+    pub fn held_connections(&self, port: u16, from: impl Fn(std::net::IpAddr) -> bool) -> usize {
+        let pid = self.process().pid();
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("the daemon's fds")
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect();
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let port = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(remote), Some(state), Some(inode)) =
+                    (f.get(1), f.get(2), f.get(3), f.get(9))
+                else {
+                    return false;
+                };
+                let remote_ip = remote
+                    .split(':')
+                    .next()
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                    .map(|raw| std::net::IpAddr::from(raw.to_le_bytes()));
+                // 0A: the listening socket itself.
+                local.ends_with(&port)
+                    && *state != "0A"
+                    && inodes.contains(*inode)
+                    && remote_ip.is_some_and(&from)
+            })
+            .count()
     }
 
     /// As [`Daemon::process`], to end it.

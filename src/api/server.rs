@@ -1,0 +1,358 @@
+//! The API's listener: accepts connections, holds them to the caps, and serves each with
+//! hyper's HTTP/1.1 under a header-read timeout. warp 0.4's own server sets no timer (so no
+//! timeout) and takes every connection; this loop replaces it and serves the same filter.
+//!
+//! Owns the listening socket, the table of open connections and their limits
+//! ([`HttpLimits`], `[server]` in the config). It must not know about routes.
+//!
+//! - A request head must be complete within `header_timeout` of the connection opening, or of
+//!   the last response on it ending: the same timer closes slow-header clients and idle
+//!   kept-alive connections.
+//! - At most `max_connections_per_address` from one address: over it, a new connection is
+//!   closed at accept, before anything is read.
+//! - At most `max_connections` in all: when full, a new connection takes the slot of a
+//!   connection that is waiting for a request head (none in flight), from the address that
+//!   holds the most, oldest first; with no such connection, the new one is closed at accept.
+//!   A flood of slow clients therefore cannot keep `/healthz` or an operator out: theirs are
+//!   the connections given up.
+//!
+//! Connections closed at accept are logged in one line per [`CLOSED_LOG_INTERVAL`] at most.
+//! When `shutdown` completes, the listener closes and the loop waits for open connections to
+//! finish their responses (live event streams end first: see [`crate::events::EventBus::close`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use warp::reply::Response;
+use warp::Filter;
+
+/// A request head must be complete within this (`server.header_timeout_seconds`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once (`server.max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections open at once from one address (`server.max_connections_per_address`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// At most one log line per this interval about connections closed at accept.
+pub const CLOSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the API's listener lets clients take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// One open connection.
+struct Conn {
+    address: IpAddr,
+    /// Requests whose response has not ended; 0 while it waits for a request head.
+    in_flight: Arc<AtomicUsize>,
+    /// Closes it to give its slot away.
+    evict: Option<oneshot::Sender<()>>,
+}
+
+/// Why a connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    PerAddress,
+    Full,
+}
+
+/// Every open connection, by the order they came in.
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    conns: BTreeMap<u64, Conn>,
+    per_address: HashMap<IpAddr, usize>,
+    /// Closed at accept, and given up for a newcomer, since the last log line.
+    refused: usize,
+    evicted: usize,
+    last_log: Option<Instant>,
+}
+
+impl Table {
+    /// Takes a slot for a connection from `address`, giving up another's if it must.
+    fn admit(
+        &mut self,
+        address: IpAddr,
+        limits: &HttpLimits,
+    ) -> Result<(u64, Arc<AtomicUsize>, oneshot::Receiver<()>), Refusal> {
+        if self.per_address.get(&address).copied().unwrap_or(0)
+            >= limits.max_connections_per_address
+        {
+            return Err(Refusal::PerAddress);
+        }
+        if self.conns.len() >= limits.max_connections {
+            let victim = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.in_flight.load(Ordering::Acquire) == 0)
+                // The most connections from its address first; among them, the oldest.
+                .max_by_key(|(id, c)| (self.per_address.get(&c.address), std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id)
+                .ok_or(Refusal::Full)?;
+            if let Some(mut conn) = self.release(victim) {
+                if let Some(evict) = conn.evict.take() {
+                    let _ = evict.send(());
+                }
+                self.evicted += 1;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (evict, evicted) = oneshot::channel();
+        self.conns.insert(
+            id,
+            Conn {
+                address,
+                in_flight: in_flight.clone(),
+                evict: Some(evict),
+            },
+        );
+        *self.per_address.entry(address).or_default() += 1;
+        Ok((id, in_flight, evicted))
+    }
+
+    /// Frees connection `id`'s slot (at its end, or given up).
+    fn release(&mut self, id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(count) = self.per_address.get_mut(&conn.address) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&conn.address);
+            }
+        }
+        Some(conn)
+    }
+
+    /// Logs what was closed at accept or given up, at most once per [`CLOSED_LOG_INTERVAL`].
+    fn log_closed(&mut self, limits: &HttpLimits) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|last| now - last < CLOSED_LOG_INTERVAL)
+        {
+            return;
+        }
+        if self.refused + self.evicted == 0 {
+            return;
+        }
+        warn!(
+            refused = self.refused,
+            given_up = self.evicted,
+            open = self.conns.len(),
+            max_connections = limits.max_connections,
+            max_connections_per_address = limits.max_connections_per_address,
+            "http connections closed at accept or given up for new ones: the connection caps are reached"
+        );
+        self.refused = 0;
+        self.evicted = 0;
+        self.last_log = Some(now);
+    }
+}
+
+/// A connection's slot, freed when its task ends.
+struct Slot {
+    table: Arc<Mutex<Table>>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .expect("http connection table lock poisoned")
+            .release(self.id);
+    }
+}
+
+/// One request in flight on its connection, until its response ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves `filter` on `listener` under `limits` until `shutdown` completes, then waits for
+/// the open connections to end.
+pub async fn run<F>(
+    listener: TcpListener,
+    filter: F,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    let table = Arc::new(Mutex::new(Table::default()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let admitted = {
+            let mut table = table.lock().expect("http connection table lock poisoned");
+            let admitted = table.admit(peer.ip(), &limits);
+            if admitted.is_err() {
+                table.refused += 1;
+            }
+            table.log_closed(&limits);
+            admitted
+        };
+        let (id, in_flight, evicted) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                debug!(peer = %peer, ?refusal, "http connection closed at accept");
+                continue;
+            }
+        };
+        let slot = Slot {
+            table: table.clone(),
+            id,
+        };
+        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let service = hyper::service::service_fn(move |request| {
+            let request_in_flight = InFlight::new(in_flight.clone());
+            let response = hyper::service::Service::call(&service, request);
+            async move {
+                let response = response.await?;
+                // Counted until hyper drops the body: once the last byte is written, or the
+                // connection is gone.
+                Ok::<_, Infallible>(response.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _ = &request_in_flight;
+                        frame
+                    })
+                }))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                served = connection => {
+                    if let Err(e) = served {
+                        debug!(peer = %peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                Ok(()) = evicted => {
+                    debug!(peer = %peer, "http connection waiting for a request given up for a new one");
+                }
+            }
+        });
+    }
+    drop(listener);
+    info!("http listener closed; waiting for open responses to end");
+    graceful.shutdown().await;
+}
+
+/// An accept that failed. Out of file descriptors (`EMFILE`), waiting a little lets some
+/// close; a connection reset before it was taken needs nothing.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    warn!(error = %e, "http accept failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HttpLimits = HttpLimits {
+        max_connections: 4,
+        max_connections_per_address: 3,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
+    };
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
+    }
+
+    #[test]
+    fn one_address_is_held_to_its_cap() {
+        let mut table = Table::default();
+        for _ in 0..3 {
+            table.admit(ip(2), &LIMITS).expect("under the cap");
+        }
+        assert_eq!(table.admit(ip(2), &LIMITS).err(), Some(Refusal::PerAddress));
+        table.admit(ip(1), &LIMITS).expect("another address");
+    }
+
+    #[test]
+    fn when_full_a_waiting_connection_of_the_biggest_address_gives_way() {
+        let mut table = Table::default();
+        let (first, _, mut first_evicted) = table.admit(ip(2), &LIMITS).expect("room");
+        let (_, _, _) = table.admit(ip(2), &LIMITS).expect("room");
+        let (_, busy, _) = table.admit(ip(3), &LIMITS).expect("room");
+        let (_, _, _) = table.admit(ip(3), &LIMITS).expect("room");
+        busy.fetch_add(1, Ordering::AcqRel);
+        // Full: 127.0.0.2 and .3 hold two each; .2's oldest waits, so it goes.
+        let (_, _, _) = table
+            .admit(ip(1), &LIMITS)
+            .expect("a waiting one gives way");
+        assert!(first_evicted.try_recv().is_ok());
+        assert!(!table.conns.contains_key(&first));
+        assert_eq!(table.conns.len(), 4);
+        assert_eq!(table.evicted, 1);
+    }
+
+    #[test]
+    fn when_every_connection_is_busy_the_new_one_is_refused() {
+        let mut table = Table::default();
+        for n in 0..4 {
+            let (_, busy, _) = table.admit(ip(n), &LIMITS).expect("room");
+            busy.fetch_add(1, Ordering::AcqRel);
+        }
+        assert_eq!(table.admit(ip(9), &LIMITS).err(), Some(Refusal::Full));
+    }
+}
