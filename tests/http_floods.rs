@@ -188,7 +188,13 @@ async fn slow_clients_are_timed_out_and_held_to_the_caps() {
          floods, {rss:.0} MiB during",
         flood_started.elapsed()
     );
-    assert!(most_held <= MAX_CONNECTIONS, "held {most_held}");
+    // A connection given up for a new one is closed by its own task a moment after the new
+    // one is accepted, so a sample of /proc under a flood can catch a few of those still
+    // open; without the cap it would be every client (1,100).
+    assert!(
+        most_held <= MAX_CONNECTIONS + MAX_CONNECTIONS / 20,
+        "held {most_held}"
+    );
     assert!(
         most_held >= MAX_CONNECTIONS / 2,
         "held only {most_held}: the cap is not what limits"

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -206,6 +206,33 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that holds its request's [`InFlight`] until hyper drops it, and passes on
+/// everything else, the size hint included (hyper writes `Content-Length` from it).
+struct Counted<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves `filter` on `listener` under `limits` until `shutdown` completes, then waits for
 /// the open connections to end.
 pub async fn run<F>(
@@ -258,11 +285,9 @@ pub async fn run<F>(
                 let response = response.await?;
                 // Counted until hyper drops the body: once the last byte is written, or the
                 // connection is gone.
-                Ok::<_, Infallible>(response.map(|body| {
-                    body.map_frame(move |frame| {
-                        let _ = &request_in_flight;
-                        frame
-                    })
+                Ok::<_, Infallible>(response.map(|inner| Counted {
+                    inner,
+                    _in_flight: request_in_flight,
                 }))
             }
         });
