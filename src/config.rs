@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::api::server::{self, HttpLimits};
+use crate::api::tls::TlsFiles;
 use crate::events;
 use crate::ingest;
 use crate::relay::spec::{RelaySpec, SpecError};
@@ -83,6 +84,10 @@ pub struct ServerSettings {
     pub header_timeout_seconds: u64,
     /// Clients of `/api/v1/events` at once.
     pub max_event_streams: usize,
+    /// PEM certificate chain for TLS on `api_listen` (with `tls_key`); absent, plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerSettings {
@@ -93,6 +98,14 @@ impl ServerSettings {
             max_connections_per_address: self.max_connections_per_address,
             header_timeout: std::time::Duration::from_secs(self.header_timeout_seconds),
         }
+    }
+
+    /// The certificate and key files when TLS is on (validation has checked both or none).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
     }
 }
 
@@ -420,6 +433,8 @@ impl Default for ServerSettings {
             max_connections_per_address: server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_timeout_seconds: server::DEFAULT_HEADER_TIMEOUT.as_secs(),
             max_event_streams: events::DEFAULT_MAX_SUBSCRIBERS,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -532,6 +547,21 @@ impl Config {
         for (n, origin) in self.server.allowed_origins.iter().enumerate() {
             check_origin(origin)
                 .map_err(|message| (format!("server.allowed_origins[{n}]"), message))?;
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err((
+                    "server.tls_key".to_owned(),
+                    "must be given with server.tls_cert (the certificate's private key)".to_owned(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "server.tls_cert".to_owned(),
+                    "must be given with server.tls_key (the key's certificate chain)".to_owned(),
+                ))
+            }
+            _ => {}
         }
         for (n, host) in self.server.allowed_hosts.iter().enumerate() {
             check_host_name(host)

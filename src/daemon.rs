@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::api;
 use crate::api::auth::{self, Auth, TokenError};
+use crate::api::tls::{Tls, TlsError, TlsFiles};
 use crate::config::{AuthSettings, Config, ConfigError, LogFormat};
 use crate::events::EventBus;
 use crate::ingest;
@@ -49,6 +50,8 @@ pub enum DaemonError {
     OpenApi(std::net::SocketAddr),
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -116,6 +119,7 @@ pub async fn run(
     // Token files and credentials are read before anything starts: one missing stops it.
     let credentials = auth::credentials_directory();
     let auth = Auth::new(auth::Rules::load(&config.auth, credentials.as_deref())?);
+    let tls = config.server.tls_files().map(Tls::new).transpose()?;
     pipeline::init()?;
     let missing = pipeline::missing_elements();
     if !missing.is_empty() {
@@ -169,17 +173,20 @@ pub async fn run(
     ));
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(api::serve(
-        api_listener,
+        api::server::Listener {
+            socket: api_listener,
+            limits: config.server.http_limits(),
+            tls: tls.clone(),
+        },
         registry.clone(),
         hls_root,
         auth.clone(),
         api::browsers::Browsers::new(&config.server),
-        config.server.http_limits(),
         async move {
             let _ = api_stop.changed().await;
         },
     ));
-    info!(api = ?api_addr, rtmp = ?rtmp_addr, "scorecast ready");
+    info!(api = ?api_addr, tls = tls.is_some(), rtmp = ?rtmp_addr, "scorecast ready");
     let notifier = match Notifier::from_env() {
         Ok(notifier) => notifier.map(Arc::new),
         Err(e) => {
@@ -217,6 +224,7 @@ pub async fn run(
                     let running = Running {
                         registry: &registry,
                         auth: &auth,
+                        tls: tls.as_ref(),
                         api_addr,
                         config: &config,
                     };
@@ -245,6 +253,20 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Reads the API's certificate and key again (a renewal replaces the files in place); on an
+/// error the certificate in force stays. Turning TLS on or off, or other files, wait for a
+/// restart.
+fn reload_tls(running: Option<&Tls>, wanted: Option<TlsFiles>) {
+    if running.map(Tls::files) != wanted.as_ref() {
+        warn!("server.tls_cert or server.tls_key changed in the config; the change takes effect at the next start");
+    }
+    let Some(tls) = running else { return };
+    match tls.reload() {
+        Ok(()) => info!("tls certificate reloaded"),
+        Err(e) => error!(error = %e, "tls certificate not reloaded; the one in force stays"),
+    }
 }
 
 /// The status line systemd shows: "3 relays, 2 live".
@@ -282,6 +304,8 @@ struct Running<'a> {
     registry: &'a Registry,
     /// The API's tokens, shared with its filters.
     auth: &'a Auth,
+    /// The API's certificate, when it serves TLS.
+    tls: Option<&'a Tls>,
     api_addr: Option<SocketAddr>,
     /// The config the daemon started with.
     config: &'a Config,
@@ -315,6 +339,7 @@ async fn reload(running: &Running<'_>, path: &Path, applied: &mut BTreeMap<Strin
     let count = rules.len();
     running.auth.set(rules);
     info!(count, "tokens reloaded");
+    reload_tls(running.tls, config.server.tls_files());
     let registry = running.registry;
     let running = running.config;
     if config.program != running.program || config.hls != running.hls {

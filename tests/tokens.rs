@@ -65,12 +65,6 @@ async fn call(daemon: &Daemon, method: &str, path: &str, token: Option<&str>) ->
 }
 
 /// A directory holding `config` as `scorecast.toml`.
-fn dir_with(config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("scorecast.toml"), config).expect("config");
-    dir
-}
-
 fn write_credential(dir: &Path, name: &str, token: &str) {
     std::fs::create_dir_all(dir).expect("credentials dir");
     std::fs::write(dir.join(name), format!("{token}\n")).expect("credential");
@@ -128,7 +122,7 @@ async fn a_systemd_credential_and_a_token_file_authenticate() {
         "{TEST_PROGRAM}[[auth.tokens]]\nname = \"ops\"\ncredential = \"scorecast-ops\"\n\
          role = \"admin\"\n"
     );
-    let dir = dir_with(&config);
+    let dir = config_dir(&config);
     let credentials = dir.path().join("credentials");
     write_credential(&credentials, "scorecast-ops", ADMIN);
     let token_file = dir.path().join("site.token");
@@ -167,7 +161,7 @@ async fn a_missing_credential_stops_the_start_and_names_the_path() {
         "{TEST_PROGRAM}[[auth.tokens]]\nname = \"ops\"\ncredential = \"scorecast-ops\"\n\
          role = \"admin\"\n"
     );
-    let dir = dir_with(&config);
+    let dir = config_dir(&config);
     let credentials = dir.path().join("credentials");
     std::fs::create_dir_all(&credentials).expect("credentials dir");
     let env = [("CREDENTIALS_DIRECTORY", credentials.display().to_string())];
@@ -185,7 +179,7 @@ async fn a_missing_credential_stops_the_start_and_names_the_path() {
         exit.log
     );
 
-    let Err(exit) = Daemon::try_spawn_with_env(dir_with(&config), &[]).await else {
+    let Err(exit) = Daemon::try_spawn_with_env(config_dir(&config), &[]).await else {
         panic!("scorecast started without $CREDENTIALS_DIRECTORY");
     };
     assert!(!exit.status.success(), "{}", exit.status);
@@ -215,7 +209,7 @@ async fn sighup_rotates_a_credential_and_leaves_the_relays_alone() {
         relay_config("show", r#"stream_key = "show-key""#, ""),
         sha256sum(READER)
     );
-    let dir = dir_with(&config);
+    let dir = config_dir(&config);
     let credentials = dir.path().join("credentials");
     write_credential(&credentials, "scorecast-ops", ADMIN);
     let env = [("CREDENTIALS_DIRECTORY", credentials.display().to_string())];

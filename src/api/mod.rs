@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod hls;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod wire;
 
 use std::convert::Infallible;
@@ -25,7 +26,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::net::TcpListener;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -374,16 +374,15 @@ pub fn routes(
         .unify()
 }
 
-/// Serves the API on `listener` under `limits` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    listener: server::Listener,
     registry: Arc<Registry>,
     hls_root: PathBuf,
     auth: Auth,
     browsers: Browsers,
-    limits: server::HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let routes = routes(registry, hls_root, Arc::new(auth), Arc::new(browsers));
-    server::run(listener, routes, limits, shutdown).await;
+    server::run(listener, routes, shutdown).await;
 }

@@ -38,6 +38,8 @@ use tracing::{debug, info, warn};
 use warp::reply::Response;
 use warp::Filter;
 
+use super::tls::Tls;
+
 /// A request head must be complete within this (`server.header_timeout_seconds`).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections open at once (`server.max_connections`).
@@ -206,6 +208,10 @@ impl Drop for InFlight {
     }
 }
 
+/// A client's byte stream: the socket, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A response body that holds its request's [`InFlight`] until hyper drops it, and passes on
 /// everything else, the size hint included (hyper writes `Content-Length` from it).
 struct Counted<B> {
@@ -233,16 +239,28 @@ impl<B: Body + Unpin> Body for Counted<B> {
     }
 }
 
-/// Serves `filter` on `listener` under `limits` until `shutdown` completes, then waits for
+/// The API's bound socket and how it is served.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub limits: HttpLimits,
+    /// HTTPS only, with this certificate; plain HTTP without.
+    pub tls: Option<Tls>,
+}
+
+/// Serves `filter` on `listener` under its limits until `shutdown` completes, then waits for
 /// the open connections to end.
 pub async fn run<F>(
-    listener: TcpListener,
+    listener: Listener,
     filter: F,
-    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
+    let Listener {
+        socket: listener,
+        limits,
+        tls,
+    } = listener;
     let table = Arc::new(Mutex::new(Table::default()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -291,20 +309,43 @@ pub async fn run<F>(
                 }))
             }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(Tls::acceptor);
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let _slot = slot;
+            let mut evicted = evicted;
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(stream),
+                // The handshake is held to the header timeout too.
+                Some(acceptor) => tokio::select! {
+                    done = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => {
+                        match done {
+                            Ok(Ok(stream)) => Box::new(stream),
+                            Ok(Err(e)) => {
+                                debug!(peer = %peer, error = %e, "tls handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(peer = %peer, "tls handshake not done within the header timeout");
+                                return;
+                            }
+                        }
+                    }
+                    Ok(()) = &mut evicted => return,
+                },
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
             tokio::select! {
                 served = connection => {
                     if let Err(e) = served {
                         debug!(peer = %peer, error = %e, "http connection ended with an error");
                     }
                 }
-                Ok(()) = evicted => {
+                Ok(()) = &mut evicted => {
                     debug!(peer = %peer, "http connection waiting for a request given up for a new one");
                 }
             }

@@ -245,8 +245,17 @@ pub struct DaemonExit {
     pub dir: tempfile::TempDir,
 }
 
+/// An HTTP client that trusts `ca` (PEM) and not a connection it made before.
+pub fn https_client(ca: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).expect("a PEM certificate"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("https client")
+}
+
 /// A directory holding `config` as its `scorecast.toml`.
-fn config_dir(config: &str) -> tempfile::TempDir {
+pub fn config_dir(config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("scorecast.toml"), config).expect("write config");
     dir
@@ -303,6 +312,20 @@ impl Daemon {
         dir: tempfile::TempDir,
         env: &[(&str, String)],
     ) -> Result<Self, DaemonExit> {
+        Self::try_spawn_with(dir, env, None).await
+    }
+
+    /// As [`Daemon::try_spawn_in`], for a config that serves the API over TLS: `api` is
+    /// `https://`, and `http` trusts `ca` (PEM) for it.
+    pub async fn try_spawn_tls(dir: tempfile::TempDir, ca: &[u8]) -> Result<Self, DaemonExit> {
+        Self::try_spawn_with(dir, &[], Some(ca)).await
+    }
+
+    async fn try_spawn_with(
+        dir: tempfile::TempDir,
+        env: &[(&str, String)],
+        tls_ca: Option<&[u8]>,
+    ) -> Result<Self, DaemonExit> {
         let config_path = dir.path().join("scorecast.toml");
         let api_port = free_port();
         let rtmp_port = free_port();
@@ -329,6 +352,10 @@ impl Daemon {
                 .stderr(log),
         );
         let mut daemon = Self::new(Runner::Process(process), api_port, rtmp_port, dir);
+        if let Some(ca) = tls_ca {
+            daemon.api = format!("https://127.0.0.1:{api_port}");
+            daemon.http = https_client(ca);
+        }
         if daemon.wait_healthy().await {
             return Ok(daemon);
         }
