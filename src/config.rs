@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::api::server::{self, HttpLimits};
 use crate::api::tls::TlsFiles;
+use crate::compat::CompatSettings;
 use crate::events;
 use crate::ingest;
 use crate::relay::spec::{RelaySpec, SpecError};
@@ -56,6 +57,7 @@ pub struct Config {
     pub hls: HlsSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub compat: CompatSettings,
     #[serde(rename = "relay")]
     pub relays: Vec<RelaySpec>,
 }
@@ -563,6 +565,7 @@ impl Config {
             }
             _ => {}
         }
+        self.compat.validate()?;
         for (n, host) in self.server.allowed_hosts.iter().enumerate() {
             check_host_name(host)
                 .map_err(|message| (format!("server.allowed_hosts[{n}]"), message))?;

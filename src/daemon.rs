@@ -52,6 +52,11 @@ pub enum DaemonError {
     Tokens(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("compat.listen: cannot listen on {addr}: {source}")]
+    CompatListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -113,8 +118,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let api_addr = api_listener.local_addr().ok();
-    if let Some(addr) = api_addr.filter(|a| open_beyond_loopback(*a, &config.auth)) {
-        return Err(DaemonError::OpenApi(addr));
+    let open = |addr: &SocketAddr| open_beyond_loopback(*addr, &config.auth);
+    // The compatible routes' own listener is held to the same rule.
+    let compat = config.compat.listen;
+    if let Some(addr) = api_addr.iter().chain(&compat).find(|a| open(a)) {
+        return Err(DaemonError::OpenApi(*addr));
     }
     // Token files and credentials are read before anything starts: one missing stops it.
     let credentials = auth::credentials_directory();
@@ -134,6 +142,15 @@ pub async fn run(
         path: hls_root.display().to_string(),
         source,
     })?;
+
+    // The old service's port, when the config names it: bound before anything starts.
+    let compat_listener = match config.compat.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+            DaemonError::CompatListen { addr, source }
+        })?),
+        None => None,
+    };
+    let compat_addr = compat_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     // A state file that cannot be read stops the start here, before any relay runs.
     let store = Store::new(&config.server.data_dir);
@@ -171,22 +188,36 @@ pub async fn run(
         config.ingest.clone(),
         stop_rx.clone(),
     ));
-    let mut api_stop = stop_rx.clone();
-    let api_task = tokio::spawn(api::serve(
-        api::server::Listener {
-            socket: api_listener,
-            limits: config.server.http_limits(),
-            tls: tls.clone(),
-        },
-        registry.clone(),
+    let shared = api::Shared {
+        registry: registry.clone(),
         hls_root,
-        auth.clone(),
-        api::browsers::Browsers::new(&config.server),
-        async move {
-            let _ = api_stop.changed().await;
-        },
+        auth: Arc::new(auth.clone()),
+        browsers: Arc::new(api::browsers::Browsers::new(&config.server)),
+        compat: Arc::new(config.compat.clone()),
+    };
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.changed().await;
+    };
+    let listener = |socket| api::server::Listener {
+        socket,
+        limits: config.server.http_limits(),
+        tls: tls.clone(),
+    };
+    let compat_task = compat_listener.map(|socket| {
+        tokio::spawn(api::serve(
+            listener(socket),
+            shared.clone(),
+            api::Which::Compat,
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let api_task = tokio::spawn(api::serve(
+        listener(api_listener),
+        shared,
+        api::Which::All,
+        stopped(stop_rx.clone()),
     ));
-    info!(api = ?api_addr, tls = tls.is_some(), rtmp = ?rtmp_addr, "scorecast ready");
+    info!(api = ?api_addr, tls = tls.is_some(), rtmp = ?rtmp_addr, compat = ?compat_addr, "scorecast ready");
     let notifier = match Notifier::from_env() {
         Ok(notifier) => notifier.map(Arc::new),
         Err(e) => {
@@ -250,6 +281,11 @@ pub async fn run(
     }
     if let Err(e) = api_task.await {
         error!(error = %e, "api server task failed");
+    }
+    if let Some(task) = compat_task {
+        if let Err(e) = task.await {
+            error!(error = %e, "compat server task failed");
+        }
     }
     info!("stopped");
     Ok(())
@@ -330,9 +366,10 @@ async fn reload(running: &Running<'_>, path: &Path, applied: &mut BTreeMap<Strin
         Ok(rules) => rules,
         Err(e) => return not_reloaded(&e),
     };
-    if let Some(addr) = running
-        .api_addr
-        .filter(|a| open_beyond_loopback(*a, &config.auth))
+    let listening = running.api_addr.iter().chain(&running.config.compat.listen);
+    if let Some(addr) = listening
+        .copied()
+        .find(|a| open_beyond_loopback(*a, &config.auth))
     {
         return not_reloaded(&DaemonError::OpenApi(addr));
     }
@@ -344,6 +381,9 @@ async fn reload(running: &Running<'_>, path: &Path, applied: &mut BTreeMap<Strin
     let running = running.config;
     if config.program != running.program || config.hls != running.hls {
         warn!("program and hls settings changed in the config; they take effect at the next start");
+    }
+    if config.compat != running.compat {
+        warn!("[compat] changed in the config; it takes effect at the next start");
     }
     let wanted: BTreeMap<String, RelaySpec> = config
         .relays

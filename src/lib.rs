@@ -19,6 +19,8 @@
 //! - [`api`]: the HTTP API (warp): the route table, handlers, wire types, error mapping, the
 //!   token check and the browser rules (Host, Origin, Content-Type), HLS serving, and the
 //!   operator console's page (`console/`, built in).
+//! - [`compat`]: the drop-in for the Flask overlay relay (`[compat]`): the relay a
+//!   `/start_stream` makes for a stream name (pulled, with an overlay), and back.
 //! - [`scores`]: the scoreboard model, JSON-Pointer mapping, the manual-vs-API rule, the
 //!   scores API poller, the logo limits and cache, and the guard that keeps fetches off
 //!   private addresses.
@@ -33,6 +35,7 @@
 //!   tests call.
 
 pub mod api;
+pub mod compat;
 pub mod config;
 pub mod daemon;
 pub mod events;

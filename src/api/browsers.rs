@@ -33,7 +33,7 @@ use super::error::ApiError;
 use crate::config::ServerSettings;
 
 /// The routes of the older relay service, which answer errors as `{"error": "..."}`.
-const COMPAT_PATHS: [&str; 3] = ["/start_stream", "/stop_stream", "/list_streams"];
+pub const COMPAT_PATHS: [&str; 3] = ["/start_stream", "/stop_stream", "/list_streams"];
 
 /// The hosts and origins the config allows, besides the API's own.
 #[derive(Debug, Clone, Default)]

@@ -18,7 +18,8 @@ use super::metrics::Scraped;
 use super::wire::{RelayView, ScoreView};
 use crate::events::Subscription;
 use crate::relay::registry::{Registry, RegistryError};
-use crate::relay::spec::{check_name, HlsSpec, IngestSpec, OutputSpec, RelaySpec};
+use crate::compat::CompatSettings;
+use crate::relay::spec::{check_name, OutputSpec, RelaySpec};
 use crate::relay::RelayHandle;
 use crate::scores::Scoreboard;
 use crate::secrets::{self, Sight};
@@ -330,28 +331,32 @@ fn compat_error(e: RegistryError, name: &str) -> CompatError {
     }
 }
 
-/// `POST /start_stream`: a relay with a fresh public id ([`secrets::public_id`]) taking the
-/// stream key `stream_name`, pushing to one URL, started.
-pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
+/// `POST /start_stream`: a relay with a fresh public id ([`secrets::public_id`]) for stream
+/// `stream_name`, made as `[compat]` says ([`CompatSettings::spec_for`]: pulled or pushed,
+/// with or without an overlay), pushing to one URL, started. A scores API that is down or a
+/// stream not yet at the pull URL does not fail it: the relay goes live on the slate.
+pub async fn start_stream(
+    compat: Arc<CompatSettings>,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, CompatError> {
     let req: StartStream = parse(&body).map_err(bad_request)?;
     let youtube_url = required(req.youtube_url, "youtube_url")?;
     let name = required(req.stream_name, "stream_name")?;
-    check_name("stream_name", &name).map_err(|e| bad_request(e.to_string()))?;
-    let output = OutputSpec::new(COMPAT_OUTPUT_ID, youtube_url.clone());
-    output
+    compat
+        .check_stream_name(&name)
+        .map_err(|e| bad_request(e.to_string()))?;
+    let mut spec = compat.spec_for(&secrets::public_id(), &name, &youtube_url);
+    spec.outputs[0]
         .validate("")
         .map_err(|e| bad_request(format!("youtube_url: {}", e.message)))?;
-    let mut spec = RelaySpec {
-        id: secrets::public_id(),
-        ingest: IngestSpec {
-            stream_key: Some(name.clone()),
-            url: None,
-        },
-        overlay: None,
-        hls: HlsSpec::default(),
-        outputs: vec![output],
-        transcode: true,
-    };
+    // A pulled stream has no stream key for the registry to find taken: look by name.
+    if compat.pulls() && find_stream(&compat, &registry, &name).await.is_some() {
+        return Err(CompatError::new(
+            StatusCode::CONFLICT,
+            format!("Stream {name} is already active"),
+        ));
+    }
     // A fresh id that another relay has already (48 random bits: next to never) is drawn
     // again; a stream key in use is the old service's "already active".
     let mut attempts = 0;
@@ -384,14 +389,43 @@ pub async fn start_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respon
     ))
 }
 
+/// The relay that stream `name` is: by its stream key when pushed, by its pull URL when
+/// pulled.
+async fn find_stream(
+    compat: &CompatSettings,
+    registry: &Registry,
+    name: &str,
+) -> Option<RelayHandle> {
+    if !compat.pulls() {
+        return registry.by_stream_key(name);
+    }
+    for handle in registry.list() {
+        let Ok(status) = handle.status().await else {
+            continue;
+        };
+        if compat.name_of(&status.spec).as_deref() == Some(name) {
+            return Some(handle);
+        }
+    }
+    None
+}
+
 /// `POST /stop_stream`: stops and removes the relay that owns the stream key.
-pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Response, CompatError> {
+pub async fn stop_stream(
+    compat: Arc<CompatSettings>,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, CompatError> {
     let req: StopStream = parse(&body).map_err(bad_request)?;
     let name = required(req.stream_name, "stream_name")?;
-    check_name("stream_name", &name).map_err(|e| bad_request(e.to_string()))?;
-    let handle = registry.by_stream_key(&name).ok_or_else(|| {
-        CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))
-    })?;
+    compat
+        .check_stream_name(&name)
+        .map_err(|e| bad_request(e.to_string()))?;
+    let handle = find_stream(&compat, &registry, &name)
+        .await
+        .ok_or_else(|| {
+            CompatError::new(StatusCode::NOT_FOUND, format!("Stream {name} not found"))
+        })?;
     registry
         .remove(handle.id())
         .await
@@ -405,14 +439,17 @@ pub async fn stop_stream(registry: Arc<Registry>, body: Bytes) -> Result<Respons
 /// `GET /list_streams`: every running push relay. As the old service did, by stream key with
 /// the full URL for whoever may see secrets; by the relay's public id with the URL masked for
 /// the others.
-pub async fn list_streams(sight: Sight, registry: Arc<Registry>) -> Result<Response, CompatError> {
+pub async fn list_streams(
+    sight: Sight,
+    compat: Arc<CompatSettings>,
+    registry: Arc<Registry>,
+) -> Result<Response, CompatError> {
     let mut streams = BTreeMap::new();
     for handle in registry.list() {
         let Ok(status) = handle.status().await else {
             continue;
         };
-        let (Some(key), Some(started)) = (status.spec.ingest.stream_key.clone(), status.started_at)
-        else {
+        let (Some(key), Some(started)) = (compat.name_of(&status.spec), status.started_at) else {
             continue;
         };
         let url = status.spec.outputs.first().map(|o| o.url.as_str());

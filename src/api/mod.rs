@@ -30,6 +30,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use crate::compat::CompatSettings;
 use crate::relay::registry::Registry;
 use crate::secrets::Sight;
 use auth::Auth;
@@ -160,9 +161,13 @@ fn sight(auth: Arc<Auth>) -> impl Filter<Extract = (Sight,), Error = Infallible>
 /// else (besides the error for an empty id), so `tests/reference.rs` can hold them to
 /// `openapi.json`. Every route that answers with a relay, a score or the compatible list
 /// shows secrets only to the callers `auth` lets see them.
-pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec<Route> {
+pub fn table(shared: &Shared) -> Vec<Route> {
+    let registry = shared.registry.clone();
+    let hls_root = shared.hls_root.clone();
     let with_registry = warp::any().map(move || registry.clone());
-    let sight = sight(auth);
+    let compat = shared.compat.clone();
+    let with_compat = warp::any().map(move || compat.clone());
+    let sight = sight(shared.auth.clone());
     let body = bounded_body();
 
     let healthz = warp::path!("healthz")
@@ -266,8 +271,9 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec
     // Once the path and method match, a compatible route answers its body errors in the old
     // service's shape too.
     let start_stream = warp::path!("start_stream").and(warp::post()).and(
-        with_registry
+        with_compat
             .clone()
+            .and(with_registry.clone())
             .and(body.clone())
             .then(handlers::start_stream)
             .and_then(finish)
@@ -275,8 +281,9 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec
             .unify(),
     );
     let stop_stream = warp::path!("stop_stream").and(warp::post()).and(
-        with_registry
+        with_compat
             .clone()
+            .and(with_registry.clone())
             .and(body)
             .then(handlers::stop_stream)
             .and_then(finish)
@@ -286,6 +293,7 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec
     let list_streams = warp::path!("list_streams")
         .and(warp::get())
         .and(sight.clone())
+        .and(with_compat)
         .and(with_registry)
         .then(handlers::list_streams)
         .and_then(finish);
@@ -344,12 +352,29 @@ pub fn table(registry: Arc<Registry>, hls_root: PathBuf, auth: Arc<Auth>) -> Vec
     ]
 }
 
-/// Every route of the API, behind the browser rules and the token check.
+/// What the routes serve from: the daemon's relays and files, and the rules in force.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub hls_root: PathBuf,
+    pub auth: Arc<Auth>,
+    pub browsers: Arc<Browsers>,
+    pub compat: Arc<CompatSettings>,
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Every route (`server.api_listen`).
+    All,
+    /// The three compatible routes only (`compat.listen`, the old service's port).
+    Compat,
+}
+
+/// The routes `which` names, behind the browser rules and the token check.
 pub fn routes(
-    registry: Arc<Registry>,
-    hls_root: PathBuf,
-    auth: Arc<Auth>,
-    browsers: Arc<Browsers>,
+    shared: &Shared,
+    which: Which,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // Last: an empty id under /api/v1/relays/ matches no route above; say so.
     let empty_id = warp::path::full().and_then(|path: warp::path::FullPath| async move {
@@ -361,28 +386,27 @@ pub fn routes(
 
     // Boxed one by one: a chain of sixteen unboxed `or`s nests types deep enough to make the
     // crate take twenty minutes to compile.
-    let all = table(registry, hls_root, auth.clone())
+    let all = table(shared)
         .into_iter()
+        .filter(|route| which == Which::All || browsers::COMPAT_PATHS.contains(&route.paths[0]))
         .map(|route| route.filter)
         .chain([empty_id.boxed()])
         .reduce(|routes, route| routes.or(route).unify().boxed())
         .expect("the API has routes");
-    from_no_foreign_page(browsers, auth.clone())
+    let auth = shared.auth.clone();
+    from_no_foreign_page(shared.browsers.clone(), auth.clone())
         .and(authorized(auth))
         .and(all)
         .recover(error::recover)
         .unify()
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the routes `which` names on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: server::Listener,
-    registry: Arc<Registry>,
-    hls_root: PathBuf,
-    auth: Auth,
-    browsers: Browsers,
+    shared: Shared,
+    which: Which,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let routes = routes(registry, hls_root, Arc::new(auth), Arc::new(browsers));
-    server::run(listener, routes, shutdown).await;
+    server::run(listener, routes(&shared, which), shutdown).await;
 }

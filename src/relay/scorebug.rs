@@ -81,6 +81,7 @@ impl Scorebug {
             mapping: overlay.map.clone(),
             allow_private: overlay.allow_private,
             logo_size: render::logo_size(self.size.1),
+            logo_base: overlay.logo_base.clone(),
         };
         // The URL's query and user info may carry credentials: they stay out of the log.
         info!(

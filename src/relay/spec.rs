@@ -42,7 +42,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -121,6 +121,10 @@ pub struct OverlaySpec {
     /// addresses, which are refused otherwise (default false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_private: bool,
+    /// Where a logo given as a relative path or a bare file name (`navi.png`) is fetched
+    /// from: `http://images.example:3000/` gives `http://images.example:3000/navi.png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_base: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -335,10 +339,14 @@ impl RelaySpec {
             }
         }
         if let Some(overlay) = &self.overlay {
-            if let Some(url) = &overlay.scores_url {
+            for (field, url) in [
+                ("overlay.scores_url", &overlay.scores_url),
+                ("overlay.logo_base", &overlay.logo_base),
+            ] {
+                let Some(url) = url else { continue };
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(SpecError::new(
-                        "overlay.scores_url",
+                        field,
                         format!("{url:?} is not an http:// or https:// URL"),
                     ));
                 }

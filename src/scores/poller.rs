@@ -37,6 +37,26 @@ pub struct PollerSettings {
     pub allow_private: bool,
     /// The side of the square the scorebug draws logos in ([`crate::render::logo_size`]).
     pub logo_size: u32,
+    /// What a relative logo URL is taken against (`overlay.logo_base`).
+    pub logo_base: Option<String>,
+}
+
+/// The URL of a logo the scores name: as given when absolute; against `base` (as a directory,
+/// so `http://h:3000/img` and `http://h:3000/img/` both give `http://h:3000/img/a.png` for
+/// `a.png`) when relative.
+pub fn logo_url(logo: &str, base: Option<&str>) -> Result<String, String> {
+    use reqwest::Url;
+    if let Ok(url) = Url::parse(logo) {
+        return Ok(url.into());
+    }
+    let base = base.ok_or("not an absolute URL, and the relay has no overlay.logo_base")?;
+    let mut base = Url::parse(base).map_err(|e| format!("overlay.logo_base: {e}"))?;
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join(logo.trim_start_matches('/'))
+        .map(String::from)
+        .map_err(|e| format!("not a URL: {e}"))
 }
 
 /// Decoded logos for the two teams, scaled to the size the scorebug draws them at.
@@ -188,7 +208,8 @@ impl Poller {
             ("away", board.away.logo.clone(), &mut logos.away),
         ] {
             let Some(url) = url else { continue };
-            match self.logo(&url).await {
+            let resolved = logo_url(&url, self.settings.logo_base.as_deref());
+            match async { self.logo(&resolved?).await }.await {
                 Ok(logo) => *slot = Some(logo),
                 Err(e) => logo_error = Some(format!("{side}.logo {}: {e}", redact(&url))),
             }
@@ -347,6 +368,29 @@ mod tests {
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn relative_logos_are_taken_against_the_base() {
+        let base = Some("http://images.example:3000");
+        let url = |logo: &str, base: Option<&str>| logo_url(logo, base);
+        assert_eq!(
+            url("navi.png", base).as_deref(),
+            Ok("http://images.example:3000/navi.png")
+        );
+        assert_eq!(
+            url("teams/g2 logo.png", Some("http://h:3000/img")).as_deref(),
+            Ok("http://h:3000/img/teams/g2%20logo.png")
+        );
+        assert_eq!(
+            url("/navi.png", Some("http://h:3000/img/")).as_deref(),
+            Ok("http://h:3000/img/navi.png")
+        );
+        assert_eq!(
+            url("https://cdn.example/x.png", base).as_deref(),
+            Ok("https://cdn.example/x.png")
+        );
+        assert!(url("navi.png", None).unwrap_err().contains("overlay.logo_base"));
     }
 
     #[test]
