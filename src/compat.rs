@@ -19,8 +19,13 @@ use crate::scores::Mapping;
 
 /// Where `/start_stream`'s stream name goes in a template.
 pub const PLACEHOLDER: &str = "{stream_name}";
-/// The longest stream name a pulling relay takes (it is URL-encoded into the templates).
+/// The longest stream name a pulling relay takes.
 pub const MAX_STREAM_NAME: usize = 128;
+/// What a pulled stream name may hold besides ASCII letters and digits: the characters an
+/// RTMP URL's path carries as they are (RFC 3986 `pchar`, not `%`). nginx-rtmp takes the
+/// stream name verbatim, with no URL-decoding, so the name goes into `ingest` unchanged; in
+/// `scores_url` it is percent-encoded.
+pub const STREAM_NAME_PUNCTUATION: &str = "-._~!$&'()*+,;=:@";
 
 /// `[compat]`: every key optional; absent, `/start_stream` works as it did before.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -59,7 +64,7 @@ pub struct CompatOutput {
     pub max_retries: Option<u32>,
 }
 
-/// `name` with every byte but the URL's unreserved ones percent-encoded.
+/// `name` with every byte but the URL's unreserved ones percent-encoded, for `scores_url`.
 pub fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
@@ -82,17 +87,20 @@ impl CompatSettings {
         self.ingest.is_some()
     }
 
-    /// Checks a stream name: a pulled one is URL-encoded into the templates, so it may hold
-    /// anything printable; a pushed one is a stream key on our RTMP server.
+    /// Checks a stream name: a pulled one is an nginx-rtmp stream name
+    /// ([`STREAM_NAME_PUNCTUATION`]); a pushed one is a stream key on our RTMP server.
     pub fn check_stream_name(&self, name: &str) -> Result<(), SpecError> {
         if !self.pulls() {
             return check_name("stream_name", name);
         }
-        if name.is_empty() || name.len() > MAX_STREAM_NAME || name.chars().any(char::is_control)
-        {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || STREAM_NAME_PUNCTUATION.contains(c);
+        if name.is_empty() || name.len() > MAX_STREAM_NAME || !name.chars().all(allowed) {
             return Err(SpecError::new(
                 "stream_name",
-                format!("must be 1 to {MAX_STREAM_NAME} bytes of printable text"),
+                format!(
+                    "{name:?} must be 1 to {MAX_STREAM_NAME} characters: ASCII letters, digits \
+                     and {STREAM_NAME_PUNCTUATION}"
+                ),
             ));
         }
         Ok(())
@@ -103,7 +111,7 @@ impl CompatSettings {
         match &self.ingest {
             Some(template) => IngestSpec {
                 stream_key: None,
-                url: Some(fill(template, name)),
+                url: Some(template.replace(PLACEHOLDER, name)),
             },
             None => IngestSpec {
                 stream_key: Some(name.to_owned()),
@@ -155,9 +163,9 @@ impl CompatSettings {
         }
         let (template, url) = (self.ingest.as_ref()?, spec.ingest.url.as_ref()?);
         let (before, after) = template.split_once(PLACEHOLDER)?;
-        let middle = url.strip_prefix(before)?.strip_suffix(after)?;
-        let name = decode(middle)?;
-        (fill(template, &name) == *url).then_some(name)
+        let name = url.strip_prefix(before)?.strip_suffix(after)?;
+        self.check_stream_name(name).ok()?;
+        (template.replace(PLACEHOLDER, name) == *url).then(|| name.to_owned())
     }
 
     /// Checks the section by building the relay it would make, naming the `compat.` key.
@@ -192,24 +200,6 @@ fn compat_key(field: &str) -> String {
     format!("compat.{key}")
 }
 
-/// Undoes [`encode`] (any percent-encoding, in fact); `None` for a bad escape or non-UTF-8.
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,22 +216,24 @@ mod tests {
     #[test]
     fn names_are_encoded_into_the_templates_and_read_back() {
         let compat = pulling();
-        let name = "Grand Final #2/ü";
+        let name = "final:2@eu+1!(x)";
         let spec = compat.spec_for("s-1", name, "rtmp://a.rtmp.youtube.com/live2/k");
         assert_eq!(
             spec.ingest.url.as_deref(),
-            Some("rtmp://localhost:1935/live/Grand%20Final%20%232%2F%C3%BC")
+            Some("rtmp://localhost:1935/live/final:2@eu+1!(x)")
         );
         let overlay = spec.overlay.clone().expect("an overlay");
         assert_eq!(
             overlay.scores_url.as_deref(),
-            Some("http://scores:8000/match/Grand%20Final%20%232%2F%C3%BC?full=1")
+            Some("http://scores:8000/match/final%3A2%40eu%2B1%21%28x%29?full=1")
         );
         assert_eq!(overlay.logo_base.as_deref(), Some("http://images:3000/"));
         assert_eq!(spec.ingest.stream_key, None);
         assert_eq!(compat.name_of(&spec).as_deref(), Some(name));
         assert!(compat.check_stream_name(name).is_ok());
-        assert!(compat.check_stream_name("tab\there").is_err());
+        for bad in ["final 2", "a/b", "a?b", "a#b", "50%", "ü", ""] {
+            assert!(compat.check_stream_name(bad).is_err(), "{bad:?}");
+        }
         spec.validate().expect("a valid relay");
     }
 
@@ -252,7 +244,7 @@ mod tests {
         assert_eq!(spec.ingest.stream_key.as_deref(), Some("match1"));
         assert!(spec.overlay.is_none());
         assert_eq!(compat.name_of(&spec).as_deref(), Some("match1"));
-        assert!(compat.check_stream_name("Grand Final").is_err());
+        assert!(compat.check_stream_name("final:2").is_err());
     }
 
     #[test]
