@@ -178,7 +178,11 @@ impl CompatSettings {
                 ));
             }
         }
-        let spec = self.spec_for("compat-check", "stream", "rtmp://a.rtmp.youtube.com/live2/key");
+        let spec = self.spec_for(
+            "compat-check",
+            "stream",
+            "rtmp://a.rtmp.youtube.com/live2/key",
+        );
         spec.validate()
             .map_err(|e| (compat_key(&e.field), e.message))
     }

@@ -145,9 +145,11 @@ pub async fn run(
 
     // The old service's port, when the config names it: bound before anything starts.
     let compat_listener = match config.compat.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
-            DaemonError::CompatListen { addr, source }
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::CompatListen { addr, source })?,
+        ),
         None => None,
     };
     let compat_addr = compat_listener.as_ref().and_then(|l| l.local_addr().ok());

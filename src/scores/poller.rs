@@ -24,7 +24,7 @@ use super::{parse, Mapping, Scoreboard};
 /// The largest scores body read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Errors back off up to this delay between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The timeout's floor, for very short intervals.
 const MIN_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -390,7 +390,9 @@ mod tests {
             url("https://cdn.example/x.png", base).as_deref(),
             Ok("https://cdn.example/x.png")
         );
-        assert!(url("navi.png", None).unwrap_err().contains("overlay.logo_base"));
+        assert!(url("navi.png", None)
+            .unwrap_err()
+            .contains("overlay.logo_base"));
     }
 
     #[test]

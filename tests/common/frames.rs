@@ -27,9 +27,19 @@ pub fn bug(home: u32, stale: bool) -> Bug {
 
 /// The bug region of every frame of a segment, decoded by ffmpeg, as RGBA images.
 pub fn bug_regions(segment: &str, bug: &Bug) -> Vec<RgbaImage> {
+    regions(segment, bug, &[])
+}
+
+/// The bug region of the next `frames` frames of a live stream (an RTMP URL).
+pub fn live_bug_regions(url: &str, bug: &Bug, frames: u32) -> Vec<RgbaImage> {
+    regions(url, bug, &["-frames:v", &frames.to_string()])
+}
+
+fn regions(input: &str, bug: &Bug, output_args: &[&str]) -> Vec<RgbaImage> {
     let (w, h) = bug.image.dimensions();
     let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-nostdin", "-i", segment])
+        .args(["-v", "error", "-nostdin", "-i", input])
+        .args(output_args)
         // Crop after converting: on subsampled YUV, ffmpeg rounds odd crop sizes.
         .args([
             "-vf",
@@ -40,7 +50,7 @@ pub fn bug_regions(segment: &str, bug: &Bug) -> Vec<RgbaImage> {
         .expect("run ffmpeg");
     assert!(
         out.status.success(),
-        "{segment} does not decode: {}",
+        "{input} does not decode: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
