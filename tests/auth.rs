@@ -135,24 +135,30 @@ async fn an_open_api_beyond_loopback_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("scorecast.toml");
     std::fs::write(&config, TEST_PROGRAM).expect("config");
-    let run = |extra: &str| {
+    let run = |api: &str, extra: &str| {
         std::fs::write(&config, format!("{TEST_PROGRAM}{extra}")).expect("config");
         std::process::Command::new(env!("CARGO_BIN_EXE_scorecast"))
             .args(["run", "--config"])
             .arg(&config)
-            .args(["--api-listen", "0.0.0.0:0", "--rtmp-listen", "127.0.0.1:0"])
+            .args(["--api-listen", api, "--rtmp-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .output()
             .expect("scorecast runs")
     };
-    let out = run("");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it served open on 0.0.0.0");
-    assert!(
-        stderr.contains("0.0.0.0") && stderr.contains("auth.allow_open"),
-        "{stderr}"
-    );
+    // The API itself, and the compatible routes' own listener (`compat.listen`).
+    for (api, extra) in [
+        ("0.0.0.0:0", ""),
+        ("127.0.0.1:0", "[compat]\nlisten = \"0.0.0.0:0\"\n"),
+    ] {
+        let out = run(api, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "it served open on 0.0.0.0 ({extra})");
+        assert!(
+            stderr.contains("0.0.0.0") && stderr.contains("auth.allow_open"),
+            "{stderr}"
+        );
+    }
 }
 
 /// Publishes with a tiny picture to `url`; the process, to wait on.

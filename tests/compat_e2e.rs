@@ -198,7 +198,8 @@ async fn the_old_curl_lines_run_a_pulled_stream_with_the_match_overlay() {
             wait_for("the match API's score", Duration::from_secs(20), || async {
                 let (_, view) = daemon.get(&format!("/api/v1/relays/{id}/score")).await;
                 // The scoreboard keeps scores as text.
-                (view["scoreboard"]["home"]["score"] == score.to_string()).then_some(view)
+                (view["scoreboard"]["home"]["score"].as_str() == Some(&score.to_string()))
+                    .then_some(view)
             })
             .await
         }
