@@ -71,6 +71,11 @@ pub fn http_url(url: &str) -> String {
     out
 }
 
+/// `scheme://host[:port]` of a URL, all a log line names of an HTTP API.
+pub fn origin_of(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| "(not a URL)".to_owned(), |u| origin(&u, false))
+}
+
 /// `scheme://[****@]host[:port]`; the user info marked as masked when `mark_userinfo` and the
 /// URL has one.
 fn origin(u: &Url, mark_userinfo: bool) -> String {
@@ -95,10 +100,54 @@ pub fn spec(spec: &RelaySpec) -> RelaySpec {
     for output in &mut spec.outputs {
         output.url = rtmp_url(&output.url);
     }
+    let pulled = spec.ingest.url.clone();
     if let Some(overlay) = &mut spec.overlay {
-        overlay.scores_url = overlay.scores_url.as_deref().map(http_url);
+        overlay.scores_url = overlay
+            .scores_url
+            .as_deref()
+            .map(|url| scores_url(url, pulled.as_deref()));
     }
     spec
+}
+
+/// A scores URL as a read-only caller and the logs see it: [`http_url`], and, for a relay
+/// that pulls `pulled`, every path segment naming the pulled stream masked (a `[compat]`
+/// relay's scores URL holds its nginx stream name, which is that stream's publish key).
+pub fn scores_url(url: &str, pulled: Option<&str>) -> String {
+    let masked = http_url(url);
+    let Some(name) = pulled
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+    else {
+        return masked;
+    };
+    let encoded = crate::compat::encode(name);
+    let Some(path_start) = masked
+        .find("://")
+        .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j))
+    else {
+        return masked;
+    };
+    let (head, rest) = masked.split_at(path_start);
+    let (path, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(p, q)| (p, Some(q)));
+    let path: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            if segment == name || segment == encoded {
+                MASK
+            } else {
+                segment
+            }
+        })
+        .collect();
+    let mut out = format!("{head}{}", path.join("/"));
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
 }
 
 /// `text` (an error message, a retry reason) with every secret of `spec` in it masked: the
@@ -269,5 +318,22 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 14, "{a}");
         assert!(crate::relay::spec::check_name("id", &a).is_ok());
+    }
+
+    #[test]
+    fn a_pulled_stream_name_is_masked_in_the_scores_url() {
+        let pulled = Some("rtmp://localhost:1935/live/final:2");
+        assert_eq!(
+            scores_url("http://h:8000/match/final%3A2/live?t=1", pulled),
+            "http://h:8000/match/****/live?****"
+        );
+        assert_eq!(
+            scores_url("http://h:8000/match/42", pulled),
+            "http://h:8000/match/42"
+        );
+        assert_eq!(
+            scores_url("http://h:8000/match/final%3A2", None),
+            "http://h:8000/match/final%3A2"
+        );
     }
 }

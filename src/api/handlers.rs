@@ -75,6 +75,7 @@ pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
         let (Ok(status), Ok(counters)) = (handle.status().await, handle.counters().await) else {
             continue;
         };
+        let pulled = status.spec.ingest.url.clone();
         relays.push(Scraped {
             // Ids and numbers only; masked all the same, as read-only tokens scrape it.
             relay: RelayView::seen(status, Sight::Masked),
@@ -82,7 +83,7 @@ pub async fn metrics(registry: Arc<Registry>) -> Result<Response, ApiError> {
                 .score()
                 .await
                 .ok()
-                .map(|s| ScoreView::seen(s, Sight::Masked)),
+                .map(|s| ScoreView::seen(s, Sight::Masked, pulled.as_deref())),
             counters,
         });
     }
@@ -244,9 +245,10 @@ pub async fn get_score(
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
     let handle = relay(&registry, &id)?;
+    let pulled = handle.status().await?.spec.ingest.url;
     Ok(json_reply(
         StatusCode::OK,
-        &ScoreView::seen(handle.score().await?, sight),
+        &ScoreView::seen(handle.score().await?, sight, pulled.as_deref()),
     ))
 }
 
@@ -262,9 +264,10 @@ pub async fn put_score(
     board
         .check()
         .map_err(|e| ApiError::bad_body(e.to_string()))?;
+    let pulled = handle.status().await?.spec.ingest.url;
     Ok(json_reply(
         StatusCode::OK,
-        &ScoreView::seen(handle.set_score(board).await?, sight),
+        &ScoreView::seen(handle.set_score(board).await?, sight, pulled.as_deref()),
     ))
 }
 

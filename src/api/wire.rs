@@ -197,10 +197,13 @@ pub struct ScoreView {
 
 impl ScoreView {
     /// The score as `sight` may see it: with [`Sight::Masked`], the scores URL's user info and
-    /// query are masked.
-    pub fn seen(mut s: ScoreStatus, sight: Sight) -> Self {
+    /// query are masked, and the stream name of a relay that pulls `pulled`.
+    pub fn seen(mut s: ScoreStatus, sight: Sight, pulled: Option<&str>) -> Self {
         if sight == Sight::Masked {
-            s.scores_url = s.scores_url.as_deref().map(secrets::http_url);
+            s.scores_url = s
+                .scores_url
+                .as_deref()
+                .map(|url| secrets::scores_url(url, pulled));
         }
         Self::from(s)
     }

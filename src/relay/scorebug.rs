@@ -17,9 +17,9 @@ use super::handle::ScoreStatus;
 use super::spec::OverlaySpec;
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
 use crate::render::{self, Logos};
-use crate::scores::guard::redact;
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
+use crate::secrets;
 
 /// The scoreboard side of one relay.
 pub struct Scorebug {
@@ -83,10 +83,11 @@ impl Scorebug {
             logo_size: render::logo_size(self.size.1),
             logo_base: overlay.logo_base.clone(),
         };
-        // The URL's query and user info may carry credentials: they stay out of the log.
+        // The URL's query and user info may carry credentials, and its path a compatible
+        // relay's stream name: the log names the API by its origin only.
         info!(
             relay = %self.relay,
-            url = %redact(&settings.url),
+            api = %secrets::origin_of(&settings.url),
             interval = ?settings.interval,
             allow_private = settings.allow_private,
             "polling the scores API"
