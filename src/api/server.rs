@@ -46,6 +46,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Connections open at once from one address (`server.max_connections_per_address`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// How long a newcomer waits for the connection it replaces to close its socket.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval about connections closed at accept.
 pub const CLOSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -72,8 +74,9 @@ struct Conn {
     address: IpAddr,
     /// Requests whose response has not ended; 0 while it waits for a request head.
     in_flight: Arc<AtomicUsize>,
-    /// Closes it to give its slot away.
-    evict: Option<oneshot::Sender<()>>,
+    /// Closes it to give its slot away; it answers on the sender it is given once its socket
+    /// is closed.
+    evict: Option<oneshot::Sender<oneshot::Sender<()>>>,
 }
 
 /// Why a connection was closed at accept.
@@ -95,18 +98,25 @@ struct Table {
     last_log: Option<Instant>,
 }
 
+/// A connection let in.
+struct Admitted {
+    id: u64,
+    in_flight: Arc<AtomicUsize>,
+    /// Fires when its slot is given to a newcomer, with where to say it has closed.
+    evicted: oneshot::Receiver<oneshot::Sender<()>>,
+    /// When it took the slot of another, fires once that one's socket is closed.
+    victim_closed: Option<oneshot::Receiver<()>>,
+}
+
 impl Table {
     /// Takes a slot for a connection from `address`, giving up another's if it must.
-    fn admit(
-        &mut self,
-        address: IpAddr,
-        limits: &HttpLimits,
-    ) -> Result<(u64, Arc<AtomicUsize>, oneshot::Receiver<()>), Refusal> {
+    fn admit(&mut self, address: IpAddr, limits: &HttpLimits) -> Result<Admitted, Refusal> {
         if self.per_address.get(&address).copied().unwrap_or(0)
             >= limits.max_connections_per_address
         {
             return Err(Refusal::PerAddress);
         }
+        let mut victim_closed = None;
         if self.conns.len() >= limits.max_connections {
             let victim = self
                 .conns
@@ -118,7 +128,10 @@ impl Table {
                 .ok_or(Refusal::Full)?;
             if let Some(mut conn) = self.release(victim) {
                 if let Some(evict) = conn.evict.take() {
-                    let _ = evict.send(());
+                    let (closed, closed_rx) = oneshot::channel();
+                    if evict.send(closed).is_ok() {
+                        victim_closed = Some(closed_rx);
+                    }
                 }
                 self.evicted += 1;
             }
@@ -136,7 +149,12 @@ impl Table {
             },
         );
         *self.per_address.entry(address).or_default() += 1;
-        Ok((id, in_flight, evicted))
+        Ok(Admitted {
+            id,
+            in_flight,
+            evicted,
+            victim_closed,
+        })
     }
 
     /// Frees connection `id`'s slot (at its end, or given up).
@@ -205,6 +223,27 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A TLS handshake under `timeout`, or the sender to answer on when the connection is given up
+/// first (the handshake and its socket dropped by then).
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    evicted: &mut oneshot::Receiver<oneshot::Sender<()>>,
+) -> Result<
+    Result<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        tokio::time::error::Elapsed,
+    >,
+    oneshot::Sender<()>,
+> {
+    let accept = tokio::time::timeout(timeout, acceptor.accept(stream));
+    tokio::select! {
+        done = accept => Ok(done),
+        Ok(closed) = evicted => Err(closed),
     }
 }
 
@@ -284,13 +323,23 @@ pub async fn run<F>(
             table.log_closed(&limits);
             admitted
         };
-        let (id, in_flight, evicted) = match admitted {
+        let Admitted {
+            id,
+            in_flight,
+            evicted,
+            victim_closed,
+        } = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 debug!(peer = %peer, ?refusal, "http connection closed at accept");
                 continue;
             }
         };
+        // The cap holds in sockets, not only in the table: the newcomer is served once the
+        // connection it replaces has closed its socket (at once, unless that task is slow).
+        if let Some(closed) = victim_closed {
+            let _ = tokio::time::timeout(EVICTION_WAIT, closed).await;
+        }
         let slot = Slot {
             table: table.clone(),
             id,
@@ -321,33 +370,40 @@ pub async fn run<F>(
             let io: Box<dyn Io> = match acceptor {
                 None => Box::new(stream),
                 // The handshake is held to the header timeout too.
-                Some(acceptor) => tokio::select! {
-                    done = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => {
-                        match done {
-                            Ok(Ok(stream)) => Box::new(stream),
-                            Ok(Err(e)) => {
-                                debug!(peer = %peer, error = %e, "tls handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(peer = %peer, "tls handshake not done within the header timeout");
-                                return;
-                            }
+                Some(acceptor) => {
+                    match handshake(acceptor, stream, header_timeout, &mut evicted).await {
+                        Ok(Ok(Ok(stream))) => Box::new(stream),
+                        Ok(Ok(Err(e))) => {
+                            debug!(peer = %peer, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Ok(Err(_)) => {
+                            debug!(peer = %peer, "tls handshake not done within the header timeout");
+                            return;
+                        }
+                        // The handshake (and its socket) is dropped by now.
+                        Err(closed) => {
+                            let _ = closed.send(());
+                            return;
                         }
                     }
-                    Ok(()) = &mut evicted => return,
-                },
+                }
             };
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
-            tokio::select! {
-                served = connection => {
+            let mut connection =
+                Box::pin(watcher.watch(http.serve_connection(TokioIo::new(io), service)));
+            let given_up = tokio::select! {
+                served = &mut connection => {
                     if let Err(e) = served {
                         debug!(peer = %peer, error = %e, "http connection ended with an error");
                     }
+                    None
                 }
-                Ok(()) = &mut evicted => {
-                    debug!(peer = %peer, "http connection waiting for a request given up for a new one");
-                }
+                Ok(closed) = &mut evicted => Some(closed),
+            };
+            if let Some(closed) = given_up {
+                drop(connection);
+                debug!(peer = %peer, "http connection waiting for a request given up for a new one");
+                let _ = closed.send(());
             }
         });
     }
@@ -397,16 +453,25 @@ mod tests {
     #[test]
     fn when_full_a_waiting_connection_of_the_biggest_address_gives_way() {
         let mut table = Table::default();
-        let (first, _, mut first_evicted) = table.admit(ip(2), &LIMITS).expect("room");
-        let (_, _, _) = table.admit(ip(2), &LIMITS).expect("room");
-        let (_, busy, _) = table.admit(ip(3), &LIMITS).expect("room");
-        let (_, _, _) = table.admit(ip(3), &LIMITS).expect("room");
+        let mut first = table.admit(ip(2), &LIMITS).expect("room");
+        table.admit(ip(2), &LIMITS).expect("room");
+        let busy = table.admit(ip(3), &LIMITS).expect("room").in_flight;
+        table.admit(ip(3), &LIMITS).expect("room");
         busy.fetch_add(1, Ordering::AcqRel);
-        // Full: 127.0.0.2 and .3 hold two each; .2's oldest waits, so it goes.
-        let (_, _, _) = table
+        // Full: 127.0.0.2 and .3 hold two each; .2's oldest waits, so it goes, and the
+        // newcomer hears when it has closed.
+        let mut newcomer = table
             .admit(ip(1), &LIMITS)
             .expect("a waiting one gives way");
-        assert!(first_evicted.try_recv().is_ok());
+        let closed = first.evicted.try_recv().expect("told to close");
+        closed.send(()).expect("the newcomer waits");
+        assert!(newcomer
+            .victim_closed
+            .as_mut()
+            .expect("waits")
+            .try_recv()
+            .is_ok());
+        let first = first.id;
         assert!(!table.conns.contains_key(&first));
         assert_eq!(table.conns.len(), 4);
         assert_eq!(table.evicted, 1);
@@ -416,8 +481,8 @@ mod tests {
     fn when_every_connection_is_busy_the_new_one_is_refused() {
         let mut table = Table::default();
         for n in 0..4 {
-            let (_, busy, _) = table.admit(ip(n), &LIMITS).expect("room");
-            busy.fetch_add(1, Ordering::AcqRel);
+            let admitted = table.admit(ip(n), &LIMITS).expect("room");
+            admitted.in_flight.fetch_add(1, Ordering::AcqRel);
         }
         assert_eq!(table.admit(ip(9), &LIMITS).err(), Some(Refusal::Full));
     }
