@@ -46,7 +46,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Connections open at once from one address (`server.max_connections_per_address`).
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
-/// How long a newcomer waits for the connection it replaces to close its socket.
+/// Given-up connections whose sockets may still be open at once, past the cap.
+const EVICTIONS_PENDING: usize = 16;
+/// How long a given-up connection counts as pending at most.
 const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// At most one log line per this interval about connections closed at accept.
 pub const CLOSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -301,6 +303,7 @@ pub async fn run<F>(
         tls,
     } = listener;
     let table = Arc::new(Mutex::new(Table::default()));
+    let evictions = Arc::new(tokio::sync::Semaphore::new(EVICTIONS_PENDING));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -335,10 +338,16 @@ pub async fn run<F>(
                 continue;
             }
         };
-        // The cap holds in sockets, not only in the table: the newcomer is served once the
-        // connection it replaces has closed its socket (at once, unless that task is slow).
+        // The cap holds in sockets, not only in the table, within EVICTIONS_PENDING: a given-up
+        // connection closes its socket in its own task, a moment later, and the loop accepts
+        // no more while that many have not yet (or EVICTION_WAIT has not passed).
         if let Some(closed) = victim_closed {
-            let _ = tokio::time::timeout(EVICTION_WAIT, closed).await;
+            if let Ok(permit) = evictions.clone().acquire_owned().await {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(EVICTION_WAIT, closed).await;
+                    drop(permit);
+                });
+            }
         }
         let slot = Slot {
             table: table.clone(),
