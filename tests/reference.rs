@@ -162,6 +162,13 @@ fn accepted_keys(doc: &toml::Value, at: &[Step], schema: &str) -> BTreeSet<Strin
         .collect()
 }
 
+/// The Flask relay drop-in's config, as docs/migrate-flask.md hands it out, loads.
+#[test]
+fn the_flask_relay_example_loads() {
+    let config = parse(include_str!("../docs/examples/flask-relay.toml"));
+    assert!(config.compat.ingest.is_some() && config.compat.listen.is_some());
+}
+
 #[test]
 fn the_example_config_shows_every_key_the_loader_accepts() {
     let doc: toml::Value = toml::from_str(&uncommented(EXAMPLE)).expect("the example is TOML");
