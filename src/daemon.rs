@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::api;
 use crate::api::auth::{self, Auth, TokenError};
 use crate::api::tls::{Tls, TlsError, TlsFiles};
+use crate::compat::CompatSettings;
 use crate::config::{AuthSettings, Config, ConfigError, LogFormat};
 use crate::events::EventBus;
 use crate::ingest;
@@ -108,6 +109,18 @@ fn open_beyond_loopback(addr: SocketAddr, auth: &AuthSettings) -> bool {
     !addr.ip().is_loopback() && auth.tokens.is_empty() && !auth.allow_open
 }
 
+/// The first of the API's listener and the compatible routes' own (`compat.listen`, held to
+/// the same rule) that `auth` would leave open beyond this machine.
+fn open_listener(
+    api: Option<SocketAddr>,
+    compat: &CompatSettings,
+    auth: &AuthSettings,
+) -> Option<SocketAddr> {
+    api.into_iter()
+        .chain(compat.listen)
+        .find(|addr| open_beyond_loopback(*addr, auth))
+}
+
 /// Runs the daemon on bound listeners until `shutdown` completes. With `config_path`, SIGHUP
 /// reloads the relays and the API's tokens from that file.
 pub async fn run(
@@ -118,11 +131,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let api_addr = api_listener.local_addr().ok();
-    let open = |addr: &SocketAddr| open_beyond_loopback(*addr, &config.auth);
-    // The compatible routes' own listener is held to the same rule.
-    let compat = config.compat.listen;
-    if let Some(addr) = api_addr.iter().chain(&compat).find(|a| open(a)) {
-        return Err(DaemonError::OpenApi(*addr));
+    if let Some(addr) = open_listener(api_addr, &config.compat, &config.auth) {
+        return Err(DaemonError::OpenApi(addr));
     }
     // Token files and credentials are read before anything starts: one missing stops it.
     let credentials = auth::credentials_directory();
@@ -368,11 +378,7 @@ async fn reload(running: &Running<'_>, path: &Path, applied: &mut BTreeMap<Strin
         Ok(rules) => rules,
         Err(e) => return not_reloaded(&e),
     };
-    let listening = running.api_addr.iter().chain(&running.config.compat.listen);
-    if let Some(addr) = listening
-        .copied()
-        .find(|a| open_beyond_loopback(*a, &config.auth))
-    {
+    if let Some(addr) = open_listener(running.api_addr, &running.config.compat, &config.auth) {
         return not_reloaded(&DaemonError::OpenApi(addr));
     }
     let count = rules.len();

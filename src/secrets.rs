@@ -47,8 +47,9 @@ pub fn rtmp_url(url: &str) -> String {
     out
 }
 
-/// An RTMP URL for a log line: scheme, host and port only (`rtmp://a.rtmp.youtube.com`).
-pub fn rtmp_url_for_log(url: &str) -> String {
+/// A URL for a log line: scheme, host and port only (`rtmp://a.rtmp.youtube.com`,
+/// `http://scores.example:8000`), for RTMP destinations and HTTP APIs alike.
+pub fn url_for_log(url: &str) -> String {
     match Url::parse(url) {
         Ok(u) => origin(&u, false),
         Err(_) => "(not a URL)".to_owned(),
@@ -59,21 +60,32 @@ pub fn rtmp_url_for_log(url: &str) -> String {
 /// host, port and path, with user info and query masked and the fragment dropped
 /// (`https://****@api.example/m/42?****`).
 pub fn http_url(url: &str) -> String {
+    masked_http_url(url, &[])
+}
+
+/// [`http_url`], with every path segment that is one of `hidden` masked too.
+fn masked_http_url(url: &str, hidden: &[&str]) -> String {
     let Ok(u) = Url::parse(url) else {
         return "(not a URL)".to_owned();
     };
     let mut out = origin(&u, true);
-    out.push_str(u.path());
+    let path: Vec<&str> = u
+        .path()
+        .split('/')
+        .map(|segment| {
+            if hidden.contains(&segment) {
+                MASK
+            } else {
+                segment
+            }
+        })
+        .collect();
+    out.push_str(&path.join("/"));
     if u.query().is_some() {
         out.push('?');
         out.push_str(MASK);
     }
     out
-}
-
-/// `scheme://host[:port]` of a URL, all a log line names of an HTTP API.
-pub fn origin_of(url: &str) -> String {
-    Url::parse(url).map_or_else(|_| "(not a URL)".to_owned(), |u| origin(&u, false))
 }
 
 /// `scheme://[****@]host[:port]`; the user info marked as masked when `mark_userinfo` and the
@@ -114,40 +126,13 @@ pub fn spec(spec: &RelaySpec) -> RelaySpec {
 /// that pulls `pulled`, every path segment naming the pulled stream masked (a `[compat]`
 /// relay's scores URL holds its nginx stream name, which is that stream's publish key).
 pub fn scores_url(url: &str, pulled: Option<&str>) -> String {
-    let masked = http_url(url);
-    let Some(name) = pulled
+    let name = pulled
         .and_then(|u| u.rsplit('/').next())
-        .filter(|n| !n.is_empty())
-    else {
-        return masked;
-    };
-    let encoded = crate::compat::encode(name);
-    let Some(path_start) = masked
-        .find("://")
-        .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j))
-    else {
-        return masked;
-    };
-    let (head, rest) = masked.split_at(path_start);
-    let (path, query) = rest
-        .split_once('?')
-        .map_or((rest, None), |(p, q)| (p, Some(q)));
-    let path: Vec<&str> = path
-        .split('/')
-        .map(|segment| {
-            if segment == name || segment == encoded {
-                MASK
-            } else {
-                segment
-            }
-        })
-        .collect();
-    let mut out = format!("{head}{}", path.join("/"));
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
+        .filter(|n| !n.is_empty());
+    match name {
+        Some(name) => masked_http_url(url, &[name, &crate::compat::encode(name)]),
+        None => http_url(url),
     }
-    out
 }
 
 /// `text` (an error message, a retry reason) with every secret of `spec` in it masked: the
@@ -255,10 +240,10 @@ mod tests {
             assert!(!masked.contains("KEY"));
         }
         assert_eq!(
-            rtmp_url_for_log("rtmp://u:p@a.rtmp.youtube.com:1935/live2/KEY"),
+            url_for_log("rtmp://u:p@a.rtmp.youtube.com:1935/live2/KEY"),
             "rtmp://a.rtmp.youtube.com:1935"
         );
-        assert_eq!(rtmp_url_for_log("KEY"), "(not a URL)");
+        assert_eq!(url_for_log("KEY"), "(not a URL)");
     }
 
     #[test]

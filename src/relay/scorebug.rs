@@ -87,7 +87,7 @@ impl Scorebug {
         // relay's stream name: the log names the API by its origin only.
         info!(
             relay = %self.relay,
-            api = %secrets::origin_of(&settings.url),
+            api = %secrets::url_for_log(&settings.url),
             interval = ?settings.interval,
             allow_private = settings.allow_private,
             "polling the scores API"
