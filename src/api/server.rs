@@ -228,24 +228,38 @@ impl Drop for InFlight {
     }
 }
 
-/// A TLS handshake under `timeout`, or the sender to answer on when the connection is given up
-/// first (the handshake and its socket dropped by then).
+/// How a connection's TLS handshake ended.
+enum Handshake {
+    Done(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    /// Refused or timed out (logged).
+    Failed,
+    /// Given up for a newcomer first: the handshake and its socket are dropped by the time
+    /// this is returned, so the sender can say the socket is closed.
+    GivenUp(oneshot::Sender<()>),
+}
+
+/// A TLS handshake with `peer` under `timeout`, unless the connection is given up first.
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     timeout: Duration,
     evicted: &mut oneshot::Receiver<oneshot::Sender<()>>,
-) -> Result<
-    Result<
-        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-        tokio::time::error::Elapsed,
-    >,
-    oneshot::Sender<()>,
-> {
+    peer: std::net::SocketAddr,
+) -> Handshake {
     let accept = tokio::time::timeout(timeout, acceptor.accept(stream));
     tokio::select! {
-        done = accept => Ok(done),
-        Ok(closed) = evicted => Err(closed),
+        done = accept => match done {
+            Ok(Ok(stream)) => Handshake::Done(Box::new(stream)),
+            Ok(Err(e)) => {
+                debug!(peer = %peer, error = %e, "tls handshake failed");
+                Handshake::Failed
+            }
+            Err(_) => {
+                debug!(peer = %peer, "tls handshake not done within the header timeout");
+                Handshake::Failed
+            }
+        },
+        Ok(closed) = evicted => Handshake::GivenUp(closed),
     }
 }
 
@@ -380,18 +394,10 @@ pub async fn run<F>(
                 None => Box::new(stream),
                 // The handshake is held to the header timeout too.
                 Some(acceptor) => {
-                    match handshake(acceptor, stream, header_timeout, &mut evicted).await {
-                        Ok(Ok(Ok(stream))) => Box::new(stream),
-                        Ok(Ok(Err(e))) => {
-                            debug!(peer = %peer, error = %e, "tls handshake failed");
-                            return;
-                        }
-                        Ok(Err(_)) => {
-                            debug!(peer = %peer, "tls handshake not done within the header timeout");
-                            return;
-                        }
-                        // The handshake (and its socket) is dropped by now.
-                        Err(closed) => {
+                    match handshake(acceptor, stream, header_timeout, &mut evicted, peer).await {
+                        Handshake::Done(stream) => stream,
+                        Handshake::Failed => return,
+                        Handshake::GivenUp(closed) => {
                             let _ = closed.send(());
                             return;
                         }
