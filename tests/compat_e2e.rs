@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::frames::{closer, live_bug_regions};
+use common::scores::solid_png;
 use common::*;
 use image::RgbaImage;
 use scorecast::render::{self, Bug, Logos, Theme};
@@ -26,17 +27,6 @@ use warp::Filter;
 const NAME: &str = "final:2@eu+1";
 const ENCODED: &str = "final%3A2%40eu%2B1";
 const YOUTUBE_KEY: &str = "yt-key-0123";
-
-/// A PNG of one colour.
-fn png(rgba: [u8; 4]) -> Vec<u8> {
-    use image::ImageEncoder;
-    let pixels: Vec<u8> = (0..64 * 64).flat_map(|_| rgba).collect();
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(&pixels, 64, 64, image::ExtendedColorType::Rgba8)
-        .expect("encodes");
-    out
-}
 
 /// The match API's answer, in a shape of its own.
 fn match_json(navi: u32) -> Value {
@@ -154,7 +144,10 @@ async fn wait_destination_shows(what: &str, url: &str, a: &Bug, b: &Bug) -> f64 
 async fn the_old_curl_lines_run_a_pulled_stream_with_the_match_overlay() {
     let caster = Nginx::start().await;
     let youtube = Nginx::start().await;
-    let (navi_png, g2_png) = (png([200, 30, 30, 255]), png([30, 60, 220, 255]));
+    let (navi_png, g2_png) = (
+        solid_png(64, 64, [200, 30, 30, 255]),
+        solid_png(64, 64, [30, 60, 220, 255]),
+    );
     let side = render::logo_size(720);
     let logos = (
         decode_scaled(&navi_png, side).expect("a logo"),

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::scores::{Answer, ScoresApi};
+use common::scores::{solid_png, Answer, ScoresApi};
 use common::*;
 use serde_json::Value;
 
@@ -64,16 +64,6 @@ async fn wait_polls(api: &ScoresApi, polls: u64, timeout: Duration) {
         (api.hits("match") >= target).then_some(())
     })
     .await;
-}
-
-fn png(width: u32, height: u32, rgba: [u8; 4]) -> Vec<u8> {
-    use image::ImageEncoder;
-    let pixels: Vec<u8> = (0..width * height).flat_map(|_| rgba).collect();
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(&pixels, width, height, image::ExtendedColorType::Rgba8)
-        .expect("encodes");
-    out
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -228,7 +218,7 @@ async fn endless_logo_server(bytes: usize) -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_logos_are_refused_before_decoding_and_memory_stays_flat() {
     let api = ScoresApi::start(Answer::Score(String::new())).await;
-    api.put_file("good.png", png(64, 64, [250, 20, 20, 255]));
+    api.put_file("good.png", solid_png(64, 64, [250, 20, 20, 255]));
     api.put_file("bomb.png", decompression_bomb(20_000));
     api.put_file("huge.png", vec![0x89; 3 * 1024 * 1024]);
     api.set(Answer::Score(board_with_logo(&api.url("files/good.png"))));
@@ -293,7 +283,7 @@ async fn a_logo_url_signed_anew_on_every_poll_does_not_grow_memory() {
     let api = ScoresApi::start(Answer::Score(String::new())).await;
     // A logo at the limit: 1024x1024, 4 MiB decoded. Kept full size, 100 of them would be
     // 400 MiB; scaled to the scorebug and in a bounded cache, they are a few KiB each.
-    api.put_file("logo.png", png(1024, 1024, [30, 200, 90, 255]));
+    api.put_file("logo.png", solid_png(1024, 1024, [30, 200, 90, 255]));
     let logo = api.url("files/logo.png");
     api.set(Answer::Each(Arc::new(move |n| {
         board_with_logo(&format!("{logo}?sig={n}"))

@@ -119,3 +119,14 @@ impl ScoresApi {
         s.hits.get(path).copied().unwrap_or(0)
     }
 }
+
+/// A PNG of one colour, `width` by `height`: a logo to serve.
+pub fn solid_png(width: u32, height: u32, rgba: [u8; 4]) -> Vec<u8> {
+    use image::ImageEncoder;
+    let pixels: Vec<u8> = (0..width * height).flat_map(|_| rgba).collect();
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&pixels, width, height, image::ExtendedColorType::Rgba8)
+        .expect("encodes");
+    out
+}
