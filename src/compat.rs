@@ -17,6 +17,8 @@ use crate::relay::spec::{
 use crate::render::Corner;
 use crate::scores::Mapping;
 
+/// The id of the destination a `/start_stream` relay pushes to (its `youtube_url`).
+pub const OUTPUT_ID: &str = "youtube";
 /// Where `/start_stream`'s stream name goes in a template.
 pub const PLACEHOLDER: &str = "{stream_name}";
 /// The longest stream name a pulling relay takes.
@@ -137,7 +139,7 @@ impl CompatSettings {
 
     /// The relay `/start_stream` makes for stream `name`, pushing to `url`, under `id`.
     pub fn spec_for(&self, id: &str, name: &str, url: &str) -> RelaySpec {
-        let mut output = OutputSpec::new(crate::api::handlers::COMPAT_OUTPUT_ID, url);
+        let mut output = OutputSpec::new(OUTPUT_ID, url);
         let o = &self.outputs;
         if let Some(preset) = &o.preset {
             output.preset = preset.clone();

@@ -24,9 +24,6 @@ use crate::relay::RelayHandle;
 use crate::scores::Scoreboard;
 use crate::secrets::{self, Sight};
 
-/// The name of the destination the compatible `/start_stream` creates.
-pub const COMPAT_OUTPUT_ID: &str = "youtube";
-
 /// Parses a JSON body, with a message that says what is wrong and where.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
     if body.is_empty() {
