@@ -19,6 +19,7 @@ pub mod destinations;
 pub mod handle;
 pub mod lifecycle;
 pub mod observe;
+pub mod queue;
 pub mod registry;
 pub mod scorebug;
 pub mod spec;
