@@ -154,6 +154,7 @@ impl CompatSettings {
             hls: self.hls.clone(),
             outputs: vec![output],
             transcode: true,
+            queue: None,
         }
     }
 

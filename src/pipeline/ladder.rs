@@ -298,6 +298,7 @@ mod tests {
             },
             outputs: Vec::new(),
             transcode: true,
+            queue: None,
         }
     }
 

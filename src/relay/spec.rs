@@ -65,6 +65,64 @@ pub struct RelaySpec {
     /// `false`: remux the publisher's stream without decoding (no overlay, no ladder).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub transcode: bool,
+    /// Casters share the relay in turns ([`super::queue`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
+}
+
+/// `"queue": {"turn": "20m", "block_kicked": true, "block_for": "10m"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// How long a turn lasts (`20m`, `90s`).
+    pub turn: String,
+    /// Whether a caster whose turn ended or who was kicked is refused for `block_for`.
+    #[serde(default)]
+    pub block_kicked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_for: Option<String>,
+    /// How long a waiting caster who disconnected keeps their place (default 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+}
+
+/// Default `queue.block_for`.
+pub const DEFAULT_BLOCK_FOR: &str = "10m";
+/// Default `queue.grace`.
+pub const DEFAULT_GRACE: &str = "60s";
+
+impl QueueSpec {
+    /// The queue's rules; [`RelaySpec::validate`] has checked the durations.
+    pub fn rules(&self) -> super::queue::QueueRules {
+        super::queue::QueueRules {
+            turn: duration_or(Some(&self.turn), "20m"),
+            block_kicked: self.block_kicked,
+            block_for: duration_or(self.block_for.as_deref(), DEFAULT_BLOCK_FOR),
+            grace: duration_or(self.grace.as_deref(), DEFAULT_GRACE),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        for (field, value) in [
+            ("queue.turn", Some(&self.turn)),
+            ("queue.block_for", self.block_for.as_ref()),
+            ("queue.grace", self.grace.as_ref()),
+        ] {
+            let Some(text) = value else { continue };
+            match parse_duration(text) {
+                Some(d) if d >= Duration::from_secs(1) => {}
+                _ => {
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                            "{text:?} is not a duration of 1s or more, like \"90s\" or \"20m\""
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -338,6 +396,9 @@ impl RelaySpec {
                 ))
             }
         }
+        if let Some(queue) = &self.queue {
+            queue.validate()?;
+        }
         if let Some(overlay) = &self.overlay {
             for (field, url) in [
                 ("overlay.scores_url", &overlay.scores_url),
@@ -556,8 +617,30 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_contract_example_is_valid() {
+        let s = spec(
+            r#"{ "id": "community", "ingest": { "stream_key": "house-key" },
+                 "queue": {"turn": "20m", "block_kicked": true, "block_for": "10m"} }"#,
+        );
+        assert_eq!(s.validate(), Ok(()));
+        let rules = s.queue.expect("a queue").rules();
+        assert_eq!(rules.turn, Duration::from_secs(1200));
+        assert_eq!(rules.block_for, Duration::from_secs(600));
+        assert!(rules.block_kicked);
+        assert_eq!(rules.grace, Duration::from_secs(60));
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"queue":{"turn":"soon"}}"#,
+                "queue.turn",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"queue":{"turn":"20m","block_for":"500ms"}}"#,
+                "queue.block_for",
+            ),
             (r#"{"id":"a/b","ingest":{"stream_key":"k"}}"#, "id"),
             (r#"{"id":"a","ingest":{}}"#, "ingest"),
             (
