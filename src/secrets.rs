@@ -109,6 +109,7 @@ pub fn spec(spec: &RelaySpec) -> RelaySpec {
     let mut spec = spec.clone();
     spec.ingest.stream_key = spec.ingest.stream_key.as_deref().map(stream_key);
     spec.ingest.url = spec.ingest.url.as_deref().map(rtmp_url);
+    spec.ingest.auth_url = spec.ingest.auth_url.as_deref().map(http_url);
     for output in &mut spec.outputs {
         output.url = rtmp_url(&output.url);
     }

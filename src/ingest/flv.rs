@@ -35,6 +35,45 @@ pub fn is_picture(kind: u8, body: &[u8]) -> bool {
     }
 }
 
+/// What a whole FLV tag (as [`tag`] makes it) carries, for holding a waiting caster's
+/// latest pictures: a decoder needs the codec headers and everything since a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagClass {
+    /// An AVC or AAC sequence header (decoder configuration).
+    CodecHeader,
+    /// A video keyframe: decoding can start here.
+    Keyframe,
+    /// Anything else: inter frames, audio frames, end markers.
+    Other,
+}
+
+/// Sorts a whole FLV tag by what a decoder starting on it needs.
+pub fn class(tag: &[u8]) -> TagClass {
+    const CODEC_AVC: u8 = 7;
+    const SOUND_AAC: u8 = 10;
+    const FRAME_KEY: u8 = 1;
+    const SEQUENCE_HEADER: u8 = 0;
+    let (Some(&kind), Some(body)) = (tag.first(), tag.get(11..)) else {
+        return TagClass::Other;
+    };
+    match (kind, body) {
+        (TAG_VIDEO, [first, packet, ..]) if first & 0x0f == CODEC_AVC => {
+            if *packet == SEQUENCE_HEADER {
+                TagClass::CodecHeader
+            } else if first >> 4 == FRAME_KEY && *packet == 1 {
+                TagClass::Keyframe
+            } else {
+                TagClass::Other
+            }
+        }
+        (TAG_VIDEO, [first, ..]) if first >> 4 == FRAME_KEY => TagClass::Keyframe,
+        (TAG_AUDIO, [first, SEQUENCE_HEADER, ..]) if first >> 4 == SOUND_AAC => {
+            TagClass::CodecHeader
+        }
+        _ => TagClass::Other,
+    }
+}
+
 /// One FLV tag: header, body, and the PreviousTagSize that follows it.
 pub fn tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Result<Bytes, FlvError> {
     if body.len() > MAX_BODY {
@@ -72,6 +111,17 @@ mod tests {
         );
         assert!(!is_picture(TAG_AUDIO, &[0xaf, 0x01]), "audio");
         assert!(!is_picture(TAG_VIDEO, &[]), "empty");
+    }
+
+    #[test]
+    fn whole_tags_are_sorted_for_a_decoder_starting_on_them() {
+        let class_of = |kind, body: &[u8]| class(&tag(kind, 0, body).unwrap());
+        assert_eq!(class_of(TAG_VIDEO, &[0x17, 0x00, 0, 0, 0]), TagClass::CodecHeader);
+        assert_eq!(class_of(TAG_VIDEO, &[0x17, 0x01, 0, 0, 0]), TagClass::Keyframe);
+        assert_eq!(class_of(TAG_VIDEO, &[0x27, 0x01, 0, 0, 0]), TagClass::Other);
+        assert_eq!(class_of(TAG_AUDIO, &[0xaf, 0x00, 0x12]), TagClass::CodecHeader);
+        assert_eq!(class_of(TAG_AUDIO, &[0xaf, 0x01, 0x12]), TagClass::Other);
+        assert_eq!(class(&[]), TagClass::Other);
     }
 
     #[test]

@@ -289,7 +289,7 @@ mod tests {
             id: "final".to_owned(),
             ingest: IngestSpec {
                 stream_key: Some("final-key".to_owned()),
-                url: None,
+                ..IngestSpec::default()
             },
             overlay: None,
             hls: spec::HlsSpec {

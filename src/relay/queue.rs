@@ -14,8 +14,9 @@
 //!   meanwhile; back within it, they wait where they were. After it, they are dropped.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// A queue relay's rules.
@@ -312,6 +313,163 @@ impl Queue {
     }
 }
 
+/// The queue as it is saved in the data dir and shown by the API: wall-clock times (seconds
+/// since the Unix epoch), which mean the same after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// The turn's length now (the timer may have changed it), in seconds.
+    pub turn: f64,
+    pub block_kicked: bool,
+    pub on_air: Option<SavedTurn>,
+    pub waiting: Vec<SavedPlace>,
+    #[serde(default)]
+    pub blocked: Vec<SavedBlock>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedTurn {
+    pub name: String,
+    pub since: f64,
+    pub ends: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPlace {
+    pub name: String,
+    pub since: f64,
+    /// Disconnected and keeping their place since then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedBlock {
+    pub name: String,
+    pub until: f64,
+}
+
+/// `now` and the wall clock's reading at the same moment: converts the queue's instants to
+/// wall-clock seconds and back.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    pub now: Instant,
+    pub wall: SystemTime,
+}
+
+impl Clocks {
+    pub fn read() -> Self {
+        Self {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn unix(&self, at: Instant) -> f64 {
+        let wall = unix(self.wall);
+        if at >= self.now {
+            wall + (at - self.now).as_secs_f64()
+        } else {
+            wall - (self.now - at).as_secs_f64()
+        }
+    }
+
+    fn instant(&self, unix_seconds: f64) -> Instant {
+        let offset = unix_seconds - unix(self.wall);
+        let magnitude = Duration::try_from_secs_f64(offset.abs()).unwrap_or(Duration::ZERO);
+        if offset >= 0.0 {
+            self.now + magnitude
+        } else {
+            self.now.checked_sub(magnitude).unwrap_or(self.now)
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Queue {
+    /// The queue as saved and shown.
+    pub fn save(&self, clocks: Clocks) -> Saved {
+        Saved {
+            turn: self.rules.turn.as_secs_f64(),
+            block_kicked: self.rules.block_kicked,
+            on_air: self.on_air.as_ref().map(|t| SavedTurn {
+                name: t.name.clone(),
+                since: clocks.unix(t.since),
+                ends: clocks.unix(t.ends),
+            }),
+            waiting: self
+                .waiting
+                .iter()
+                .map(|w| SavedPlace {
+                    name: w.name.clone(),
+                    since: clocks.unix(w.since),
+                    away: w.away.map(|a| clocks.unix(a)),
+                })
+                .collect(),
+            blocked: self
+                .blocked
+                .iter()
+                .filter(|(_, until)| **until > clocks.now)
+                .map(|(name, until)| SavedBlock {
+                    name: name.clone(),
+                    until: clocks.unix(*until),
+                })
+                .collect(),
+        }
+    }
+
+    /// The queue after a restart: every caster in `saved` is away (their connections went
+    /// with the old process) and keeps their place for the grace period from now; the one who
+    /// was on air waits first. The timer and the block toggle keep their live values; blocks
+    /// keep their end.
+    pub fn restore(rules: QueueRules, saved: &Saved, clocks: Clocks) -> Self {
+        let mut rules = rules;
+        if let Ok(turn) = Duration::try_from_secs_f64(saved.turn) {
+            if turn >= Duration::from_secs(1) {
+                rules.turn = turn;
+            }
+        }
+        rules.block_kicked = saved.block_kicked;
+        let on_air = saved.on_air.iter().map(|t| (&t.name, t.since));
+        let waiting = saved.waiting.iter().map(|w| (&w.name, w.since));
+        let mut queue = Self::new(rules);
+        for (name, since) in on_air.chain(waiting) {
+            if queue.waiting.iter().any(|w| &w.name == name) {
+                continue;
+            }
+            queue.waiting.push(Waiting {
+                name: name.clone(),
+                since: clocks.instant(since),
+                away: Some(clocks.now),
+            });
+        }
+        for block in &saved.blocked {
+            let until = clocks.instant(block.until);
+            if until > clocks.now {
+                queue.blocked.insert(block.name.clone(), until);
+            }
+        }
+        queue
+    }
+
+    /// Forgets `name` altogether (their caster was deleted): out of the line, unblocked.
+    /// Returns the changes when they were on air.
+    pub fn forget(&mut self, name: &str, now: Instant) -> Vec<Change> {
+        self.blocked.remove(name);
+        self.waiting.retain(|w| w.name != name);
+        let mut changes = Vec::new();
+        if self.on_air.as_ref().is_some_and(|t| t.name == name) {
+            self.on_air = None;
+            changes.push(Change::Disconnect(name.to_owned()));
+            self.hand_over(now, &mut changes);
+        }
+        changes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +633,50 @@ mod tests {
         assert_eq!(names(&q), ["bob"]);
         assert!(q.tick(t0 + s(51)).is_empty());
         assert!(names(&q).is_empty(), "{:?}", names(&q));
+    }
+
+    #[test]
+    fn a_saved_queue_comes_back_with_everyone_away_in_order() {
+        let (mut q, t0) = queue(true);
+        q.join("alice", t0);
+        q.join("bob", t0 + Duration::from_secs(1));
+        q.join("carol", t0 + Duration::from_secs(2));
+        q.kick("carol", t0 + Duration::from_secs(3)).unwrap();
+        q.join("dave", t0 + Duration::from_secs(4));
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clocks = Clocks {
+            now: t0 + Duration::from_secs(5),
+            wall,
+        };
+        let saved = q.save(clocks);
+        assert_eq!(saved.on_air.as_ref().map(|t| t.name.as_str()), Some("alice"));
+        assert_eq!(saved.on_air.as_ref().map(|t| t.ends), Some(1_800_000_015.0));
+        let text = serde_json::to_string(&saved).unwrap();
+        let saved: Saved = serde_json::from_str(&text).unwrap();
+
+        // The restart: a new monotonic clock, ten seconds later on the wall.
+        let t1 = Instant::now() + Duration::from_secs(1000);
+        let after = Clocks {
+            now: t1,
+            wall: wall + Duration::from_secs(10),
+        };
+        let mut back = Queue::restore(q.rules(), &saved, after);
+        assert!(back.on_air().is_none());
+        let names: Vec<&str> = back.waiting().iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob", "dave"]);
+        assert!(back.waiting().iter().all(|w| w.away == Some(t1)));
+        // The block keeps its end: 60 s from the kick (3 s in), so 48 s after the restart
+        // (15 s in on the wall).
+        assert_eq!(
+            back.blocked_until("carol", t1),
+            Some(t1 + Duration::from_secs(48))
+        );
+        // Bob comes back first: alice is away, so bob goes on air; alice keeps first place.
+        assert_eq!(back.join("bob", t1), Joined::OnAir);
+        assert_eq!(back.join("alice", t1), Joined::Waiting(0));
+        // Dave does not come back within the grace period: his place goes.
+        back.tick(t1 + Duration::from_secs(31));
+        let names: Vec<&str> = back.waiting().iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["alice"]);
     }
 }

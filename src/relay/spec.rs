@@ -142,6 +142,11 @@ pub struct IngestSpec {
     pub stream_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A publish hook: a publish to our RTMP server with a key no relay or caster has is
+    /// POSTed here as `{relay, stream_key, peer}`; a 2xx answer (optionally `{"name"}`)
+    /// admits it to this relay (see `docs/queue.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
 }
 
 impl IngestSpec {
@@ -398,6 +403,33 @@ impl RelaySpec {
         }
         if let Some(queue) = &self.queue {
             queue.validate()?;
+            if self.ingest.stream_key.is_none() {
+                return Err(SpecError::new(
+                    "queue",
+                    "a queue relay takes its casters' publishes: give ingest.stream_key, not url",
+                ));
+            }
+            if !self.transcode {
+                return Err(SpecError::new(
+                    "queue",
+                    "a queue relay hands the air from caster to caster through its decoded \
+                     program: it needs transcode (the default)",
+                ));
+            }
+        }
+        if let Some(url) = &self.ingest.auth_url {
+            if self.ingest.stream_key.is_none() {
+                return Err(SpecError::new(
+                    "ingest.auth_url",
+                    "a publish hook admits publishers: give ingest.stream_key, not url",
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(SpecError::new(
+                    "ingest.auth_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
         }
         if let Some(overlay) = &self.overlay {
             for (field, url) in [
