@@ -675,7 +675,8 @@ mod tests {
         assert_eq!(back.join("bob", t1), Joined::OnAir);
         assert_eq!(back.join("alice", t1), Joined::Waiting(0));
         // Dave does not come back within the grace period: his place goes.
-        back.tick(t1 + Duration::from_secs(31));
+        back.set_timer(Duration::from_secs(60), false, t1);
+        assert_eq!(back.tick(t1 + Duration::from_secs(31)), Vec::new());
         let names: Vec<&str> = back.waiting().iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["alice"]);
     }
