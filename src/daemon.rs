@@ -177,6 +177,7 @@ pub async fn run(
                 hls_root: hls_root.clone(),
                 slates: Default::default(),
                 events: events.clone(),
+                queues_dir: Some(config.server.data_dir.join("queues")),
             },
             Some(store),
         )

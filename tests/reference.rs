@@ -254,6 +254,7 @@ fn registry(hls_root: &Path) -> Arc<Registry> {
             hls_root: hls_root.to_owned(),
             slates: Default::default(),
             events: Arc::new(EventBus::default()),
+            queues_dir: None,
         },
         None,
     ))

@@ -10,6 +10,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
+use crate::relay::casters::CasterError;
+use crate::relay::queue::QueueError;
 use crate::relay::registry::RegistryError;
 use crate::relay::spec::SpecError;
 use crate::relay::RelayError;
@@ -90,12 +92,36 @@ fn relay_status(e: &RelayError) -> (StatusCode, &'static str) {
         RelayError::Gone { .. } => (StatusCode::NOT_FOUND, "relay_not_found"),
         RelayError::OutputExists { .. } => (StatusCode::CONFLICT, "output_exists"),
         RelayError::NoSuchOutput { .. } => (StatusCode::NOT_FOUND, "output_not_found"),
+        RelayError::NoQueue { .. } => (StatusCode::NOT_FOUND, "no_queue"),
+        RelayError::Queue {
+            source: QueueError::NotQueued(_),
+            ..
+        } => (StatusCode::NOT_FOUND, "caster_not_queued"),
+        RelayError::Queue {
+            source: QueueError::BadOrder(_),
+            ..
+        } => (StatusCode::BAD_REQUEST, "invalid_order"),
+        RelayError::Blocked { .. }
+        | RelayError::CasterConnected { .. }
+        | RelayError::QueueNeedsCaster { .. } => (StatusCode::CONFLICT, "relay_state"),
     }
 }
 
 impl From<RelayError> for ApiError {
     fn from(e: RelayError) -> Self {
         let (status, code) = relay_status(&e);
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<CasterError> for ApiError {
+    fn from(e: CasterError) -> Self {
+        let (status, code) = match &e {
+            CasterError::Exists { .. } => (StatusCode::CONFLICT, "caster_exists"),
+            CasterError::NotFound { .. } => (StatusCode::NOT_FOUND, "caster_not_found"),
+            CasterError::NoQueue(_) => (StatusCode::NOT_FOUND, "no_queue"),
+            CasterError::Random(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
         Self::new(status, code, e.to_string())
     }
 }

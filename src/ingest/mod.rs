@@ -29,6 +29,8 @@
 pub mod flv;
 mod gate;
 pub mod harness;
+pub mod hold;
+mod hook;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -45,7 +47,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::IngestSettings;
 use crate::relay::registry::Registry;
-use crate::relay::{FeedClosed, IngestFeed};
+use crate::relay::{FeedClosed, IngestFeed, Seat, SeatCall};
+use hold::Hold;
 pub use protocol::APP_NAME;
 use protocol::{Action, Limits, MediaTag, Protocol, ProtocolError};
 
@@ -105,6 +108,8 @@ pub enum IngestError {
     PendingBudget { limit: usize },
     #[error("relay {relay}: no video picture within {waited:?} of the publish")]
     NoPicture { relay: String, waited: Duration },
+    #[error("relay {relay}: caster {caster}'s turn is over or they were kicked")]
+    TurnOver { relay: String, caster: String },
     #[error("relay {relay}: {source}")]
     Feed {
         relay: String,
@@ -202,6 +207,8 @@ struct Slots {
 /// What every connection of one server shares.
 struct Shared {
     settings: IngestSettings,
+    /// Asks the relays' publish hooks about keys nobody has.
+    hooks: hook::Hooks,
     registry: Arc<Registry>,
     failures: Failures,
     slots: Mutex<Slots>,
@@ -212,6 +219,7 @@ struct Shared {
 impl Shared {
     fn new(settings: IngestSettings, registry: Arc<Registry>) -> Self {
         Self {
+            hooks: hook::Hooks::default(),
             failures: Failures::new(settings.max_failed_publishes, DEFAULT_FAILURE_WINDOW),
             settings,
             registry,
@@ -395,6 +403,9 @@ fn spawn_connection(
                 warn!(%peer, reason = %reason, "rtmp publish refused")
             }
             Err(e @ IngestError::ShutOut) => debug!(%peer, error = %e, "rtmp connection ended"),
+            Err(e @ IngestError::TurnOver { .. }) => {
+                info!(%peer, reason = %e, "caster disconnected")
+            }
             Err(IngestError::NoPicture { relay, waited }) => warn!(
                 %peer,
                 relay = %relay,
@@ -454,6 +465,10 @@ async fn handle(
                     _ => return Err(IngestError::Timeout("waiting for data")),
                 },
             },
+            call = next_call(&mut conn.publish) => {
+                conn.on_call(call)?;
+                continue;
+            }
             _ = shutdown.changed() => return Ok(()),
         };
         if n == 0 {
@@ -483,9 +498,23 @@ struct Connection {
 /// An accepted publish.
 struct Publishing {
     relay: String,
-    feed: IngestFeed,
+    /// Into the program, while on air. Declared before `seat`, so it drops first: the relay
+    /// learns that the feed ended, then that the caster left.
+    feed: Option<IngestFeed>,
+    /// A queue relay's caster's place in line.
+    seat: Option<Seat>,
+    /// A waiting caster's latest pictures.
+    hold: Hold,
     since: Instant,
     picture_seen: bool,
+}
+
+/// The relay's next call to a queued caster's connection; pending for ever without a seat.
+async fn next_call(publish: &mut Option<Publishing>) -> Option<SeatCall> {
+    match publish.as_mut().and_then(|p| p.seat.as_mut()) {
+        Some(seat) => seat.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The deadline a connection answers to now.
@@ -574,29 +603,45 @@ impl Connection {
         }
     }
 
-    /// Asks the relay behind `stream_key` to take this publisher; on refusal, the RTMP status
-    /// code and the reason. Every refusal counts against the peer's address.
+    /// Asks the relay behind `stream_key` (a relay's key, a caster's, or one a relay's
+    /// publish hook admits) to take this publisher; on refusal, the RTMP status code and the
+    /// reason. Every refusal counts against the peer's address.
     async fn ask_relay(&self, stream_key: &str) -> Result<Publishing, (&'static str, String)> {
-        let Some(relay) = self.shared.registry.by_stream_key(stream_key) else {
+        let registry = &self.shared.registry;
+        let found = match registry.by_publish_key(stream_key) {
+            Some(found) => Some(found),
+            None => {
+                let hooked = registry.hooks();
+                self.shared.hooks.ask(&hooked, stream_key, self.peer).await
+            }
+        };
+        let Some((relay, caster)) = found else {
             // Counted before the delay: guesses arriving meanwhile already see a shut-out.
             self.count_failure();
             tokio::time::sleep(DEFAULT_REFUSAL_DELAY).await;
             return Err(("NetStream.Publish.BadName", "unknown stream key".to_owned()));
         };
         let taken = async {
-            let feed = relay
-                .publish(self.peer.to_string())
+            let admitted = relay
+                .publish(self.peer.to_string(), caster)
                 .await
                 .map_err(|e| ("NetStream.Publish.Denied", e.to_string()))?;
-            feed.push(flv::header()).map_err(|e| {
-                (
-                    "NetStream.Publish.Denied",
-                    format!("relay {}: {e}", relay.id()),
-                )
-            })?;
+            if let Some(feed) = &admitted.feed {
+                feed.push(flv::header()).map_err(|e| {
+                    (
+                        "NetStream.Publish.Denied",
+                        format!("relay {}: {e}", relay.id()),
+                    )
+                })?;
+            }
+            if let Some(place) = admitted.seat.as_ref().and_then(Seat::place) {
+                info!(peer = %self.peer, relay = %relay.id(), place, "caster waits in the queue");
+            }
             Ok(Publishing {
                 relay: relay.id().to_owned(),
-                feed,
+                feed: admitted.feed,
+                seat: admitted.seat,
+                hold: Hold::default(),
                 since: Instant::now(),
                 picture_seen: false,
             })
@@ -606,6 +651,36 @@ impl Connection {
             self.count_failure();
         }
         taken
+    }
+
+    /// The relay called this queued caster: to the air (their held pictures first), or off.
+    fn on_call(&mut self, call: Option<SeatCall>) -> Result<(), IngestError> {
+        let Some(p) = &mut self.publish else {
+            return Ok(());
+        };
+        let caster = || p.seat.as_ref().map_or_else(String::new, |s| s.name().to_owned());
+        let Some(SeatCall::OnAir(feed)) = call else {
+            return Err(IngestError::TurnOver {
+                relay: p.relay.clone(),
+                caster: caster(),
+            });
+        };
+        let (tags, latest) = p.hold.take();
+        // The latest held picture is dated now; the ones before it only prime the decoder.
+        if let Some(timestamp_ms) = latest {
+            feed.mark_first_frame(timestamp_ms);
+        }
+        let feed_error = |source| IngestError::Feed {
+            relay: p.relay.clone(),
+            source,
+        };
+        feed.push(flv::header()).map_err(feed_error)?;
+        for tag in tags {
+            feed.push(tag).map_err(feed_error)?;
+        }
+        debug!(peer = %self.peer, relay = %p.relay, "held caster handed to the program");
+        p.feed = Some(feed);
+        Ok(())
     }
 
     /// A failed publish from this connection's address; warns once when it shuts it out.
@@ -626,10 +701,16 @@ impl Connection {
             return Ok(());
         };
         if tag.picture {
-            p.feed.mark_first_frame(tag.timestamp_ms);
             p.picture_seen = true;
         }
-        p.feed.push(tag.bytes).map_err(|source| IngestError::Feed {
+        let Some(feed) = &p.feed else {
+            p.hold.keep(tag.bytes, tag.picture, tag.timestamp_ms);
+            return Ok(());
+        };
+        if tag.picture {
+            feed.mark_first_frame(tag.timestamp_ms);
+        }
+        feed.push(tag.bytes).map_err(|source| IngestError::Feed {
             relay: p.relay.clone(),
             source,
         })
@@ -668,6 +749,7 @@ mod tests {
                 hls_root: std::env::temp_dir(),
                 slates: Default::default(),
                 events: Default::default(),
+                queues_dir: None,
             },
             None,
         );

@@ -80,6 +80,14 @@ impl IngestBranch {
         self.bin.name().to_string()
     }
 
+    /// Sets the priority of its switch pads (lower is preferred): a caster whose turn ended
+    /// steps down to [`switch::OUTGOING_PRIORITY`] while the next one starts.
+    pub fn set_priority(&self, priority: u32) {
+        for (_, pad) in &self.switch_pads {
+            pad.set_property("priority", priority);
+        }
+    }
+
     /// The frames its rate adapter dropped and duplicated to hold the program's frame rate.
     pub fn frames_dropped_and_duplicated(&self) -> Option<(u64, u64)> {
         let rate = self.bin.by_name("video-rate")?;

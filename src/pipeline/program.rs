@@ -342,6 +342,13 @@ impl Program {
         input::detach(&self.pipeline, branch);
     }
 
+    /// See [`Switch::hold_for_handover`]; a passthrough program has no switch.
+    pub fn hold_for_handover(&self, hold: bool) {
+        if let Some(switch) = &self.switch {
+            switch.hold_for_handover(hold);
+        }
+    }
+
     /// Shows `picture` (at the program's size) whenever no publisher is on.
     pub fn set_slate(&self, picture: &image::RgbaImage) {
         if let Some(switch) = &self.switch {

@@ -4,7 +4,7 @@
 //! ```text
 //! slate:  appsrc "slate" (one RGBA picture) ─ videoconvert ─ videoscale ─ imagefreeze (live)
 //!   ─ capsfilter ─ queue ─┐
-//! publishers (priority 0) ┴► fallbackswitch "video-switch" (slate: priority 1) ─ livesync "video-sync" ─►
+//! publishers (priority 0) ┴► fallbackswitch "video-switch" (slate: priority 2) ─ livesync "video-sync" ─►
 //! silence: audiotestsrc "silence" (live) ─ capsfilter ─ queue ─┐
 //! publishers (priority 0) ──────────────────────────────────────┴► fallbackswitch "audio-switch"
 //!   ─ livesync "audio-sync" ─►
@@ -14,6 +14,9 @@
 //! the slate and posts [`INPUT_SWITCHED`]; when they come back, it takes them again. The syncs
 //! give everything downstream one segment, one clock and no holes (they repeat the last frame
 //! or play silence), so encoders, HLS and every RTMP session carry on as if nothing happened.
+//! A queue relay hands over from caster to caster without the slate: the caster whose turn
+//! ended steps down to [`OUTGOING_PRIORITY`], the switches wait [`HANDOVER_TIMEOUT`], and the
+//! next caster (priority 0) takes the air with their first frame.
 //!
 //! Owns these elements, the program's raw caps (which every input is normalised to) and the
 //! switch report. It must not build the publishers' branches ([`super::input`] does, and links
@@ -38,8 +41,15 @@ pub const DEFAULT_INPUT_LATENCY: Duration = Duration::from_millis(300);
 const DEFAULT_SYNC_SLACK: Duration = Duration::from_millis(100);
 /// The switch pad priority of a publisher: preferred whenever it delivers.
 pub const PUBLISHER_PRIORITY: u32 = 0;
+/// The switch pad priority of a queue relay's caster whose turn just ended: kept on air, frozen
+/// on their last frame if they have gone, until the next caster's first frame takes over.
+pub const OUTGOING_PRIORITY: u32 = 1;
 /// The switch pad priority of the slate and the silence: what the switch falls back to.
-const FALLBACK_PRIORITY: u32 = 1;
+const FALLBACK_PRIORITY: u32 = 2;
+/// How long the switches wait for an input during a hand-over from one caster to the next
+/// (instead of [`DEFAULT_INPUT_TIMEOUT`]): the next caster's decoder starting from their held
+/// keyframe must fit in it.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The slate's source, the two switches and the syncs that end the switched part.
 pub struct Switch {
@@ -61,6 +71,19 @@ impl Switch {
         let buffer = gst::Buffer::from_mut_slice(picture.as_raw().clone());
         if let Err(e) = self.slate.push_buffer(buffer) {
             tracing::debug!(element = %self.slate.path_string(), error = ?e, "slate not taken");
+        }
+    }
+
+    /// Lets the switches wait [`HANDOVER_TIMEOUT`] for an input (`true`) instead of
+    /// [`DEFAULT_INPUT_TIMEOUT`] (`false`) before they take the slate.
+    pub fn hold_for_handover(&self, hold: bool) {
+        let timeout = if hold {
+            HANDOVER_TIMEOUT
+        } else {
+            DEFAULT_INPUT_TIMEOUT
+        };
+        for switch in [&self.video, &self.audio] {
+            switch.set_property("timeout", timeout.as_nanos() as u64);
         }
     }
 
@@ -279,7 +302,7 @@ fn report_switches(switch: &gst::Element) {
     switch.connect_notify(Some("active-pad"), |switch, _| {
         let slate = switch
             .property::<Option<gst::Pad>>("active-pad")
-            .is_some_and(|pad| pad.property::<u32>("priority") > PUBLISHER_PRIORITY);
+            .is_some_and(|pad| pad.property::<u32>("priority") >= FALLBACK_PRIORITY);
         let s = gst::Structure::builder(INPUT_SWITCHED)
             .field("slate", slate)
             .build();

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::actor::Event;
+use super::queue::{QueueError, Saved as QueueSaved};
 use super::spec::{OutputSpec, RelaySpec};
 use super::state::OutputState;
 use crate::pipeline::input::Arrival;
@@ -41,6 +42,20 @@ pub enum RelayError {
     OutputExists { id: String, output: String },
     #[error("relay {id} has no output {output:?}")]
     NoSuchOutput { id: String, output: String },
+    #[error("relay {id} has no queue")]
+    NoQueue { id: String },
+    #[error("relay {id}: {source}")]
+    Queue { id: String, source: QueueError },
+    #[error("relay {id}: caster {name} is blocked for {seconds} s more (their turn ended or they were kicked)")]
+    Blocked {
+        id: String,
+        name: String,
+        seconds: u64,
+    },
+    #[error("relay {id}: caster {name} is already connected")]
+    CasterConnected { id: String, name: String },
+    #[error("relay {id} is a queue relay: publish with a caster's stream key")]
+    QueueNeedsCaster { id: String },
 }
 
 /// The relay's overall state, computed from what is.
@@ -200,6 +215,85 @@ impl Drop for IngestFeed {
     }
 }
 
+/// What an accepted publish gets: the feed into the program when it is on air, and, on a
+/// queue relay, the caster's seat in the queue.
+pub struct Admitted {
+    pub feed: Option<IngestFeed>,
+    pub seat: Option<Seat>,
+}
+
+/// A connected caster's place in a queue relay, held by their RTMP connection: the relay
+/// calls it to the air when their turn comes and off when it ends. Dropping it (the
+/// connection ended) tells the relay the caster left.
+pub struct Seat {
+    pub(super) name: String,
+    pub(super) id: u64,
+    pub(super) calls: mpsc::UnboundedReceiver<SeatCall>,
+    pub(super) events: mpsc::UnboundedSender<Event>,
+    /// Where they wait in line (0: next), or `None` on air.
+    pub(super) place: Option<usize>,
+}
+
+/// What the relay tells a caster's connection.
+pub enum SeatCall {
+    /// Their turn: push their held pictures and then their stream here.
+    OnAir(IngestFeed),
+    /// Their turn ended, or they were kicked: close the connection.
+    Off,
+}
+
+impl Seat {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Their place in line when they joined (0: next), or `None` when they went on air.
+    pub fn place(&self) -> Option<usize> {
+        self.place
+    }
+
+    /// The relay's next call; `None` once the relay has gone.
+    pub async fn next(&mut self) -> Option<SeatCall> {
+        self.calls.recv().await
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::SeatGone {
+            name: std::mem::take(&mut self.name),
+            seat: self.id,
+        });
+    }
+}
+
+/// A queue as the API shows it: the saved form (wall-clock seconds) and who is connected.
+#[derive(Debug, Clone)]
+pub struct QueueStatus {
+    pub saved: QueueSaved,
+    /// The casters connected now (on air or waiting).
+    pub connected: Vec<String>,
+}
+
+/// An operator's change to a queue.
+#[derive(Debug, Clone)]
+pub enum QueueOp {
+    /// End the turn on air.
+    Skip,
+    /// Disconnect this caster (and block them, if the block is on).
+    Kick(String),
+    /// The waiting casters, in their new order.
+    Order(Vec<String>),
+    /// The turn's new length; with `reset`, the turn on air starts again now.
+    Timer { seconds: u64, reset: bool },
+    /// Turns the block of kicked casters on or off (`None`: flips it).
+    Block(Option<bool>),
+    /// A caster was added: save the list.
+    CasterAdded,
+    /// A caster was deleted: out of the queue, disconnected, and the list saved.
+    CasterRemoved(String),
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub(super) fn unix_millis() -> u64 {
     SystemTime::now()
@@ -214,7 +308,14 @@ pub(super) enum Command {
     Status(oneshot::Sender<RelayStatus>),
     Publish {
         peer: String,
-        reply: oneshot::Sender<Result<IngestFeed, RelayError>>,
+        /// The caster publishing, on a queue relay.
+        caster: Option<String>,
+        reply: oneshot::Sender<Result<Admitted, RelayError>>,
+    },
+    Queue(oneshot::Sender<Result<QueueStatus, RelayError>>),
+    QueueOp {
+        op: QueueOp,
+        reply: oneshot::Sender<Result<QueueStatus, RelayError>>,
     },
     AddOutput {
         spec: OutputSpec,
@@ -285,9 +386,28 @@ impl RelayHandle {
         self.ask(Command::Counters).await
     }
 
-    /// Asks the relay to take a publisher from `peer`.
-    pub async fn publish(&self, peer: String) -> Result<IngestFeed, RelayError> {
-        self.ask(|reply| Command::Publish { peer, reply }).await?
+    /// Asks the relay to take a publisher from `peer` (on a queue relay, caster `caster`).
+    pub async fn publish(
+        &self,
+        peer: String,
+        caster: Option<String>,
+    ) -> Result<Admitted, RelayError> {
+        self.ask(|reply| Command::Publish {
+            peer,
+            caster,
+            reply,
+        })
+        .await?
+    }
+
+    /// The queue of a queue relay.
+    pub async fn queue(&self) -> Result<QueueStatus, RelayError> {
+        self.ask(Command::Queue).await?
+    }
+
+    /// Changes the queue of a queue relay.
+    pub async fn queue_op(&self, op: QueueOp) -> Result<QueueStatus, RelayError> {
+        self.ask(|reply| Command::QueueOp { op, reply }).await?
     }
 
     /// Adds an RTMP destination; it goes live at once when the relay is.

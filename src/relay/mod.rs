@@ -8,13 +8,15 @@
 //! - [`lifecycle`]: the program's life (stopped, waiting, running, draining, retrying);
 //! - [`destinations`] and [`state`]: each destination's state, stalls, timeouts and backoff;
 //! - [`scorebug`]: the scoreboard, logos, poller and when to draw the overlay;
-//! - [`observe`]: the live events diffed from the actor's state, and the counters.
+//! - [`observe`]: the live events diffed from the actor's state, and the counters;
+//! - [`queue`]: a queue relay's turns, kicks and blocks ([`casters`] holds its casters' keys).
 //!
 //! Beside the actor: [`spec`] (the relay's JSON shape, shared by the config file and the
 //! API), [`registry`] (ids and stream keys to handles, and when to save) and [`store`] (the
 //! state file the API's relays are saved to).
 
 mod actor;
+pub mod casters;
 pub mod destinations;
 pub mod handle;
 pub mod lifecycle;
@@ -35,8 +37,8 @@ use crate::render::{self, SlateMessage};
 
 pub use actor::spawn;
 pub use handle::{
-    FeedClosed, IngestFeed, OnAir, OutputStatus, PublisherStatus, RelayCounters, RelayError,
-    RelayHandle, RelayPhase, RelayStatus, ScoreStatus,
+    Admitted, FeedClosed, IngestFeed, OnAir, OutputStatus, PublisherStatus, QueueOp, QueueStatus,
+    RelayCounters, RelayError, RelayHandle, RelayPhase, RelayStatus, ScoreStatus, Seat, SeatCall,
 };
 
 /// The slate's background, drawn under its message at the program's size.
@@ -53,6 +55,9 @@ pub struct RelayContext {
     pub slates: Slates,
     /// Where relays publish their live events.
     pub events: Arc<EventBus>,
+    /// `<data_dir>/queues`: each queue relay saves its casters and its queue in
+    /// `<id>.json` there. `None`: kept in memory only.
+    pub queues_dir: Option<PathBuf>,
 }
 
 /// The slate pictures, drawn on first use (every relay shares the program size).

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{error, info, warn};
 
+use super::casters::Casters;
 use super::spec::{OutputSpec, RelaySpec, SpecError};
 use super::store::{SavedRelay, Store, StoreError};
 use super::{spawn, RelayContext, RelayError, RelayHandle, RelayPhase, RelayStatus};
@@ -62,6 +63,10 @@ pub enum Origin {
 struct Entry {
     handle: RelayHandle,
     stream_key: Option<String>,
+    /// A queue relay's casters (empty for others), shared with its actor.
+    casters: Arc<Casters>,
+    /// Its publish hook (`ingest.auth_url`).
+    auth_url: Option<String>,
     origin: Origin,
     /// Held through each operator change, so changes to one relay never interleave.
     ops: Arc<Mutex<()>>,
@@ -136,12 +141,16 @@ impl Registry {
         }
         key_clash(&relays, &spec)?;
         let id = spec.id.clone();
-        let handle = spawn(spec, self.ctx.clone());
+        let casters = Arc::new(Casters::default());
+        let auth_url = spec.ingest.auth_url.clone();
+        let handle = spawn(spec, self.ctx.clone(), casters.clone());
         relays.insert(
             id,
             Entry {
                 handle: handle.clone(),
                 stream_key,
+                casters,
+                auth_url,
                 origin,
                 ops: Arc::default(),
             },
@@ -223,6 +232,44 @@ impl Registry {
             }
         }
         found
+    }
+
+    /// The relay a publish with `stream_key` goes to, and the caster it names on a queue
+    /// relay. Every relay's key and every caster's are compared, each in constant time.
+    pub fn by_publish_key(&self, stream_key: &str) -> Option<(RelayHandle, Option<String>)> {
+        let relays = self.relays.read().expect("registry lock poisoned");
+        let mut found = None;
+        for entry in relays.values() {
+            let matches = entry
+                .stream_key
+                .as_deref()
+                .is_some_and(|key| constant_time_eq(key.as_bytes(), stream_key.as_bytes()));
+            if matches {
+                found = Some((entry.handle.clone(), None));
+            }
+            if let Some(name) = entry.casters.by_key(stream_key) {
+                found = Some((entry.handle.clone(), Some(name)));
+            }
+        }
+        found
+    }
+
+    /// The relays with a publish hook, and its URL, ordered by id.
+    pub fn hooks(&self) -> Vec<(RelayHandle, String)> {
+        let relays = self.relays.read().expect("registry lock poisoned");
+        relays
+            .values()
+            .filter_map(|e| Some((e.handle.clone(), e.auth_url.clone()?)))
+            .collect()
+    }
+
+    /// A queue relay's casters.
+    pub fn casters(&self, id: &str) -> Result<Arc<Casters>, RegistryError> {
+        let relays = self.relays.read().expect("registry lock poisoned");
+        relays
+            .get(id)
+            .map(|e| e.casters.clone())
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
     }
 
     /// Every relay, ordered by id.
@@ -379,7 +426,8 @@ impl Registry {
             let entry = relays
                 .get_mut(id)
                 .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
-            let new = spawn(spec, self.ctx.clone());
+            entry.auth_url = spec.ingest.auth_url.clone();
+            let new = spawn(spec, self.ctx.clone(), entry.casters.clone());
             entry.handle = new.clone();
             entry.stream_key = stream_key;
             new
@@ -401,6 +449,10 @@ impl Registry {
         };
         let entry = entry.ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         entry.handle.shutdown().await;
+        if let Some(dir) = &self.ctx.queues_dir {
+            // Its casters' keys go with it.
+            let _ = tokio::fs::remove_file(dir.join(format!("{id}.json"))).await;
+        }
         self.ctx
             .events
             .publish("relay_removed", id, Value::Object(Default::default()));

@@ -32,9 +32,9 @@ const DEFAULT_STABLE_AFTER: Duration = Duration::from_secs(60);
 /// The input attached to a decoded program: a publisher's or a pulled stream's branch.
 pub(super) struct Attached {
     pub(super) branch: IngestBranch,
-    generation: u64,
+    pub(super) generation: u64,
     /// When the publisher last sent bytes (ms since the Unix epoch); pulled streams: unused.
-    last_data: Arc<AtomicU64>,
+    pub(super) last_data: Arc<AtomicU64>,
 }
 
 impl Actor {
@@ -60,46 +60,49 @@ impl Actor {
             self.publisher = None;
             self.detach_input("replaced by a new publisher");
         }
-        let (appsrc, arrival, generation, last_data) = if self.spec.transcode {
+        let feed = if self.spec.transcode {
             if self.program.is_none() {
                 return Err(RelayError::NotRunning { id });
             }
             let attached = self.attach(&Source::Push)?;
-            let appsrc = attached
-                .branch
-                .appsrc
-                .clone()
-                .expect("push branches have an appsrc");
-            let arrival = attached.branch.arrival.clone();
-            let parts = (
-                appsrc,
-                arrival,
-                attached.generation,
-                attached.last_data.clone(),
-            );
+            let feed = self.feed_of(&attached);
             self.input = Some(attached);
-            parts
+            feed
         } else {
             // A previous program may still be draining: it gives way to the new publisher.
             self.teardown_program();
             let (appsrc, arrival) = self.start_program(Some(Source::Push))?;
-            let appsrc = appsrc.expect("push programs have an ingest appsrc");
-            let last_data = Arc::new(AtomicU64::new(unix_millis()));
-            (appsrc, arrival, self.generation, last_data)
+            IngestFeed {
+                appsrc: appsrc.expect("push programs have an ingest appsrc"),
+                arrival,
+                events: self.events_tx.clone(),
+                generation: self.generation,
+                last_data: Arc::new(AtomicU64::new(unix_millis())),
+                bytes_in: self.observer.bytes_in().clone(),
+            }
         };
         info!(relay = %id, peer = %peer, "publisher connected");
         self.publisher = Some(PublisherStatus {
             peer,
             since: SystemTime::now(),
         });
-        Ok(IngestFeed {
-            appsrc,
-            arrival,
+        Ok(feed)
+    }
+
+    /// A feed into `attached`'s appsrc (a push branch).
+    pub(super) fn feed_of(&self, attached: &Attached) -> IngestFeed {
+        IngestFeed {
+            appsrc: attached
+                .branch
+                .appsrc
+                .clone()
+                .expect("push branches have an appsrc"),
+            arrival: attached.branch.arrival.clone(),
             events: self.events_tx.clone(),
-            generation,
-            last_data,
+            generation: attached.generation,
+            last_data: attached.last_data.clone(),
             bytes_in: self.observer.bytes_in().clone(),
-        })
+        }
     }
 
     /// Attaches the pulled stream to a decoded program; on failure, retries with backoff
@@ -128,7 +131,7 @@ impl Actor {
     }
 
     /// Attaches `source` to the running decoded program.
-    fn attach(&mut self, source: &Source) -> Result<Attached, RelayError> {
+    pub(super) fn attach(&mut self, source: &Source) -> Result<Attached, RelayError> {
         let id = self.spec.id.clone();
         let running = self
             .program
@@ -148,7 +151,7 @@ impl Actor {
 
     /// Detaches the program's input, if any; the slate takes over, saying "we'll be right
     /// back".
-    fn detach_input(&mut self, why: &str) {
+    pub(super) fn detach_input(&mut self, why: &str) {
         let Some(attached) = self.input.take() else {
             return;
         };
@@ -206,6 +209,10 @@ impl Actor {
 
     /// The switch changed what is on air.
     pub(super) fn on_switched(&mut self, slate: bool) {
+        if !slate {
+            // A queue relay's next caster took the air: the outgoing one's branch goes.
+            self.end_outgoing();
+        }
         let on_air = if slate { OnAir::Slate } else { OnAir::Input };
         if self.on_air.map(|(o, _)| o) == Some(on_air) {
             return;

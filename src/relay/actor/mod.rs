@@ -8,7 +8,8 @@
 //! in [`super::observe`]. The actor's own parts are split by what they drive:
 //! - `program`: building, draining and tearing down the program pipeline, and its bus;
 //! - `input`: the publisher or pulled stream attached to the program;
-//! - `outputs`: each destination's push pipeline.
+//! - `outputs`: each destination's push pipeline;
+//! - `queue`: a queue relay's casters, seats and hand-overs.
 //!
 //! It must not block: pipelines are set to `Null` on threads of their own ([`abandon`]), and
 //! rendering runs on blocking tasks.
@@ -16,6 +17,7 @@
 mod input;
 mod outputs;
 mod program;
+mod queue;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -30,8 +32,9 @@ use tokio::time::Instant;
 use tracing::{error, info};
 
 use super::destinations::Destinations;
+use super::casters::Casters;
 use super::handle::{
-    Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle, RelayPhase,
+    Admitted, Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle, RelayPhase,
     RelayStatus,
 };
 use super::lifecycle::{LifeEvent, Lifecycle, Retry};
@@ -44,6 +47,7 @@ use crate::pipeline::bus::{self, ProgramEvent};
 use input::Attached;
 use outputs::RunningOutput;
 use program::RunningProgram;
+use queue::QueueRelay;
 
 /// How often the actor samples destination byte counters and due retries.
 const DEFAULT_TICK: Duration = Duration::from_millis(500);
@@ -64,10 +68,15 @@ pub(in crate::relay) enum Event {
     PublisherGone {
         generation: u64,
     },
+    /// A queue relay's caster's connection ended.
+    SeatGone {
+        name: String,
+        seat: u64,
+    },
 }
 
 /// Spawns the actor for `spec` and returns its handle.
-pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
+pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> RelayHandle {
     let (tx, rx) = mpsc::channel(DEFAULT_COMMAND_QUEUE);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let handle = RelayHandle {
@@ -75,7 +84,12 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>) -> RelayHandle {
         tx,
     };
     let size = (ctx.program.width, ctx.program.height);
+    let queue = spec
+        .queue
+        .as_ref()
+        .map(|q| QueueRelay::load(&spec.id, q.rules(), casters, ctx.queues_dir.as_deref()));
     let actor = Actor {
+        queue,
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
@@ -131,6 +145,8 @@ struct Actor {
     pings: Vec<oneshot::Sender<Result<(), String>>>,
     /// The program's encoded frames at the last ping.
     ping_frames: u64,
+    /// A queue relay's casters and queue.
+    queue: Option<QueueRelay>,
 }
 
 impl Actor {
@@ -138,6 +154,7 @@ impl Actor {
         let mut tick = tokio::time::interval(DEFAULT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let queue_due = self.queue_due();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
@@ -155,6 +172,9 @@ impl Actor {
                 Some(event) = self.events_rx.recv() => self.on_event(event),
                 Some(update) = self.scorebug.next_poll() => self.scorebug.on_poll(update),
                 _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(queue_due.unwrap_or_else(Instant::now)), if queue_due.is_some() => {
+                    self.tick_queue(Instant::now());
+                }
             }
             self.look();
         }
@@ -174,8 +194,28 @@ impl Actor {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Publish { peer, reply } => {
-                let _ = reply.send(self.accept_publisher(peer));
+            Command::Publish {
+                peer,
+                caster,
+                reply,
+            } => {
+                let admitted = match (caster, self.queue.is_some()) {
+                    (Some(name), true) => self.join_queue(name, peer),
+                    (None, true) => Err(RelayError::QueueNeedsCaster {
+                        id: self.spec.id.clone(),
+                    }),
+                    (_, false) => self.accept_publisher(peer).map(|feed| Admitted {
+                        feed: Some(feed),
+                        seat: None,
+                    }),
+                };
+                let _ = reply.send(admitted);
+            }
+            Command::Queue(reply) => {
+                let _ = reply.send(self.queue_status());
+            }
+            Command::QueueOp { op, reply } => {
+                let _ = reply.send(self.queue_op(op));
             }
             Command::AddOutput { spec, reply } => {
                 let result = self.add_output(spec);
@@ -256,7 +296,12 @@ impl Actor {
                 generation,
                 event,
             } => self.on_output_event(&output, generation, &event),
-            Event::PublisherGone { generation } => self.on_publisher_gone(generation),
+            Event::PublisherGone { generation } => {
+                if !self.queue_publisher_gone(generation) {
+                    self.on_publisher_gone(generation);
+                }
+            }
+            Event::SeatGone { name, seat } => self.on_seat_gone(&name, seat),
         }
     }
 

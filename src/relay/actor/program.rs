@@ -207,6 +207,7 @@ impl Actor {
         }
         // Its branch goes with the pipeline; the publisher's feed fails and it is dropped.
         self.input = None;
+        self.queue_program_gone();
         self.input_retry = None;
         self.on_air = None;
         if let Some(program) = self.program.take() {
