@@ -53,6 +53,9 @@ pub struct CompatSettings {
     pub outputs: CompatOutput,
     /// The relay's HLS.
     pub hls: HlsSpec,
+    /// The queue relay the seed's queue routes (`/queue-json`, `/queue-list`,
+    /// `/update-timer/{seconds}`, `/update-block-toggle/`) act on.
+    pub queue_relay: Option<String>,
 }
 
 /// `[compat.outputs]`: the destination `/start_stream` pushes to, as a relay's `outputs[]`
@@ -175,6 +178,10 @@ impl CompatSettings {
 
     /// Checks the section by building the relay it would make, naming the `compat.` key.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(id) = &self.queue_relay {
+            crate::relay::spec::check_name("compat.queue_relay", id)
+                .map_err(|e| (e.field, e.message))?;
+        }
         if let Some(template) = &self.ingest {
             if !template.contains(PLACEHOLDER) {
                 return Err((

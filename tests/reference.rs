@@ -241,6 +241,8 @@ fn concrete(template: &str) -> String {
     template
         .replace("{id}", "nope")
         .replace("{output_id}", "nope")
+        .replace("{name}", "nope")
+        .replace("{seconds}", "60")
         .replace("{relay}", "nope")
         .replace("{rendition}", "720p")
         .replace("{file}", "index.m3u8")

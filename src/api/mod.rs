@@ -15,6 +15,7 @@ pub mod error;
 pub mod handlers;
 pub mod hls;
 pub mod metrics;
+pub mod queue;
 pub mod server;
 pub mod tls;
 pub mod wire;
@@ -32,6 +33,7 @@ use warp::{Filter, Reply};
 
 use crate::compat::CompatSettings;
 use crate::relay::registry::Registry;
+use crate::relay::QueueOp;
 use crate::secrets::Sight;
 use auth::Auth;
 use browsers::Browsers;
@@ -284,7 +286,7 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         with_compat
             .clone()
             .and(with_registry.clone())
-            .and(body)
+            .and(body.clone())
             .then(handlers::stop_stream)
             .and_then(finish)
             .recover(error::recover_compat)
@@ -293,9 +295,93 @@ pub fn table(shared: &Shared) -> Vec<Route> {
     let list_streams = warp::path!("list_streams")
         .and(warp::get())
         .and(sight.clone())
-        .and(with_compat)
-        .and(with_registry)
+        .and(with_compat.clone())
+        .and(with_registry.clone())
         .then(handlers::list_streams)
+        .and_then(finish);
+
+    let casters = warp::path!("api" / "v1" / "relays" / String / "casters");
+    let list_casters = casters
+        .and(warp::get())
+        .and(sight.clone())
+        .and(with_registry.clone())
+        .then(queue::list_casters)
+        .and_then(finish);
+    let add_caster = casters
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(queue::add_caster)
+        .and_then(finish);
+    let delete_caster = warp::path!("api" / "v1" / "relays" / String / "casters" / String)
+        .and(warp::delete())
+        .and(with_registry.clone())
+        .then(queue::delete_caster)
+        .and_then(finish);
+    let get_queue = warp::path!("api" / "v1" / "relays" / String / "queue")
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(queue::get_queue)
+        .and_then(finish);
+    let skip = warp::path!("api" / "v1" / "relays" / String / "queue" / "skip")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .then(|id, registry| queue::operate(id, QueueOp::Skip, registry))
+        .and_then(finish);
+    let order = warp::path!("api" / "v1" / "relays" / String / "queue" / "order")
+        .and(warp::put())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(queue::put_order)
+        .and_then(finish);
+    let timer = warp::path!("api" / "v1" / "relays" / String / "queue" / "timer")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(queue::post_timer)
+        .and_then(finish);
+    let kick = warp::path!("api" / "v1" / "relays" / String / "queue" / String)
+        .and_then(|id: String, name: String| async move {
+            // .../queue/skip, order and timer are routes of their own, not casters.
+            if queue::RESERVED_NAMES.contains(&name.as_str()) {
+                Err(warp::reject::not_found())
+            } else {
+                Ok((id, name))
+            }
+        })
+        .untuple_one()
+        .and(warp::delete())
+        .and(with_registry.clone())
+        .then(|id, name, registry| queue::operate(id, QueueOp::Kick(name), registry))
+        .and_then(finish);
+    let seed_json = warp::path!("queue-json")
+        .and(warp::get())
+        .and(with_compat.clone())
+        .and(with_registry.clone())
+        .then(queue::seed_json)
+        .and_then(finish);
+    let seed_list = warp::path!("queue-list")
+        .and(warp::get())
+        .and(with_compat.clone())
+        .and(with_registry.clone())
+        .then(queue::seed_list)
+        .and_then(finish);
+    let seed_timer = warp::path!("update-timer" / u64)
+        .and(warp::get())
+        .and(warp::query::<queue::ResetQuery>())
+        .and(sight.clone())
+        .and(warp::header::headers_cloned())
+        .and(with_compat.clone())
+        .and(with_registry.clone())
+        .then(queue::seed_timer)
+        .and_then(finish);
+    let seed_toggle = warp::path!("update-block-toggle")
+        .and(warp::get())
+        .and(sight.clone())
+        .and(warp::header::headers_cloned())
+        .and(with_compat.clone())
+        .and(with_registry.clone())
+        .then(queue::seed_block_toggle)
         .and_then(finish);
 
     let hls = warp::path("hls")
@@ -338,6 +424,22 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         ),
         route("GET", &["/api/v1/relays/{id}/score"], get_score),
         route("PUT", &["/api/v1/relays/{id}/score"], put_score),
+        route("GET", &["/api/v1/relays/{id}/casters"], list_casters),
+        route("POST", &["/api/v1/relays/{id}/casters"], add_caster),
+        route(
+            "DELETE",
+            &["/api/v1/relays/{id}/casters/{name}"],
+            delete_caster,
+        ),
+        route("GET", &["/api/v1/relays/{id}/queue"], get_queue),
+        route("POST", &["/api/v1/relays/{id}/queue/skip"], skip),
+        route("PUT", &["/api/v1/relays/{id}/queue/order"], order),
+        route("POST", &["/api/v1/relays/{id}/queue/timer"], timer),
+        route("DELETE", &["/api/v1/relays/{id}/queue/{name}"], kick),
+        route("GET", &["/queue-json"], seed_json),
+        route("GET", &["/queue-list"], seed_list),
+        route("GET", &["/update-timer/{seconds}"], seed_timer),
+        route("GET", &["/update-block-toggle/"], seed_toggle),
         route("POST", &["/start_stream"], start_stream),
         route("POST", &["/stop_stream"], stop_stream),
         route("GET", &["/list_streams"], list_streams),
@@ -367,7 +469,8 @@ pub struct Shared {
 pub enum Which {
     /// Every route (`server.api_listen`).
     All,
-    /// The three compatible routes only (`compat.listen`, the old service's port).
+    /// The compatible routes only (`compat.listen`, the old service's port): the Flask
+    /// relay's three and the seed's queue routes.
     Compat,
 }
 
@@ -388,7 +491,11 @@ pub fn routes(
     // crate take twenty minutes to compile.
     let all = table(shared)
         .into_iter()
-        .filter(|route| which == Which::All || browsers::COMPAT_PATHS.contains(&route.paths[0]))
+        .filter(|route| {
+            which == Which::All
+                || browsers::COMPAT_PATHS.contains(&route.paths[0])
+                || queue::SEED_PATHS.contains(&route.paths[0])
+        })
         .map(|route| route.filter)
         .chain([empty_id.boxed()])
         .reduce(|routes, route| routes.or(route).unify().boxed())
