@@ -68,7 +68,7 @@ fn the_example_config_loads_as_it_is_and_uncommented() {
 
     let config = parse(&uncommented(EXAMPLE));
     let ids: Vec<_> = config.relays.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, ["final", "show", "raw", "feed"]);
+    assert_eq!(ids, ["final", "show", "raw", "feed", "community"]);
     assert_eq!(config.auth.tokens.len(), 4);
 }
 
