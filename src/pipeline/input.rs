@@ -388,18 +388,25 @@ fn date_stream(pad: &gst::Pad, buffer: &gst::BufferRef, arrival: &Arrival) -> i6
     let Some(base) = base else { return 0 };
     let base = base.nseconds() as i64;
     match arrival.get() {
-        Some((timestamp, at)) => at.nseconds() as i64 - base - timestamp as i64,
+        // The marked frame's running time, not its timestamp: a queued caster's stream starts
+        // at their held keyframe, seconds in, and the segment may start there.
+        Some((timestamp, at)) => {
+            let marked = gst::ClockTime::from_nseconds(timestamp);
+            let running = running_time(pad, marked).unwrap_or(timestamp as i64);
+            at.nseconds() as i64 - base - running
+        }
         None => {
             let now = gst::SystemClock::obtain().time().nseconds() as i64;
-            now - base - running_time(pad, buffer).unwrap_or(0)
+            let running = buffer.pts().and_then(|pts| running_time(pad, pts));
+            now - base - running.unwrap_or(0)
         }
     }
 }
 
-/// `buffer`'s running time on `pad`, in nanoseconds.
-fn running_time(pad: &gst::Pad, buffer: &gst::BufferRef) -> Option<i64> {
+/// The running time of timestamp `pts` on `pad`, in nanoseconds.
+fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<i64> {
     let event = pad.sticky_event::<gst::event::Segment>(0)?;
     let segment = event.segment().downcast_ref::<gst::ClockTime>()?.clone();
-    let running = segment.to_running_time(buffer.pts()?)?;
+    let running = segment.to_running_time(pts)?;
     Some(running.nseconds() as i64)
 }
