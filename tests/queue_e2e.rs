@@ -16,10 +16,31 @@ fn caster(url: &str, colour: &str, tone: u32) -> Process {
         "ffmpeg caster",
         Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", &format!("color=c={colour}:size=320x180:rate=30")])
-            .args(["-f", "lavfi", "-i", &format!("sine=frequency={tone}:sample_rate=48000")])
-            .args(["-t", "60", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency"])
-            .args(["-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("color=c={colour}:size=320x180:rate=30"),
+            ])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("sine=frequency={tone}:sample_rate=48000"),
+            ])
+            .args([
+                "-t",
+                "60",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
+            ])
             .args(["-f", "flv", url])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -31,7 +52,15 @@ fn colours(file: &std::path::Path) -> Vec<char> {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(file)
-        .args(["-vf", "fps=10,scale=16:9", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-vf",
+            "fps=10,scale=16:9",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
         .output()
         .expect("run ffmpeg");
     out.stdout
@@ -81,7 +110,10 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
     let mut keys = Vec::new();
     for name in ["alice", "bob", "carol"] {
         let (status, caster) = daemon
-            .post("/api/v1/relays/community/casters", &format!(r#"{{"name":"{name}"}}"#))
+            .post(
+                "/api/v1/relays/community/casters",
+                &format!(r#"{{"name":"{name}"}}"#),
+            )
             .await;
         assert_eq!(status, 201, "{caster}");
         let key = caster["stream_key"].as_str().expect("a key").to_owned();
@@ -93,7 +125,10 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
     assert_eq!(queue["on_air"], serde_json::Value::Null, "{queue}");
 
     let mut casters = Vec::new();
-    for (key, (colour, tone)) in keys.iter().zip([("red", 440), ("green", 660), ("blue", 880)]) {
+    for (key, (colour, tone)) in keys
+        .iter()
+        .zip([("red", 440), ("green", 660), ("blue", 880)])
+    {
         casters.push(caster(&daemon.publish_url(key), colour, tone));
         let joined = casters.len();
         wait_for("the caster to join", Duration::from_secs(20), || async {
@@ -138,7 +173,11 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
     nginx.stop();
 
     let recordings = nginx.recordings();
-    assert_eq!(recordings.len(), 1, "one RTMP session throughout: {recordings:?}");
+    assert_eq!(
+        recordings.len(),
+        1,
+        "one RTMP session throughout: {recordings:?}"
+    );
     let frames = colours(&recordings[0]);
     let runs = runs(&frames);
     eprintln!("colour runs at 10 fps: {runs:?}");
@@ -159,5 +198,8 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
         .filter(|(c, _)| *c == '?')
         .map(|(_, n)| n)
         .sum();
-    assert!(between <= 2, "frames neither caster's between turns: {between}: {runs:?}");
+    assert!(
+        between <= 2,
+        "frames neither caster's between turns: {between}: {runs:?}"
+    );
 }

@@ -112,8 +112,11 @@ pub async fn add_caster(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let handle = queue_relay(&registry, &id).await?;
-    let new: NewCaster = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_body(format!("invalid JSON body: {e}; send {{\"name\": \"alice\"}}")))?;
+    let new: NewCaster = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_body(format!(
+            "invalid JSON body: {e}; send {{\"name\": \"alice\"}}"
+        ))
+    })?;
     check_name("name", &new.name).map_err(|e| ApiError::bad_body(e.to_string()))?;
     if RESERVED_NAMES.contains(&new.name.as_str()) {
         return Err(ApiError::bad_body(format!(
@@ -157,7 +160,10 @@ pub async fn operate(
     if let QueueOp::Kick(name) = &op {
         check_name("name", name).map_err(ApiError::invalid_id)?;
     }
-    Ok(json_reply(StatusCode::OK, &view(&handle.queue_op(op).await?)))
+    Ok(json_reply(
+        StatusCode::OK,
+        &view(&handle.queue_op(op).await?),
+    ))
 }
 
 /// `PUT .../queue/order`: `{"order": ["bob", "alice"]}` (or the bare list).
@@ -169,18 +175,14 @@ pub async fn put_order(
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Order {
-        Wrapped {
-            order: Vec<String>,
-        },
+        Wrapped { order: Vec<String> },
         Bare(Vec<String>),
     }
     let order = match serde_json::from_slice::<Order>(&body) {
         Ok(Order::Wrapped { order } | Order::Bare(order)) => order,
-        Err(_) => {
-            return Err(ApiError::bad_body(
-                "send the waiting casters' names in their new order: {\"order\": [\"bob\", \"alice\"]}",
-            ))
-        }
+        Err(_) => return Err(ApiError::bad_body(
+            "send the waiting casters' names in their new order: {\"order\": [\"bob\", \"alice\"]}",
+        )),
     };
     operate(id, QueueOp::Order(order), registry).await
 }
@@ -225,10 +227,7 @@ fn turn_seconds(seconds: u64) -> Result<u64, ApiError> {
 }
 
 /// The relay the seed-compatible routes act on.
-async fn seed_relay(
-    compat: &CompatSettings,
-    registry: &Registry,
-) -> Result<RelayHandle, ApiError> {
+async fn seed_relay(compat: &CompatSettings, registry: &Registry) -> Result<RelayHandle, ApiError> {
     let Some(id) = &compat.queue_relay else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -116,10 +116,19 @@ mod tests {
     #[test]
     fn whole_tags_are_sorted_for_a_decoder_starting_on_them() {
         let class_of = |kind, body: &[u8]| class(&tag(kind, 0, body).unwrap());
-        assert_eq!(class_of(TAG_VIDEO, &[0x17, 0x00, 0, 0, 0]), TagClass::CodecHeader);
-        assert_eq!(class_of(TAG_VIDEO, &[0x17, 0x01, 0, 0, 0]), TagClass::Keyframe);
+        assert_eq!(
+            class_of(TAG_VIDEO, &[0x17, 0x00, 0, 0, 0]),
+            TagClass::CodecHeader
+        );
+        assert_eq!(
+            class_of(TAG_VIDEO, &[0x17, 0x01, 0, 0, 0]),
+            TagClass::Keyframe
+        );
         assert_eq!(class_of(TAG_VIDEO, &[0x27, 0x01, 0, 0, 0]), TagClass::Other);
-        assert_eq!(class_of(TAG_AUDIO, &[0xaf, 0x00, 0x12]), TagClass::CodecHeader);
+        assert_eq!(
+            class_of(TAG_AUDIO, &[0xaf, 0x00, 0x12]),
+            TagClass::CodecHeader
+        );
         assert_eq!(class_of(TAG_AUDIO, &[0xaf, 0x01, 0x12]), TagClass::Other);
         assert_eq!(class(&[]), TagClass::Other);
     }

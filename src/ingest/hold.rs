@@ -75,7 +75,12 @@ mod tests {
     use crate::ingest::flv::{tag, TAG_AUDIO, TAG_VIDEO};
 
     fn video(key: bool, ts: u32) -> Bytes {
-        tag(TAG_VIDEO, ts, &[if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0]).unwrap()
+        tag(
+            TAG_VIDEO,
+            ts,
+            &[if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0],
+        )
+        .unwrap()
     }
 
     #[test]

@@ -658,7 +658,11 @@ impl Connection {
         let Some(p) = &mut self.publish else {
             return Ok(());
         };
-        let caster = || p.seat.as_ref().map_or_else(String::new, |s| s.name().to_owned());
+        let caster = || {
+            p.seat
+                .as_ref()
+                .map_or_else(String::new, |s| s.name().to_owned())
+        };
         let Some(SeatCall::OnAir(feed)) = call else {
             return Err(IngestError::TurnOver {
                 relay: p.relay.clone(),

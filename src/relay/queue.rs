@@ -649,7 +649,10 @@ mod tests {
             wall,
         };
         let saved = q.save(clocks);
-        assert_eq!(saved.on_air.as_ref().map(|t| t.name.as_str()), Some("alice"));
+        assert_eq!(
+            saved.on_air.as_ref().map(|t| t.name.as_str()),
+            Some("alice")
+        );
         assert_eq!(saved.on_air.as_ref().map(|t| t.ends), Some(1_800_000_015.0));
         let text = serde_json::to_string(&saved).unwrap();
         let saved: Saved = serde_json::from_str(&text).unwrap();

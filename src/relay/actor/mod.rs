@@ -31,11 +31,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use super::destinations::Destinations;
 use super::casters::Casters;
+use super::destinations::Destinations;
 use super::handle::{
-    Admitted, Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle, RelayPhase,
-    RelayStatus,
+    Admitted, Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle,
+    RelayPhase, RelayStatus,
 };
 use super::lifecycle::{LifeEvent, Lifecycle, Retry};
 use super::observe::{Observed, Observer};

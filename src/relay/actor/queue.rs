@@ -27,8 +27,7 @@ use crate::pipeline::input::Source;
 use crate::pipeline::switch::{HANDOVER_TIMEOUT, OUTGOING_PRIORITY};
 use crate::relay::casters::{Caster, Casters};
 use crate::relay::handle::{
-    Admitted, IngestFeed, PublisherStatus, QueueOp, QueueStatus, RelayError, Seat,
-    SeatCall,
+    Admitted, IngestFeed, PublisherStatus, QueueOp, QueueStatus, RelayError, Seat, SeatCall,
 };
 use crate::relay::queue::{Change, Clocks, Joined, Queue, Saved};
 
@@ -150,7 +149,11 @@ fn write_private(path: &Path, text: &[u8]) -> std::io::Result<()> {
 impl Actor {
     /// Caster `name` publishes from `peer` on this queue relay: on air at once, or held in
     /// line with a seat.
-    pub(super) fn join_queue(&mut self, name: String, peer: String) -> Result<Admitted, RelayError> {
+    pub(super) fn join_queue(
+        &mut self,
+        name: String,
+        peer: String,
+    ) -> Result<Admitted, RelayError> {
         let id = self.spec.id.clone();
         if !self.life.wanted() || self.program.is_none() {
             return Err(RelayError::NotRunning { id });
@@ -332,7 +335,11 @@ impl Actor {
         let Some(turn) = q.queue.on_air() else {
             return false;
         };
-        if self.input.as_ref().is_none_or(|a| a.generation != generation) {
+        if self
+            .input
+            .as_ref()
+            .is_none_or(|a| a.generation != generation)
+        {
             return false;
         }
         let name = turn.name.clone();
