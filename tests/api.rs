@@ -855,6 +855,8 @@ async fn the_openapi_document_matches_the_router() {
         let concrete = path
             .replace("{id}", "nope")
             .replace("{output_id}", "nope")
+            .replace("{name}", "nope")
+            .replace("{seconds}", "60")
             .replace("{relay}", "nope")
             .replace("{rendition}", "720p")
             .replace("{file}", "index.m3u8");

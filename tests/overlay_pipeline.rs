@@ -165,7 +165,10 @@ fn scorebug_pixels_match_the_render_and_follow_changes() {
     pipeline::init().expect("GStreamer initialises");
     let slot = Arc::new(overlay::OverlaySlot::default());
     let one = bug(1);
-    slot.show(Some(overlay::composition(&one).expect("composition")), 1);
+    slot.show(
+        Some(overlay::composition(std::slice::from_ref(&one)).expect("composition")),
+        1,
+    );
     let harness = Harness::new(&slot);
 
     let frame = harness.frame();
@@ -196,7 +199,7 @@ fn scorebug_pixels_match_the_render_and_follow_changes() {
         let (a, b) = (want.get_pixel(x, y).0, old.get_pixel(x, y).0);
         (0..3).any(|c| a[c].abs_diff(b[c]) > 64)
     };
-    let composition = overlay::composition(&two).expect("composition");
+    let composition = overlay::composition(std::slice::from_ref(&two)).expect("composition");
     let entered_at_swap = harness.entered.load(std::sync::atomic::Ordering::SeqCst);
     slot.show(Some(composition), 2);
     // Frames that entered the overlay before the swap were drawn with the old bug (one may

@@ -4,46 +4,19 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{require_tool, wait_for, Daemon, Nginx, Process};
+use common::{ffmpeg_lavfi_publisher, wait_for, Daemon, Nginx, Process};
 
-/// A caster: a solid `colour` at 320x180 with a tone, keyframe every second.
+/// A caster: a solid `colour` at 320x180 with a tone, a keyframe every second.
 fn caster(url: &str, colour: &str, tone: u32) -> Process {
-    require_tool("ffmpeg");
-    Process::spawn(
-        "ffmpeg caster",
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("color=c={colour}:size=320x180:rate=30"),
-            ])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("sine=frequency={tone}:sample_rate=48000"),
-            ])
-            .args([
-                "-t",
-                "60",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args([
-                "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
-            ])
-            .args(["-f", "flv", url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+    ffmpeg_lavfi_publisher(
+        url,
+        &format!("color=c={colour}:size=320x180:rate=30"),
+        &format!("sine=frequency={tone}:sample_rate=48000"),
+        60,
+        30,
     )
 }
 
@@ -202,4 +175,273 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
         between <= 2,
         "frames neither caster's between turns: {between}: {runs:?}"
     );
+}
+
+/// A queue relay `q` (no destination) with `queue` as its queue table's body.
+fn queue_config(queue: &str, extra: &str) -> String {
+    format!(
+        "[program]\nwidth = 640\nheight = 360\nx264_preset = \"ultrafast\"\n\
+         [hls]\nsegment_seconds = 2\n\
+         [compat]\nqueue_relay = \"q\"\n\
+         [[relay]]\nid = \"q\"\ningest = {{ stream_key = \"house-key\"{extra} }}\n\
+         queue = {{ {queue} }}\n"
+    )
+}
+
+/// Makes caster `name` on relay `q`; returns their key.
+async fn add_caster(daemon: &Daemon, name: &str) -> String {
+    let (status, caster) = daemon
+        .post(
+            "/api/v1/relays/q/casters",
+            &format!(r#"{{"name":"{name}"}}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{caster}");
+    caster["stream_key"].as_str().expect("a key").to_owned()
+}
+
+/// The names on air and waiting, as `["on air", "waiting", ...]` (`"-"` with nobody on air).
+async fn line(daemon: &Daemon) -> Vec<String> {
+    let (status, q) = daemon.get("/api/v1/relays/q/queue").await;
+    assert_eq!(status, 200, "{q}");
+    let on_air = q["on_air"]["name"].as_str().unwrap_or("-").to_owned();
+    let waiting = q["waiting"].as_array().expect("waiting");
+    std::iter::once(on_air)
+        .chain(
+            waiting
+                .iter()
+                .map(|w| w["name"].as_str().unwrap().to_owned()),
+        )
+        .collect()
+}
+
+/// Waits until the queue reads `expected` (see [`line`]).
+async fn wait_line(daemon: &Daemon, expected: &[&str]) {
+    let what = format!("the queue to read {expected:?}");
+    wait_for(&what, Duration::from_secs(20), || async {
+        (line(daemon).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// Publishes as a caster (a grey picture at 320x180).
+fn publish(daemon: &Daemon, key: &str) -> Process {
+    caster(&daemon.publish_url(key), "gray", 500)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
+    let daemon = Daemon::start(&queue_config(
+        r#"turn = "60s", block_kicked = true, block_for = "1m""#,
+        "",
+    ))
+    .await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+    let mut keys = std::collections::BTreeMap::new();
+    for name in ["ann", "ben", "cat"] {
+        keys.insert(name, add_caster(&daemon, name).await);
+    }
+    let (status, listed) = daemon.get("/api/v1/relays/q/casters").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let mut ann = publish(&daemon, &keys["ann"]);
+    wait_line(&daemon, &["ann"]).await;
+    let mut ben = publish(&daemon, &keys["ben"]);
+    wait_line(&daemon, &["ann", "ben"]).await;
+    let _cat = publish(&daemon, &keys["cat"]);
+    wait_line(&daemon, &["ann", "ben", "cat"]).await;
+
+    // Reorder: every waiting caster once, or 400.
+    let put = |order: &'static str| daemon.send("PUT", "/api/v1/relays/q/queue/order", order, None);
+    assert_eq!(put(r#"{"order":["cat","ben"]}"#).await.status(), 200);
+    assert_eq!(line(&daemon).await, ["ann", "cat", "ben"]);
+    let refused = put(r#"{"order":["cat"]}"#).await;
+    assert_eq!(refused.status(), 400);
+
+    // The timer: extended, then (the seed's route) shortened and reset.
+    let (status, q) = daemon
+        .post(
+            "/api/v1/relays/q/queue/timer",
+            r#"{"seconds":120,"reset":false}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{q}");
+    let left = q["on_air"]["time_left"].as_f64().unwrap();
+    assert!(left > 100.0 && left <= 120.0, "{q}");
+    let (status, q) = daemon.get("/update-timer/30?reset_time=true").await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["turn"], 30.0);
+    let left = q["on_air"]["time_left"].as_f64().unwrap();
+    assert!(left > 25.0 && left <= 30.0, "{q}");
+    assert_eq!(daemon.get("/update-timer/0").await.0, 400);
+    assert_eq!(daemon.get("/update-timer/30?reset_time=maybe").await.0, 400);
+
+    // The seed's list: on air first.
+    let (status, names) = daemon.get("/queue-json").await;
+    assert_eq!(status, 200);
+    assert_eq!(names, serde_json::json!(["ann", "cat", "ben"]));
+    let (mime, page) = daemon.get_text("/queue-list").await.expect("the page");
+    assert!(mime.starts_with("text/html"), "{mime}");
+    assert!(
+        page.contains("ann") && page.contains("<li>cat</li>"),
+        "{page}"
+    );
+
+    // Skip: ann is disconnected and blocked; cat goes on air.
+    let (status, q) = daemon.post("/api/v1/relays/q/queue/skip", "").await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["on_air"]["name"], "cat", "{q}");
+    assert_eq!(q["blocked"][0]["name"], "ann", "{q}");
+    ann.wait_exit("ann's publisher, disconnected", Duration::from_secs(10))
+        .await;
+    let mut again = publish(&daemon, &keys["ann"]);
+    again
+        .wait_exit(
+            "ann's publish, refused while blocked",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(line(&daemon).await, ["cat", "ben"]);
+
+    // The toggle lifts the block; a kicked caster may come straight back, at the back.
+    let (status, toggled) = daemon.get("/update-block-toggle/").await;
+    assert_eq!(status, 200, "{toggled}");
+    assert_eq!(toggled["block_kicked"], false);
+    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+    assert_eq!(q["blocked"], serde_json::json!([]), "{q}");
+    assert_eq!(daemon.delete("/api/v1/relays/q/queue/ben").await, 200);
+    ben.wait_exit("ben's publisher, kicked", Duration::from_secs(10))
+        .await;
+    let _ben = publish(&daemon, &keys["ben"]);
+    wait_line(&daemon, &["cat", "ben"]).await;
+    let _ann = publish(&daemon, &keys["ann"]);
+    wait_line(&daemon, &["cat", "ben", "ann"]).await;
+    assert_eq!(daemon.delete("/api/v1/relays/q/queue/nobody").await, 404);
+
+    // A deleted caster's key stops working and they leave the line.
+    assert_eq!(daemon.delete("/api/v1/relays/q/casters/ann").await, 204);
+    wait_line(&daemon, &["cat", "ben"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_comes_back_after_a_restart_and_reconnects_keep_their_place() {
+    let config = queue_config(r#"turn = "60s", grace = "6s""#, "");
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+    let mut keys = Vec::new();
+    let mut publishers = Vec::new();
+    let mut expected = Vec::new();
+    for name in ["ann", "ben", "cat"] {
+        let key = add_caster(&daemon, name).await;
+        publishers.push(publish(&daemon, &key));
+        expected.push(name);
+        wait_line(&daemon, &expected).await;
+        keys.push(key);
+    }
+    let dir = daemon.stop().await;
+    drop(publishers);
+
+    let daemon = Daemon::start_in(dir).await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+    // Everyone is away, in the same order; ann, who was on air, waits first.
+    assert_eq!(line(&daemon).await, ["-", "ann", "ben", "cat"]);
+    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+    assert!(
+        q["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["connected"] == false),
+        "{q}"
+    );
+    // The keys survived: ben comes back first and goes on air; ann keeps first place.
+    let _ben = publish(&daemon, &keys[1]);
+    wait_line(&daemon, &["ben", "ann", "cat"]).await;
+    let _ann = publish(&daemon, &keys[0]);
+    // Cat does not come back within the grace period: their place goes.
+    wait_line(&daemon, &["ben", "ann"]).await;
+    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+    assert_eq!(q["waiting"][0]["connected"], true, "{q}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_hook_admits_refuses_and_times_out() {
+    use std::sync::{Arc, Mutex};
+    use warp::Filter;
+
+    let asked: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let log = asked.clone();
+    let hook = warp::path("hook")
+        .and(warp::post())
+        .and(warp::body::json())
+        .then(move |body: serde_json::Value| {
+            let log = log.clone();
+            async move {
+                let key = body["stream_key"].as_str().unwrap_or_default().to_owned();
+                log.lock().unwrap().push(body);
+                let ok = warp::http::StatusCode::OK;
+                match key.as_str() {
+                    "good-key" => warp::reply::with_status(r#"{"name":"hooked"}"#, ok),
+                    "slow-key" => {
+                        tokio::time::sleep(Duration::from_secs(6)).await;
+                        warp::reply::with_status("{}", ok)
+                    }
+                    _ => warp::reply::with_status("{}", warp::http::StatusCode::FORBIDDEN),
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the hook");
+    let addr = listener.local_addr().expect("the hook's address");
+    tokio::spawn(warp::serve(hook).incoming(listener).run());
+    let extra = format!(r#", auth_url = "http://{addr}/hook""#);
+    let daemon = Daemon::start(&queue_config(r#"turn = "60s""#, &extra)).await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+
+    let _good = publish(&daemon, "good-key");
+    wait_line(&daemon, &["hooked"]).await;
+    for key in ["bad-key", "slow-key"] {
+        let started = std::time::Instant::now();
+        let mut refused = publish(&daemon, key);
+        refused
+            .wait_exit("a publish the hook refuses", Duration::from_secs(15))
+            .await;
+        if key == "slow-key" {
+            assert!(
+                started.elapsed() >= Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(line(&daemon).await, ["hooked"]);
+    }
+    let asked = asked.lock().unwrap().clone();
+    let keys: Vec<&str> = asked
+        .iter()
+        .map(|b| b["stream_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["good-key", "bad-key", "slow-key"]);
+    assert!(asked.iter().all(|b| b["relay"] == "q"), "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|b| b["peer"].as_str().unwrap().starts_with("127.0.0.1:")),
+        "{asked:?}"
+    );
+    let log = daemon.log();
+    for key in ["good-key", "bad-key", "slow-key"] {
+        assert!(!log.contains(key), "the log holds a stream key: {key}");
+    }
+    daemon.stop().await;
 }

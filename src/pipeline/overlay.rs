@@ -56,8 +56,27 @@ pub fn element(slot: &Arc<OverlaySlot>) -> Result<gst::Element, PipelineError> {
     Ok(overlay)
 }
 
-/// Turns a rendered bug into a composition (BGRA, straight alpha), ready to swap in.
-pub fn composition(bug: &Bug) -> Result<gst_video::VideoOverlayComposition, PipelineError> {
+/// Turns rendered pictures (the scorebug, a queue line) into one composition (BGRA, straight
+/// alpha), ready to swap in.
+pub fn composition(bugs: &[Bug]) -> Result<gst_video::VideoOverlayComposition, PipelineError> {
+    let mut rects = bugs.iter().map(rectangle);
+    let first = rects
+        .next()
+        .ok_or_else(|| PipelineError::Overlay("nothing to draw".to_owned()))??;
+    let mut composition = gst_video::VideoOverlayComposition::new(Some(&first))
+        .map_err(|_| PipelineError::Overlay("cannot build the composition".to_owned()))?;
+    {
+        let composition = composition.make_mut();
+        for rect in rects {
+            let rect = rect?;
+            composition.add_rectangle(&rect);
+        }
+    }
+    Ok(composition)
+}
+
+/// One rendered picture as a rectangle at its place in the frame.
+fn rectangle(bug: &Bug) -> Result<gst_video::VideoOverlayRectangle, PipelineError> {
     let (w, h) = bug.image.dimensions();
     let error = |what: &str| PipelineError::Overlay(format!("{what} for a {w}x{h} scorebug"));
     let mut bgra = bug.image.as_raw().clone();
@@ -78,14 +97,12 @@ pub fn composition(bug: &Bug) -> Result<gst_video::VideoOverlayComposition, Pipe
         )
         .map_err(|_| error("cannot describe the buffer"))?;
     }
-    let rect = gst_video::VideoOverlayRectangle::new_raw(
+    Ok(gst_video::VideoOverlayRectangle::new_raw(
         &buffer,
         bug.x as i32,
         bug.y as i32,
         w,
         h,
         gst_video::VideoOverlayFormatFlags::empty(),
-    );
-    gst_video::VideoOverlayComposition::new(Some(&rect))
-        .map_err(|_| error("cannot build the composition"))
+    ))
 }

@@ -216,22 +216,13 @@ impl Registry {
         relays.get(id).map(|e| e.handle.clone())
     }
 
-    /// The push relay that owns `stream_key`.
-    /// Every key is compared, each in constant time, so the answer's timing says nothing
-    /// about how close a guess came.
+    /// The push relay that owns `stream_key` (a relay's own key, not a caster's), compared as
+    /// [`Registry::by_publish_key`] does.
     pub fn by_stream_key(&self, stream_key: &str) -> Option<RelayHandle> {
-        let relays = self.relays.read().expect("registry lock poisoned");
-        let mut found = None;
-        for entry in relays.values() {
-            let matches = entry
-                .stream_key
-                .as_deref()
-                .is_some_and(|key| constant_time_eq(key.as_bytes(), stream_key.as_bytes()));
-            if matches {
-                found = Some(entry.handle.clone());
-            }
+        match self.by_publish_key(stream_key)? {
+            (handle, None) => Some(handle),
+            (_, Some(_)) => None,
         }
-        found
     }
 
     /// The relay a publish with `stream_key` goes to, and the caster it names on a queue

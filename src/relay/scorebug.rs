@@ -31,8 +31,10 @@ pub struct Scorebug {
     keeper: ScoreKeeper,
     logos: LogoSet,
     poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<PollUpdate>)>,
-    /// What the overlay last showed: the scoreboard and whether it was stale.
-    drawn: Option<(Option<Scoreboard>, bool)>,
+    /// What the overlay last showed: the scoreboard, whether it was stale, and the queue line.
+    drawn: Option<(Option<Scoreboard>, bool, Option<String>)>,
+    /// A queue relay's line: who is on air, their time left, who is next.
+    queue_line: Option<String>,
     render_seq: u64,
     /// The program's frame size, which the scorebug is drawn for.
     size: (u32, u32),
@@ -48,8 +50,17 @@ impl Scorebug {
             logos: LogoSet::default(),
             poller: None,
             drawn: None,
+            queue_line: None,
             render_seq: 0,
             size,
+        }
+    }
+
+    /// Sets the queue's line (none: no line) and redraws if it changed.
+    pub fn set_queue_line(&mut self, line: Option<String>) {
+        if self.queue_line != line {
+            self.queue_line = line;
+            self.redraw();
         }
     }
 
@@ -170,11 +181,12 @@ impl Scorebug {
         };
         let stale = self.is_stale(Instant::now());
         let board = self.keeper.current().map(|(b, _)| b.clone());
-        let wanted = (board.clone(), stale);
+        let line = self.queue_line.clone();
+        let wanted = (board.clone(), stale, line.clone());
         if self.drawn.as_ref() == Some(&wanted) {
             return;
         }
-        if self.drawn.as_ref().is_some_and(|(_, s)| *s != stale) {
+        if self.drawn.as_ref().is_some_and(|(_, s, _)| *s != stale) {
             info!(relay = %self.relay, stale, "overlay staleness changed");
         }
         self.drawn = Some(wanted);
@@ -185,22 +197,26 @@ impl Scorebug {
         let (width, height) = self.size;
         let relay = self.relay.clone();
         tokio::task::spawn_blocking(move || {
-            let Some(board) = board else {
+            let bug = board.map(|board| {
+                render::render(
+                    &board,
+                    Logos {
+                        home: logos.home.as_deref(),
+                        away: logos.away.as_deref(),
+                    },
+                    stale,
+                    &theme,
+                    width,
+                    height,
+                )
+            });
+            let line = line.map(|text| render::queue_line(&text, &theme, width, height));
+            let pictures: Vec<_> = bug.into_iter().chain(line).collect();
+            if pictures.is_empty() {
                 slot.show(None, seq);
                 return;
-            };
-            let bug = render::render(
-                &board,
-                Logos {
-                    home: logos.home.as_deref(),
-                    away: logos.away.as_deref(),
-                },
-                stale,
-                &theme,
-                width,
-                height,
-            );
-            match overlay_el::composition(&bug) {
+            }
+            match overlay_el::composition(&pictures) {
                 Ok(composition) => {
                     slot.show(Some(composition), seq);
                     debug!(relay = %relay, seq, stale, "overlay updated");

@@ -203,6 +203,43 @@ pub fn render(
     Bug { image: img, x, y }
 }
 
+/// Renders a queue relay's line (who is on air, their time left, who is next) for a
+/// `frame_width`x`frame_height` frame: a bar as tall as the scorebug's, in the corner on the
+/// scorebug's side and the opposite edge (a scorebug at the top puts the line at the bottom).
+pub fn queue_line(text: &str, theme: &Theme, frame_width: u32, frame_height: u32) -> Bug {
+    let h = bar_height(frame_height);
+    let scale = PxScale::from(h as f32 * TEXT_SHARE * 0.8);
+    let pad = ((h as f32 * 0.35).round() as u32).max(1);
+    let margin = (theme.margin as f32 * frame_height as f32 / 720.0).round() as u32;
+    let max_text = frame_width.saturating_sub(2 * margin + 2 * pad).max(1);
+    let text = fit_name(text, scale, max_text);
+    let width = text_size(scale, &*FONT, &text).0 + 2 * pad;
+    let mut img = RgbaImage::from_pixel(width, h, BACKGROUND);
+    text_in_box(
+        &mut img,
+        &text,
+        scale,
+        pad,
+        h,
+        TEXT,
+        Align::Left,
+        width - 2 * pad,
+    );
+    let left = matches!(theme.position, Corner::TopLeft | Corner::BottomLeft);
+    let top = matches!(theme.position, Corner::BottomLeft | Corner::BottomRight);
+    let x = if left {
+        margin
+    } else {
+        frame_width.saturating_sub(width + margin)
+    };
+    let y = if top {
+        margin
+    } else {
+        frame_height.saturating_sub(h + margin)
+    };
+    Bug { image: img, x, y }
+}
+
 #[derive(Clone, Copy)]
 enum Align {
     Left,

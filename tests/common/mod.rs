@@ -379,6 +379,9 @@ impl Daemon {
             dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                // Well inside the server's idle timeout (header_timeout_seconds, 10 s): a
+                // kept-alive connection the server is closing just then fails the request.
+                .pool_idle_timeout(Duration::from_secs(4))
                 .build()
                 .expect("http client"),
         }
@@ -735,13 +738,31 @@ impl Nginx {
 
 /// ffmpeg publishing a 1280x720 30 fps test pattern with a 440 Hz tone, in real time.
 pub fn ffmpeg_publisher(url: &str, seconds: u32) -> Process {
+    ffmpeg_lavfi_publisher(
+        url,
+        "testsrc2=size=1280x720:rate=30",
+        "sine=frequency=440:sample_rate=48000",
+        seconds,
+        60,
+    )
+}
+
+/// ffmpeg publishing the lavfi sources `video` and `audio` for `seconds` in real time, H.264
+/// (a keyframe every `gop` frames) and AAC.
+pub fn ffmpeg_lavfi_publisher(
+    url: &str,
+    video: &str,
+    audio: &str,
+    seconds: u32,
+    gop: u32,
+) -> Process {
     require_tool("ffmpeg");
     Process::spawn(
         "ffmpeg publisher",
         Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args(["-f", "lavfi", "-i", video])
+            .args(["-f", "lavfi", "-i", audio])
             .args(["-t", &seconds.to_string()])
             .args([
                 "-c:v",
@@ -751,9 +772,8 @@ pub fn ffmpeg_publisher(url: &str, seconds: u32) -> Process {
                 "-tune",
                 "zerolatency",
             ])
-            .args([
-                "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
-            ])
+            .args(["-g", &gop.to_string(), "-pix_fmt", "yuv420p"])
+            .args(["-c:a", "aac", "-b:a", "128k"])
             .args(["-f", "flv", url])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),

@@ -312,6 +312,7 @@ impl Actor {
         self.tick_program(now);
         self.tick_input(now);
         self.tick_outputs(now);
+        self.refresh_queue_line();
     }
 
     /// Publishes what changed since the last look.

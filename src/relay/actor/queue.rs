@@ -445,8 +445,27 @@ impl Actor {
         self.queue_status()
     }
 
+    /// Redraws the overlay's queue line when its text changed (its time left, each second):
+    /// "ON AIR alice · 12:34 left · NEXT bob". Relays without an overlay draw nothing.
+    pub(super) fn refresh_queue_line(&mut self) {
+        let Some(q) = &self.queue else { return };
+        let now = Instant::now();
+        let line = q.queue.on_air().map(|turn| {
+            let left = turn.ends.saturating_duration_since(now).as_secs();
+            let mut text = format!("ON AIR {} · {}:{:02} left", turn.name, left / 60, left % 60);
+            let next = q.queue.waiting().iter().find(|w| w.away.is_none());
+            if let Some(next) = next {
+                text.push_str(" · NEXT ");
+                text.push_str(&next.name);
+            }
+            text
+        });
+        self.scorebug.set_queue_line(line);
+    }
+
     /// Saves the queue and publishes it as a `queue` event.
     pub(super) fn queue_changed(&mut self, reason: &str, name: Option<&str>) {
+        self.refresh_queue_line();
         let Some(q) = &self.queue else { return };
         q.save(&self.spec.id);
         let saved = q.queue.save(Clocks::read());
