@@ -52,6 +52,32 @@ fn colours(file: &std::path::Path) -> Vec<char> {
         .collect()
 }
 
+/// In the frame at `seconds` of `file` (640x360), the pixels of the queue line's place (a
+/// 24-pixel bar 12 pixels above the bottom, from 12 pixels in): how many are the bar's dark
+/// and how many its white letters.
+fn queue_line_pixels(file: &std::path::Path, seconds: f64) -> (usize, usize) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &seconds.to_string(), "-i"])
+        .arg(file)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("run ffmpeg");
+    assert_eq!(out.stdout.len(), 640 * 360 * 3, "one 640x360 frame");
+    let (mut dark, mut white) = (0, 0);
+    for y in 326..346 {
+        for x in 14..200 {
+            let at = (y * 640 + x) * 3;
+            let px = &out.stdout[at..at + 3];
+            if px[0] < 90 && px[1] < 60 && px[2] < 60 {
+                dark += 1;
+            } else if px.iter().all(|&c| c > 190) {
+                white += 1;
+            }
+        }
+    }
+    (dark, white)
+}
+
 /// Runs of the same colour: `("R", 80), ("?", 2), ...`.
 fn runs(frames: &[char]) -> Vec<(char, usize)> {
     let mut runs: Vec<(char, usize)> = Vec::new();
@@ -72,6 +98,7 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
          [hls]\nsegment_seconds = 2\n\
          [[relay]]\nid = \"community\"\ningest = {{ stream_key = \"house-key\" }}\n\
          queue = {{ turn = \"8s\", block_kicked = true, block_for = \"1m\" }}\n\
+         overlay = {{}}\n\
          outputs = [ {{ id = \"youtube\", url = \"{}\" }} ]\n",
         nginx.url("yt-key")
     );
@@ -150,6 +177,14 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
         recordings.len(),
         1,
         "one RTMP session throughout: {recordings:?}"
+    );
+    // The overlay's queue line ("ON AIR alice · 0:05 left · NEXT bob") at the bottom left:
+    // a dark bar with white letters over alice's red.
+    let (dark, white) = queue_line_pixels(&recordings[0], 5.0);
+    eprintln!("queue line: {dark} dark and {white} white pixels of 3720");
+    assert!(
+        dark > 1000 && white > 30,
+        "no queue line: {dark} dark, {white} white pixels"
     );
     let frames = colours(&recordings[0]);
     let runs = runs(&frames);

@@ -469,7 +469,13 @@ async fn handle(
                 conn.on_call(call)?;
                 continue;
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                // Given up first, before the feed ends: a queued caster keeps their place.
+                if let Some(seat) = conn.publish.as_mut().and_then(|p| p.seat.take()) {
+                    seat.daemon_stopping();
+                }
+                return Ok(());
+            }
         };
         if n == 0 {
             return Ok(());

@@ -232,6 +232,8 @@ pub struct Seat {
     pub(super) events: mpsc::UnboundedSender<Event>,
     /// Where they wait in line (0: next), or `None` on air.
     pub(super) place: Option<usize>,
+    /// Set when the connection ends because the daemon stops: the caster did not leave.
+    pub(super) stopping: bool,
 }
 
 /// What the relay tells a caster's connection.
@@ -252,6 +254,12 @@ impl Seat {
         self.place
     }
 
+    /// Gives the seat up because the daemon is stopping: the caster keeps their place (with
+    /// everyone else's) for after the restart, and nobody is handed the air meanwhile.
+    pub fn daemon_stopping(mut self) {
+        self.stopping = true;
+    }
+
     /// The relay's next call; `None` once the relay has gone.
     pub async fn next(&mut self) -> Option<SeatCall> {
         self.calls.recv().await
@@ -263,6 +271,7 @@ impl Drop for Seat {
         let _ = self.events.send(Event::SeatGone {
             name: std::mem::take(&mut self.name),
             seat: self.id,
+            stopping: self.stopping,
         });
     }
 }

@@ -414,6 +414,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_queue_line_sits_on_the_scorebugs_side_at_the_other_edge() {
+        let text = "ON AIR alice · 12:34 left · NEXT bob";
+        let top_left = queue_line(text, &Theme::default(), 1280, 720);
+        let (w, h) = top_left.image.dimensions();
+        assert_eq!((top_left.x, top_left.y + h + 24), (24, 720));
+        assert!(w > 200 && w < 1280 - 48, "{w}");
+        let white = top_left.image.pixels().filter(|p| p.0 == [255; 4]).count();
+        assert!(white > 100, "letters drawn: {white}");
+        let theme = Theme {
+            position: Corner::BottomRight,
+            margin: 24,
+        };
+        let bottom_right = queue_line(text, &theme, 1280, 720);
+        assert_eq!(
+            (
+                bottom_right.x + bottom_right.image.width() + 24,
+                bottom_right.y
+            ),
+            (1280, 24)
+        );
+        // Too long for the frame: cut to fit.
+        let long = queue_line(&"x".repeat(500), &Theme::default(), 640, 360);
+        assert!(long.image.width() <= 640 - 24, "{}", long.image.width());
+    }
+
+    #[test]
     fn the_slate_fills_the_frame_and_says_its_message() {
         let background = RgbaImage::from_pixel(16, 9, Rgba([20, 20, 40, 0]));
         let soon = slate(&background, 640, 360, SlateMessage::StartingSoon);

@@ -72,6 +72,8 @@ pub(in crate::relay) enum Event {
     SeatGone {
         name: String,
         seat: u64,
+        /// The daemon is stopping (see [`Seat::daemon_stopping`](super::Seat::daemon_stopping)).
+        stopping: bool,
     },
 }
 
@@ -301,7 +303,8 @@ impl Actor {
                     self.on_publisher_gone(generation);
                 }
             }
-            Event::SeatGone { name, seat } => self.on_seat_gone(&name, seat),
+            Event::SeatGone { stopping: true, .. } => self.queue_program_gone(),
+            Event::SeatGone { name, seat, .. } => self.on_seat_gone(&name, seat),
         }
     }
 

@@ -183,6 +183,7 @@ impl Actor {
             calls,
             events: self.events_tx.clone(),
             place,
+            stopping: false,
         };
         q.seats.insert(
             name.clone(),
@@ -486,6 +487,10 @@ impl Actor {
     /// line is kept, everyone away for the grace period.
     pub(super) fn queue_program_gone(&mut self) {
         let Some(q) = &mut self.queue else { return };
+        if q.seats.is_empty() && q.outgoing.is_none() && q.queue.on_air().is_none() {
+            // Already done (each seat of a stopping daemon says so).
+            return;
+        }
         q.outgoing = None;
         let clocks = Clocks::read();
         q.queue = Queue::restore(q.queue.rules(), &q.queue.save(clocks), clocks);
