@@ -59,13 +59,13 @@ fn main() {
         // Warm up: the font's glyph outlines and the allocator.
         for n in 0..10 {
             let bug = render(&board(n), logos(), false, &theme, width, height);
-            composition(&bug).expect("composition");
+            composition(std::slice::from_ref(&bug)).expect("composition");
         }
         let mut times: Vec<Duration> = (0..UPDATES)
             .map(|n| {
                 let start = Instant::now();
                 let bug = render(&board(n), logos(), n % 7 == 0, &theme, width, height);
-                let built = composition(&bug).expect("composition");
+                let built = composition(std::slice::from_ref(&bug)).expect("composition");
                 let took = start.elapsed();
                 std::hint::black_box(built);
                 took

@@ -31,6 +31,8 @@
     relays: new Map(),
     /** id -> { view, at }: the relay's score view. */
     scores: new Map(),
+    /** id -> { view, at }: a queue relay's queue. */
+    queues: new Map(),
     selected: null,
     filter: '',
   };
@@ -157,7 +159,10 @@
       const wanted = decodeURIComponent(location.hash.slice(1));
       store.selected = store.relays.has(wanted) ? wanted : list.length ? list[0].id : null;
     }
-    if (store.selected) await refreshScore(store.selected);
+    if (store.selected) {
+      await refreshScore(store.selected);
+      await refreshQueue(store.selected);
+    }
     render();
   }
 
@@ -181,9 +186,22 @@
     render();
   }
 
+  async function refreshQueue(id) {
+    const entry = store.relays.get(id);
+    if (!entry || !entry.view.queue) return;
+    try {
+      store.queues.set(id, { view: await api('GET', relayPath(id) + '/queue'), at: performance.now() });
+    } catch (e) {
+      if (e.status === 404) store.queues.delete(id);
+      else notify(`${id}: ${e.message}`);
+    }
+    render();
+  }
+
   function forget(id) {
     store.relays.delete(id);
     store.scores.delete(id);
+    store.queues.delete(id);
     if (store.selected === id) store.selected = null;
   }
 
@@ -216,6 +234,10 @@
     } else if (event.kind === 'score') {
       if (id === store.selected) refreshScore(id);
       else store.scores.delete(id);
+    } else if (event.kind === 'queue') {
+      if (id === store.selected) refreshQueue(id);
+      else store.queues.delete(id);
+      scheduleRefresh(id);
     } else {
       scheduleRefresh(id);
     }
@@ -427,7 +449,9 @@
     $('score-edit').open = false;
     showError($('score-error'), '');
     showError($('output-error'), '');
+    showError($('q-error'), '');
     refreshScore(id);
+    refreshQueue(id);
     render();
   }
 
@@ -464,6 +488,7 @@
     showError($('d-error'), v.last_error ? v.last_error + retry : retry);
     renderOutputs(v, at);
     renderScore();
+    renderQueue(v);
     updatePlayer(v);
   }
 
@@ -772,6 +797,98 @@
 
   $('rendition').addEventListener('change', (e) => {
     if (player.hls) player.hls.currentLevel = Number(e.target.value);
+  });
+
+  // ---------------------------------------------------------------- queue
+
+  let queueBusy = false;
+
+  function renderQueue(v) {
+    const entry = store.queues.get(v.id);
+    $('queue').hidden = !v.queue || !entry;
+    if ($('queue').hidden) return;
+    const q = entry.view;
+    const elapsed = (performance.now() - entry.at) / 1000;
+    $('q-on-air').textContent = q.on_air ? q.on_air.name : 'nobody';
+    $('q-left').textContent = q.on_air ? `${duration(Math.max(0, q.on_air.time_left - elapsed))} left` : '';
+    $('q-block').textContent = q.block_kicked ? 'kicked casters are blocked' : 'kicked casters may rejoin';
+    $('q-skip').disabled = queueBusy || !q.on_air;
+    $('q-toggle').disabled = queueBusy;
+    const timer = $('q-timer').elements.seconds;
+    if (document.activeElement !== timer) timer.placeholder = String(Math.round(q.turn));
+    const names = q.waiting.map((w) => w.name);
+    reconcile(
+      $('q-waiting'),
+      q.waiting,
+      (w) => w.name,
+      (w) => {
+        const li = el('li');
+        li.append(el('span', 'name'));
+        for (const [label, move] of [['↑', -1], ['↓', 1]]) {
+          const b = el('button', 'step', label);
+          b.type = 'button';
+          b.dataset.move = String(move);
+          b.setAttribute('aria-label', `${label === '↑' ? 'Up' : 'Down'} ${w.name}`);
+          b.addEventListener('click', () => moveCaster(li.dataset.name, move));
+          li.append(b);
+        }
+        const kick = el('button', 'danger', 'Kick');
+        kick.type = 'button';
+        kick.addEventListener('click', () => queueCommand('DELETE', `/queue/${encodeURIComponent(li.dataset.name)}`));
+        li.append(kick);
+        return li;
+      },
+      (li, w) => {
+        li.dataset.name = w.name;
+        li.dataset.connected = String(w.connected);
+        li.querySelector('.name').textContent = w.connected ? w.name : `${w.name} (away)`;
+        const [up, down] = li.querySelectorAll('button.step');
+        up.disabled = queueBusy || names.indexOf(w.name) === 0;
+        down.disabled = queueBusy || names.indexOf(w.name) === names.length - 1;
+      },
+    );
+    $('q-empty').hidden = q.waiting.length > 0;
+  }
+
+  async function queueCommand(method, suffix, body) {
+    const id = store.selected;
+    queueBusy = true;
+    renderDetail();
+    try {
+      const view = await api(method, relayPath(id) + suffix, body);
+      if (view && view.waiting) store.queues.set(id, { view, at: performance.now() });
+      showError($('q-error'), '');
+    } catch (e) {
+      showError($('q-error'), e.message);
+    } finally {
+      queueBusy = false;
+      renderDetail();
+    }
+  }
+
+  function moveCaster(name, move) {
+    const entry = store.queues.get(store.selected);
+    if (!entry) return;
+    const order = entry.view.waiting.map((w) => w.name);
+    const from = order.indexOf(name);
+    const to = from + move;
+    if (from < 0 || to < 0 || to >= order.length) return;
+    order.splice(to, 0, order.splice(from, 1)[0]);
+    queueCommand('PUT', '/queue/order', { order });
+  }
+
+  $('q-skip').addEventListener('click', () => queueCommand('POST', '/queue/skip'));
+  $('q-toggle').addEventListener('click', async () => {
+    const entry = store.queues.get(store.selected);
+    if (!entry) return;
+    await queueCommand('POST', '/queue/block', { block_kicked: !entry.view.block_kicked });
+  });
+  $('q-timer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const seconds = Number(form.elements.seconds.value);
+    queueCommand('POST', '/queue/timer', { seconds, reset: form.elements.restart.checked });
+    form.reset();
   });
 
   // ---------------------------------------------------------------- start

@@ -581,3 +581,109 @@ async fn console_asks_for_a_token() {
     assert!(errors.is_empty(), "uncaught errors in the page: {errors:?}");
     page.close().await;
 }
+
+/// The names on air and waiting on relay `q`, on air first (`-` with nobody).
+async fn queue_line(daemon: &Daemon) -> Vec<String> {
+    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+    let on_air = q["on_air"]["name"].as_str().unwrap_or("-").to_owned();
+    std::iter::once(on_air)
+        .chain(
+            q["waiting"]
+                .as_array()
+                .expect("waiting")
+                .iter()
+                .map(|w| w["name"].as_str().unwrap().to_owned()),
+        )
+        .collect()
+}
+
+/// A queue relay driven from the page: reorder, kick, the block toggle, the timer, skip.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_runs_a_caster_queue() {
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"q\"\ningest = {{ stream_key = \"house-key\" }}\n\
+         queue = {{ turn = \"10m\", block_kicked = true }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+    let mut casters = Vec::new();
+    for (n, name) in ["ann", "ben", "cat"].into_iter().enumerate() {
+        let (status, caster) = daemon
+            .post(
+                "/api/v1/relays/q/casters",
+                &format!(r#"{{"name":"{name}"}}"#),
+            )
+            .await;
+        assert_eq!(status, 201, "{caster}");
+        let url = daemon.publish_url(caster["stream_key"].as_str().unwrap());
+        casters.push(ffmpeg_publisher(&url, 120));
+        wait_for("the caster to join", Duration::from_secs(20), || async {
+            (queue_line(&daemon).await.len() == n + 1 && queue_line(&daemon).await[0] != "-")
+                .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(queue_line(&daemon).await, ["ann", "ben", "cat"]);
+
+    let mut page = Browser::launch("console_runs_a_caster_queue", 1280, 900).await;
+    page.goto(&format!("{}/#q", daemon.api)).await;
+    page.wait_text("#q-on-air", "ann", Duration::from_secs(10))
+        .await;
+    page.wait_text(
+        "#q-waiting li[data-key=\"cat\"] .name",
+        "cat",
+        Duration::from_secs(5),
+    )
+    .await;
+    page.screenshot("queue.png", true).await;
+
+    // Cat up one: the API has the new order, and so has the page.
+    page.click("#q-waiting li[data-key=\"cat\"] button[data-move=\"-1\"]")
+        .await;
+    page.wait_until(
+        "cat to be first in line",
+        "() => document.querySelector('#q-waiting li').dataset.key === 'cat'",
+        Value::Null,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(queue_line(&daemon).await, ["ann", "cat", "ben"]);
+
+    // The timer: a 90 s turn, restarted.
+    page.fill("#q-timer input[name=seconds]", "90").await;
+    page.click("#q-timer input[name=restart]").await;
+    page.click("#q-timer button").await;
+    wait_for("the 90 s turn", Duration::from_secs(5), || async {
+        let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+        let left = q["on_air"]["time_left"].as_f64()?;
+        (q["turn"] == 90.0 && left <= 90.0 && left > 80.0).then_some(())
+    })
+    .await;
+
+    // The block off, then kick ben: he may come straight back.
+    page.click("#q-toggle").await;
+    page.wait_text(
+        "#q-block",
+        "kicked casters may rejoin",
+        Duration::from_secs(5),
+    )
+    .await;
+    page.click("#q-waiting li[data-key=\"ben\"] button.danger")
+        .await;
+    wait_for("ben to be kicked", Duration::from_secs(5), || async {
+        (queue_line(&daemon).await == ["ann", "cat"]).then_some(())
+    })
+    .await;
+
+    // Skip: cat takes the air.
+    page.click("#q-skip").await;
+    page.wait_text("#q-on-air", "cat", Duration::from_secs(10))
+        .await;
+    assert_eq!(queue_line(&daemon).await, ["cat"]);
+    assert_eq!(page.page_errors(), Vec::<Value>::new());
+    page.close().await;
+    drop(casters);
+    daemon.stop().await;
+}

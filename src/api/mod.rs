@@ -340,9 +340,15 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         .and(body.clone())
         .then(queue::post_timer)
         .and_then(finish);
+    let block = warp::path!("api" / "v1" / "relays" / String / "queue" / "block")
+        .and(warp::post())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(queue::post_block)
+        .and_then(finish);
     let kick = warp::path!("api" / "v1" / "relays" / String / "queue" / String)
         .and_then(|id: String, name: String| async move {
-            // .../queue/skip, order and timer are routes of their own, not casters.
+            // .../queue/skip, order, timer and block are routes of their own, not casters.
             if queue::RESERVED_NAMES.contains(&name.as_str()) {
                 Err(warp::reject::not_found())
             } else {
@@ -435,6 +441,7 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         route("POST", &["/api/v1/relays/{id}/queue/skip"], skip),
         route("PUT", &["/api/v1/relays/{id}/queue/order"], order),
         route("POST", &["/api/v1/relays/{id}/queue/timer"], timer),
+        route("POST", &["/api/v1/relays/{id}/queue/block"], block),
         route("DELETE", &["/api/v1/relays/{id}/queue/{name}"], kick),
         route("GET", &["/queue-json"], seed_json),
         route("GET", &["/queue-list"], seed_list),

@@ -31,7 +31,7 @@ pub const SEED_PATHS: [&str; 4] = [
 ];
 
 /// Names a caster may not have: they are the queue's own routes.
-pub const RESERVED_NAMES: [&str; 3] = ["skip", "order", "timer"];
+pub const RESERVED_NAMES: [&str; 4] = ["skip", "order", "timer", "block"];
 
 /// The longest turn the timer takes: a day.
 const MAX_TURN_SECONDS: u64 = 24 * 60 * 60;
@@ -215,6 +215,26 @@ pub async fn post_timer(
         registry,
     )
     .await
+}
+
+/// `POST .../queue/block {"block_kicked": true|false}`: turns the block of kicked casters on
+/// or off (off lifts every block in force).
+pub async fn post_block(
+    id: String,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Block {
+        block_kicked: bool,
+    }
+    let block: Block = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_body(format!(
+            "invalid JSON body: {e}; send {{\"block_kicked\": false}}"
+        ))
+    })?;
+    operate(id, QueueOp::Block(Some(block.block_kicked)), registry).await
 }
 
 fn turn_seconds(seconds: u64) -> Result<u64, ApiError> {

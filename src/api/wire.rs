@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, OverlaySpec};
+use crate::relay::spec::{HlsSpec, IngestSpec, OutputSpec, OverlaySpec, QueueSpec};
 use crate::relay::state::OutputState;
 use crate::relay::{RelayPhase, RelayStatus, ScoreStatus};
 use crate::scores::{Scoreboard, Source};
@@ -23,6 +23,9 @@ pub struct RelayView {
     pub outputs: Vec<OutputView>,
     /// `false` for a passthrough relay (remux only).
     pub transcode: bool,
+    /// A queue relay's rules (`GET .../queue` has the queue itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
     /// `stopped`, `waiting` (for a publisher), `starting`, `live` or `retrying`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +177,7 @@ impl From<RelayStatus> for RelayView {
             id: s.spec.id,
             ingest: s.spec.ingest,
             transcode: s.spec.transcode,
+            queue: s.spec.queue.clone(),
             overlay: s.spec.overlay,
         }
     }
