@@ -168,6 +168,22 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     drop(casters);
     let log = daemon.log();
+    // Each hand-over, from the turn's end to the next caster's picture, within a second.
+    let took: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("hand-over done"))
+        .filter_map(|l| {
+            l.split("took_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!("hand-overs took {took:?} ms");
+    assert_eq!(took.len(), 2, "two hand-overs: {took:?}");
+    assert!(took.iter().all(|&ms| ms < 1000), "{took:?}");
     daemon.stop().await;
     let mut nginx = nginx;
     nginx.stop();

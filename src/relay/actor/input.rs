@@ -211,7 +211,7 @@ impl Actor {
     pub(super) fn on_switched(&mut self, slate: bool) {
         if !slate {
             // A queue relay's next caster took the air: the outgoing one's branch goes.
-            self.end_outgoing();
+            self.handover_done();
         }
         let on_air = if slate { OnAir::Slate } else { OnAir::Input };
         if self.on_air.map(|(o, _)| o) == Some(on_air) {

@@ -44,7 +44,8 @@ pub(super) struct QueueRelay {
     /// `<queues_dir>/<id>.json`.
     file: Option<PathBuf>,
     /// The branch of the caster whose turn just ended, kept on the switch (frozen on their
-    /// last frame) until the next caster's first frame, or until the deadline.
+    /// last frame) until the next caster's first frame, or for [`HANDOVER_TIMEOUT`] at most;
+    /// and when the hand-over began.
     outgoing: Option<(Attached, Instant)>,
 }
 
@@ -232,7 +233,7 @@ impl Actor {
                 running.program.hold_for_handover(true);
             }
             if let Some(q) = &mut self.queue {
-                q.outgoing = Some((old, Instant::now() + HANDOVER_TIMEOUT));
+                q.outgoing = Some((old, Instant::now()));
             }
         }
         let attached = match self.attach(&Source::Push) {
@@ -249,6 +250,26 @@ impl Actor {
             since: SystemTime::now(),
         });
         Ok(feed)
+    }
+
+    /// The switch took the next caster's first frame: the hand-over is done. Its time, from
+    /// the turn's end to the new caster's picture, is logged (one line per turn).
+    pub(super) fn handover_done(&mut self) {
+        let Some(began) = self
+            .queue
+            .as_ref()
+            .and_then(|q| q.outgoing.as_ref())
+            .map(|o| o.1)
+        else {
+            return;
+        };
+        let caster = self
+            .queue
+            .as_ref()
+            .and_then(|q| q.queue.on_air())
+            .map(|t| t.name.clone());
+        info!(relay = %self.spec.id, caster = caster.as_deref().unwrap_or(""), took_ms = began.elapsed().as_millis() as u64, "hand-over done: the next caster's picture is on air");
+        self.end_outgoing();
     }
 
     /// The outgoing caster's branch goes, and the switches are back to their usual timeout.
@@ -361,8 +382,9 @@ impl Actor {
             .queue
             .as_ref()
             .and_then(|q| q.outgoing.as_ref())
-            .is_some_and(|(_, deadline)| *deadline <= now)
+            .is_some_and(|(_, began)| *began + HANDOVER_TIMEOUT <= now)
         {
+            warn!(relay = %self.spec.id, waited = ?HANDOVER_TIMEOUT, "the next caster sent no picture in time; the slate takes over until they do");
             self.end_outgoing();
         }
         let Some(q) = &mut self.queue else { return };
@@ -384,7 +406,10 @@ impl Actor {
     /// When the queue next has something to do.
     pub(super) fn queue_due(&self) -> Option<Instant> {
         let q = self.queue.as_ref()?;
-        let outgoing = q.outgoing.as_ref().map(|(_, at)| *at);
+        let outgoing = q
+            .outgoing
+            .as_ref()
+            .map(|(_, began)| *began + HANDOVER_TIMEOUT);
         q.queue.next_due().into_iter().chain(outgoing).min()
     }
 
