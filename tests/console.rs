@@ -582,21 +582,6 @@ async fn console_asks_for_a_token() {
     page.close().await;
 }
 
-/// The names on air and waiting on relay `q`, on air first (`-` with nobody).
-async fn queue_line(daemon: &Daemon) -> Vec<String> {
-    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
-    let on_air = q["on_air"]["name"].as_str().unwrap_or("-").to_owned();
-    std::iter::once(on_air)
-        .chain(
-            q["waiting"]
-                .as_array()
-                .expect("waiting")
-                .iter()
-                .map(|w| w["name"].as_str().unwrap().to_owned()),
-        )
-        .collect()
-}
-
 /// A queue relay driven from the page: reorder, kick, the block toggle, the timer, skip.
 #[tokio::test(flavor = "multi_thread")]
 async fn console_runs_a_caster_queue() {
@@ -610,22 +595,16 @@ async fn console_runs_a_caster_queue() {
         .await;
     let mut casters = Vec::new();
     for (n, name) in ["ann", "ben", "cat"].into_iter().enumerate() {
-        let (status, caster) = daemon
-            .post(
-                "/api/v1/relays/q/casters",
-                &format!(r#"{{"name":"{name}"}}"#),
-            )
-            .await;
-        assert_eq!(status, 201, "{caster}");
-        let url = daemon.publish_url(caster["stream_key"].as_str().unwrap());
+        let url = daemon.publish_url(&daemon.add_caster("q", name).await);
         casters.push(ffmpeg_publisher(&url, 120));
         wait_for("the caster to join", Duration::from_secs(20), || async {
-            (queue_line(&daemon).await.len() == n + 1 && queue_line(&daemon).await[0] != "-")
+            (daemon.queue_names("q").await.len() == n + 1
+                && daemon.queue_names("q").await[0] != "-")
                 .then_some(())
         })
         .await;
     }
-    assert_eq!(queue_line(&daemon).await, ["ann", "ben", "cat"]);
+    assert_eq!(daemon.queue_names("q").await, ["ann", "ben", "cat"]);
 
     let mut page = Browser::launch("console_runs_a_caster_queue", 1280, 900).await;
     page.goto(&format!("{}/#q", daemon.api)).await;
@@ -649,7 +628,7 @@ async fn console_runs_a_caster_queue() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(queue_line(&daemon).await, ["ann", "cat", "ben"]);
+    assert_eq!(daemon.queue_names("q").await, ["ann", "cat", "ben"]);
 
     // The timer: a 90 s turn, restarted.
     page.fill("#q-timer input[name=seconds]", "90").await;
@@ -673,7 +652,7 @@ async fn console_runs_a_caster_queue() {
     page.click("#q-waiting li[data-key=\"ben\"] button.danger")
         .await;
     wait_for("ben to be kicked", Duration::from_secs(5), || async {
-        (queue_line(&daemon).await == ["ann", "cat"]).then_some(())
+        (daemon.queue_names("q").await == ["ann", "cat"]).then_some(())
     })
     .await;
 
@@ -681,7 +660,7 @@ async fn console_runs_a_caster_queue() {
     page.click("#q-skip").await;
     page.wait_text("#q-on-air", "cat", Duration::from_secs(10))
         .await;
-    assert_eq!(queue_line(&daemon).await, ["cat"]);
+    assert_eq!(daemon.queue_names("q").await, ["cat"]);
     assert_eq!(page.page_errors(), Vec::<Value>::new());
     page.close().await;
     drop(casters);

@@ -109,14 +109,7 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
 
     let mut keys = Vec::new();
     for name in ["alice", "bob", "carol"] {
-        let (status, caster) = daemon
-            .post(
-                "/api/v1/relays/community/casters",
-                &format!(r#"{{"name":"{name}"}}"#),
-            )
-            .await;
-        assert_eq!(status, 201, "{caster}");
-        let key = caster["stream_key"].as_str().expect("a key").to_owned();
+        let key = daemon.add_caster("community", name).await;
         assert!(key.len() >= 32, "128 bits at least: {key}");
         keys.push(key);
     }
@@ -239,38 +232,11 @@ fn queue_config(queue: &str, extra: &str) -> String {
     )
 }
 
-/// Makes caster `name` on relay `q`; returns their key.
-async fn add_caster(daemon: &Daemon, name: &str) -> String {
-    let (status, caster) = daemon
-        .post(
-            "/api/v1/relays/q/casters",
-            &format!(r#"{{"name":"{name}"}}"#),
-        )
-        .await;
-    assert_eq!(status, 201, "{caster}");
-    caster["stream_key"].as_str().expect("a key").to_owned()
-}
-
-/// The names on air and waiting, as `["on air", "waiting", ...]` (`"-"` with nobody on air).
-async fn line(daemon: &Daemon) -> Vec<String> {
-    let (status, q) = daemon.get("/api/v1/relays/q/queue").await;
-    assert_eq!(status, 200, "{q}");
-    let on_air = q["on_air"]["name"].as_str().unwrap_or("-").to_owned();
-    let waiting = q["waiting"].as_array().expect("waiting");
-    std::iter::once(on_air)
-        .chain(
-            waiting
-                .iter()
-                .map(|w| w["name"].as_str().unwrap().to_owned()),
-        )
-        .collect()
-}
-
-/// Waits until the queue reads `expected` (see [`line`]).
+/// Waits until relay `q`'s queue reads `expected` (see `Daemon::queue_names`).
 async fn wait_line(daemon: &Daemon, expected: &[&str]) {
     let what = format!("the queue to read {expected:?}");
     wait_for(&what, Duration::from_secs(20), || async {
-        (line(daemon).await == expected).then_some(())
+        (daemon.queue_names("q").await == expected).then_some(())
     })
     .await;
 }
@@ -292,7 +258,7 @@ async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
         .await;
     let mut keys = std::collections::BTreeMap::new();
     for name in ["ann", "ben", "cat"] {
-        keys.insert(name, add_caster(&daemon, name).await);
+        keys.insert(name, daemon.add_caster("q", name).await);
     }
     let (status, listed) = daemon.get("/api/v1/relays/q/casters").await;
     assert_eq!(status, 200);
@@ -307,7 +273,7 @@ async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
     // Reorder: every waiting caster once, or 400.
     let put = |order: &'static str| daemon.send("PUT", "/api/v1/relays/q/queue/order", order, None);
     assert_eq!(put(r#"{"order":["cat","ben"]}"#).await.status(), 200);
-    assert_eq!(line(&daemon).await, ["ann", "cat", "ben"]);
+    assert_eq!(daemon.queue_names("q").await, ["ann", "cat", "ben"]);
     let refused = put(r#"{"order":["cat"]}"#).await;
     assert_eq!(refused.status(), 400);
 
@@ -354,7 +320,7 @@ async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(line(&daemon).await, ["cat", "ben"]);
+    assert_eq!(daemon.queue_names("q").await, ["cat", "ben"]);
 
     // The toggle lifts the block; a kicked caster may come straight back, at the back.
     let (status, toggled) = daemon.get("/update-block-toggle/").await;
@@ -388,7 +354,7 @@ async fn the_queue_comes_back_after_a_restart_and_reconnects_keep_their_place() 
     let mut publishers = Vec::new();
     let mut expected = Vec::new();
     for name in ["ann", "ben", "cat"] {
-        let key = add_caster(&daemon, name).await;
+        let key = daemon.add_caster("q", name).await;
         publishers.push(publish(&daemon, &key));
         expected.push(name);
         wait_line(&daemon, &expected).await;
@@ -402,7 +368,7 @@ async fn the_queue_comes_back_after_a_restart_and_reconnects_keep_their_place() 
         .wait_on_air("q", "slate", Duration::from_secs(20))
         .await;
     // Everyone is away, in the same order; ann, who was on air, waits first.
-    assert_eq!(line(&daemon).await, ["-", "ann", "ben", "cat"]);
+    assert_eq!(daemon.queue_names("q").await, ["-", "ann", "ben", "cat"]);
     let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
     assert!(
         q["waiting"]
@@ -475,7 +441,7 @@ async fn a_publish_hook_admits_refuses_and_times_out() {
                 started.elapsed()
             );
         }
-        assert_eq!(line(&daemon).await, ["hooked"]);
+        assert_eq!(daemon.queue_names("q").await, ["hooked"]);
     }
     let asked = asked.lock().unwrap().clone();
     let keys: Vec<&str> = asked

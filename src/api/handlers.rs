@@ -25,7 +25,7 @@ use crate::scores::Scoreboard;
 use crate::secrets::{self, Sight};
 
 /// Parses a JSON body, with a message that says what is wrong and where.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
     if body.is_empty() {
         return Err("the request body is empty; send JSON".to_owned());
     }

@@ -48,6 +48,11 @@ async fn queue_relay(registry: &Registry, id: &str) -> Result<RelayHandle, ApiEr
     Ok(handle)
 }
 
+/// A JSON body, or 400 saying what is wrong and showing `example`.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, ApiError> {
+    super::handlers::parse(body).map_err(|e| ApiError::bad_body(format!("{e}; send {example}")))
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -112,11 +117,7 @@ pub async fn add_caster(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let handle = queue_relay(&registry, &id).await?;
-    let new: NewCaster = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_body(format!(
-            "invalid JSON body: {e}; send {{\"name\": \"alice\"}}"
-        ))
-    })?;
+    let new: NewCaster = parse_body(&body, "{\"name\": \"alice\"}")?;
     check_name("name", &new.name).map_err(|e| ApiError::bad_body(e.to_string()))?;
     if RESERVED_NAMES.contains(&new.name.as_str()) {
         return Err(ApiError::bad_body(format!(
@@ -200,11 +201,7 @@ pub async fn post_timer(
         #[serde(default)]
         reset: bool,
     }
-    let timer: Timer = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_body(format!(
-            "invalid JSON body: {e}; send {{\"seconds\": 600, \"reset\": false}}"
-        ))
-    })?;
+    let timer: Timer = parse_body(&body, "{\"seconds\": 600, \"reset\": false}")?;
     let seconds = turn_seconds(timer.seconds)?;
     operate(
         id,
@@ -229,11 +226,7 @@ pub async fn post_block(
     struct Block {
         block_kicked: bool,
     }
-    let block: Block = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_body(format!(
-            "invalid JSON body: {e}; send {{\"block_kicked\": false}}"
-        ))
-    })?;
+    let block: Block = parse_body(&body, "{\"block_kicked\": false}")?;
     operate(id, QueueOp::Block(Some(block.block_kicked)), registry).await
 }
 

@@ -589,6 +589,33 @@ impl Daemon {
             .as_u16()
     }
 
+    /// Makes caster `name` on queue relay `id` and returns their stream key.
+    pub async fn add_caster(&self, id: &str, name: &str) -> String {
+        let (status, caster) = self
+            .post(
+                &format!("/api/v1/relays/{id}/casters"),
+                &format!(r#"{{"name":"{name}"}}"#),
+            )
+            .await;
+        assert_eq!(status, 201, "POST caster {name}: {caster}");
+        caster["stream_key"].as_str().expect("a key").to_owned()
+    }
+
+    /// A queue relay's casters by name, the one on air first (`-` with nobody on air).
+    pub async fn queue_names(&self, id: &str) -> Vec<String> {
+        let (status, q) = self.get(&format!("/api/v1/relays/{id}/queue")).await;
+        assert_eq!(status, 200, "GET queue of {id}: {q}");
+        let on_air = q["on_air"]["name"].as_str().unwrap_or("-").to_owned();
+        let waiting = q["waiting"].as_array().expect("waiting");
+        std::iter::once(on_air)
+            .chain(
+                waiting
+                    .iter()
+                    .map(|w| w["name"].as_str().unwrap().to_owned()),
+            )
+            .collect()
+    }
+
     pub async fn relay(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/relays/{id}")).await;
         assert_eq!(status, 200, "GET relay {id}: {body}");
