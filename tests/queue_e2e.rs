@@ -207,6 +207,12 @@ async fn three_casters_take_turns_on_one_session_without_the_slate() {
         .map(|(c, _)| *c)
         .collect();
     assert_eq!(order, ['R', 'G', 'B'], "{runs:?}");
+    // Bob's whole turn, between two timed hand-overs: 8 s, at 10 fps.
+    let green = runs.iter().find(|(c, _)| *c == 'G').map_or(0, |(_, n)| *n);
+    assert!(
+        (75..=85).contains(&green),
+        "bob on air for {green} frames: {runs:?}"
+    );
     // Between two casters, nothing but their frames (a frozen last frame is the caster's).
     let first_red = runs.iter().position(|(c, _)| *c == 'R').unwrap();
     let last_blue = runs.iter().rposition(|(c, _)| *c == 'B').unwrap();
@@ -322,6 +328,18 @@ async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
         .await;
     assert_eq!(daemon.queue_names("q").await, ["cat", "ben"]);
 
+    // The seed's toggle changes state with a GET: a page on another site may not call it.
+    let cross_site = daemon
+        .http
+        .get(format!("{}/update-block-toggle/", daemon.api))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("GET /update-block-toggle/");
+    assert_eq!(cross_site.status(), 403);
+    let (_, q) = daemon.get("/api/v1/relays/q/queue").await;
+    assert_eq!(q["block_kicked"], true, "{q}");
+
     // The toggle lifts the block; a kicked caster may come straight back, at the back.
     let (status, toggled) = daemon.get("/update-block-toggle/").await;
     assert_eq!(status, 200, "{toggled}");
@@ -340,6 +358,39 @@ async fn the_operator_reorders_retimes_skips_kicks_and_toggles_the_block() {
     // A deleted caster's key stops working and they leave the line.
     assert_eq!(daemon.delete("/api/v1/relays/q/casters/ann").await, 204);
     wait_line(&daemon, &["cat", "ben"]).await;
+
+    // Every change was a `queue` event.
+    let mut events = daemon
+        .http
+        .get(format!("{}/api/v1/events", daemon.api))
+        .header("last-event-id", "0")
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("GET /api/v1/events");
+    let wanted = [
+        "joined",
+        "reordered",
+        "timer",
+        "skipped",
+        "block",
+        "kicked",
+        "caster_removed",
+    ];
+    let mut text = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(chunk)) = events.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            let all = wanted
+                .iter()
+                .all(|r| text.contains(&format!(r#""reason":"{r}""#)));
+            if all {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "queue events missing from: {text}");
     daemon.stop().await;
 }
 
@@ -460,5 +511,70 @@ async fn a_publish_hook_admits_refuses_and_times_out() {
     for key in ["good-key", "bad-key", "slow-key"] {
         assert!(!log.contains(key), "the log holds a stream key: {key}");
     }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caster_keys_are_for_admin_tokens_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    const READER: &str = "reader-token-0123456789abcdef";
+    let config = format!(
+        "[[auth.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
+         [[auth.tokens]]\nname = \"site\"\ntoken = \"{READER}\"\nrole = \"read-only\"\n{}",
+        queue_config(r#"turn = "60s""#, "")
+    );
+    let daemon = Daemon::start(&config).await;
+    let made = daemon
+        .send(
+            "POST",
+            "/api/v1/relays/q/casters",
+            r#"{"name":"ann"}"#,
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(made.status(), 201);
+    let made: serde_json::Value = made.json().await.expect("JSON");
+    let key = made["stream_key"].as_str().expect("a key").to_owned();
+    let refused = daemon
+        .send(
+            "POST",
+            "/api/v1/relays/q/casters",
+            r#"{"name":"ben"}"#,
+            Some(READER),
+        )
+        .await;
+    assert_eq!(refused.status(), 403);
+
+    let by = &daemon;
+    let list = |token: Option<&'static str>| async move {
+        let reply = by.send("GET", "/api/v1/relays/q/casters", "", token).await;
+        (
+            reply.status().as_u16(),
+            reply.text().await.unwrap_or_default(),
+        )
+    };
+    let (status, text) = list(Some(ADMIN)).await;
+    assert!(status == 200 && text.contains(&key), "{status} {text}");
+    let (status, text) = list(Some(READER)).await;
+    assert!(
+        status == 200 && text.contains("ann") && !text.contains(&key),
+        "{status} {text}"
+    );
+    assert_eq!(list(None).await.0, 401);
+    // The seed's toggle changes state: not with a read-only token.
+    let toggle = daemon
+        .send("GET", "/update-block-toggle/", "", Some(READER))
+        .await;
+    assert_eq!(toggle.status(), 403);
+
+    let file = daemon.dir.path().join("data/queues/q.json");
+    let mode = std::fs::metadata(&file)
+        .expect("the queue file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    assert!(!daemon.log().contains(&key), "the log holds a caster's key");
     daemon.stop().await;
 }
