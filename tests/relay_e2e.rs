@@ -264,3 +264,68 @@ async fn unreachable_destination_retries_and_hls_carries_on() {
     assert_segment_decodes(&daemon, "final", &playlist).await;
     assert_eq!(daemon.relay("final").await["state"], "live");
 }
+
+/// The thumbnail's JPEG, decoded, once one is there (waits up to `timeout`).
+async fn thumbnail(daemon: &Daemon, relay: &str, timeout: Duration) -> image::RgbImage {
+    let path = format!("/api/v1/relays/{relay}/thumbnail.jpg");
+    let bytes = wait_for("a thumbnail", timeout, || async {
+        let (mime, _) = daemon.get_text(&path).await.map(|(m, t)| (m, t.len()))?;
+        assert_eq!(mime, "image/jpeg");
+        daemon.get_bytes(&path).await
+    })
+    .await;
+    image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .expect("a JPEG")
+        .to_rgb8()
+}
+
+/// The mean absolute difference of two same-sized pictures, per channel (0 to 255).
+fn difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_thumbnail_follows_the_program() {
+    let config = format!(
+        "{}\n[[relay]]\nid = \"raw\"\ningest = {{ stream_key = \"raw-key\" }}\ntranscode = false\n",
+        relay_config("final", r#"stream_key = "final-key""#, "")
+    );
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    let slate = thumbnail(&daemon, "final", Duration::from_secs(10)).await;
+    assert_eq!(slate.dimensions(), (320, 180), "the program's 16:9");
+
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_on_air("final", "input", Duration::from_secs(20))
+        .await;
+    // Within two refreshes, the thumbnail is the publisher's test pattern, not the slate.
+    let changed = wait_for(
+        "the thumbnail to change",
+        Duration::from_secs(10),
+        || async {
+            let now = thumbnail(&daemon, "final", Duration::from_secs(5)).await;
+            let d = difference(&slate, &now);
+            (d > 30.0).then_some(d)
+        },
+    )
+    .await;
+    eprintln!("thumbnail: slate to publisher, mean difference {changed:.1} of 255");
+
+    // A passthrough relay decodes nothing, so it has no thumbnail.
+    let reply = daemon
+        .send("GET", "/api/v1/relays/raw/thumbnail.jpg", "", None)
+        .await;
+    assert_eq!(reply.status(), 404);
+    let body: serde_json::Value = reply.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "no_thumbnail", "{body}");
+    daemon.stop().await;
+}

@@ -236,6 +236,28 @@ pub async fn remove_output(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `GET .../thumbnail.jpg`: the decoded program's latest thumbnail (overlay included).
+pub async fn get_thumbnail(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = relay(&registry, &id)?;
+    let Some(thumbnail) = handle.thumbnail().await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_thumbnail",
+            format!(
+                "relay {id} has no thumbnail yet: a decoded relay takes one every {} s while \
+                 it runs; a passthrough relay never does",
+                crate::pipeline::thumbnail::DEFAULT_THUMBNAIL_INTERVAL.as_secs()
+            ),
+        ));
+    };
+    warp::http::Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "image/jpeg")
+        .header("cache-control", "no-store")
+        .body(thumbnail.jpeg.into())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
 pub async fn get_score(
     id: String,
     sight: Sight,

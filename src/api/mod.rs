@@ -255,6 +255,11 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         .then(handlers::remove_output)
         .and_then(finish);
 
+    let thumbnail = warp::path!("api" / "v1" / "relays" / String / "thumbnail.jpg")
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::get_thumbnail)
+        .and_then(finish);
     let score = warp::path!("api" / "v1" / "relays" / String / "score");
     let get_score = score
         .and(warp::get())
@@ -428,6 +433,7 @@ pub fn table(shared: &Shared) -> Vec<Route> {
             &["/api/v1/relays/{id}/outputs/{output_id}"],
             remove_output,
         ),
+        route("GET", &["/api/v1/relays/{id}/thumbnail.jpg"], thumbnail),
         route("GET", &["/api/v1/relays/{id}/score"], get_score),
         route("PUT", &["/api/v1/relays/{id}/score"], put_score),
         route("GET", &["/api/v1/relays/{id}/casters"], list_casters),

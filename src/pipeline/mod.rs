@@ -21,6 +21,7 @@ pub mod output;
 pub mod overlay;
 pub mod program;
 pub mod switch;
+pub mod thumbnail;
 
 use std::sync::Once;
 

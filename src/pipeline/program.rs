@@ -9,6 +9,7 @@
 //!   audioresample ─ capsfilter ─► "audio"                                                │   │
 //! fallbackswitch "video-switch" (publisher priority 0, slate 1) ─ livesync "video-sync" ◄┼───┘
 //!   ─ overlaycomposition "overlay" (identity without an overlay) ─ tee "program-tee"     │
+//! program-tee ─ the thumbnail (a JPEG every 2 s, see [`super::thumbnail`])               │
 //! fallbackswitch "audio-switch" (publisher 0, silence 1) ─ livesync "audio-sync" ◄───────┘
 //!   ─ audioconvert ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
 //! program-tee ─ per rendition r: queue ─ [videoscale ─ capsfilter] ─ x264enc "enc-<r>"
@@ -48,6 +49,7 @@ use super::input::{self, Arrival, IngestBranch, Source};
 use super::ladder::{self, Encode, Rendition, Variant, SOURCE_RENDITION};
 use super::overlay::OverlaySlot;
 use super::switch::{self, Switch};
+use super::thumbnail::{self, ThumbnailSlot};
 use super::{add_elements, link_chain, link_tee, make, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
 
@@ -82,6 +84,8 @@ pub struct ProgramParams {
     pub sequence_base: u64,
     /// The score overlay, for relays that have one.
     pub overlay: Option<Arc<OverlaySlot>>,
+    /// Where a decoded program's thumbnail goes.
+    pub thumbnail: Option<Arc<ThumbnailSlot>>,
     /// The system-clock time the program's timeline starts at: when it was asked for, before
     /// anything arrives (a publisher's stream is dated against it by its arrival).
     pub epoch: gst::ClockTime,
@@ -232,6 +236,9 @@ fn build_decoded(
     let program_tee = make("tee", "program-tee")?;
     add_elements(pipeline, &[&overlay, &program_tee])?;
     link_chain(&[&switch.video_sync, &overlay, &program_tee])?;
+    if let Some(slot) = &params.thumbnail {
+        thumbnail::add_to(pipeline, &program_tee, p, slot)?;
+    }
     let audio = AudioEncoder::add_to(pipeline, p)?;
     link_chain(&[&switch.audio_sync, &audio.convert])?;
 

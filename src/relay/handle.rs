@@ -17,6 +17,7 @@ use super::queue::{QueueError, Saved as QueueSaved};
 use super::spec::{OutputSpec, RelaySpec};
 use super::state::OutputState;
 use crate::pipeline::input::Arrival;
+use crate::pipeline::thumbnail::Thumbnail;
 use crate::pipeline::PipelineError;
 use crate::scores::{Scoreboard, Source as ScoreSource};
 
@@ -322,6 +323,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<Admitted, RelayError>>,
     },
     Queue(oneshot::Sender<Result<QueueStatus, RelayError>>),
+    Thumbnail(oneshot::Sender<Option<Thumbnail>>),
     QueueOp {
         op: QueueOp,
         reply: oneshot::Sender<Result<QueueStatus, RelayError>>,
@@ -407,6 +409,12 @@ impl RelayHandle {
             reply,
         })
         .await?
+    }
+
+    /// The decoded program's latest thumbnail (none before its first, and never for a
+    /// passthrough relay).
+    pub async fn thumbnail(&self) -> Result<Option<Thumbnail>, RelayError> {
+        self.ask(Command::Thumbnail).await
     }
 
     /// The queue of a queue relay.

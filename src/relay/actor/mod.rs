@@ -44,6 +44,7 @@ use super::spec::RelaySpec;
 use super::state;
 use super::{OnAir, RelayContext};
 use crate::pipeline::bus::{self, ProgramEvent};
+use crate::pipeline::thumbnail::ThumbnailSlot;
 use input::Attached;
 use outputs::RunningOutput;
 use program::RunningProgram;
@@ -92,6 +93,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
         .map(|q| QueueRelay::load(&spec.id, q.rules(), casters, ctx.queues_dir.as_deref()));
     let actor = Actor {
         queue,
+        thumbnail: Arc::default(),
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
@@ -149,6 +151,8 @@ struct Actor {
     ping_frames: u64,
     /// A queue relay's casters and queue.
     queue: Option<QueueRelay>,
+    /// The decoded program's latest thumbnail, kept across programs.
+    thumbnail: Arc<ThumbnailSlot>,
 }
 
 impl Actor {
@@ -212,6 +216,9 @@ impl Actor {
                     }),
                 };
                 let _ = reply.send(admitted);
+            }
+            Command::Thumbnail(reply) => {
+                let _ = reply.send(self.thumbnail.latest());
             }
             Command::Queue(reply) => {
                 let _ = reply.send(self.queue_status());

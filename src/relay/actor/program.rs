@@ -33,7 +33,10 @@ pub(super) struct RunningProgram {
     pub(super) program: program::Program,
     pub(super) generation: u64,
     bus_task: JoinHandle<()>,
-    /// Written once the publisher's stream is known (passthrough relays).
+    /// The master playlist to write once every variant it lists has its first segment (a
+    /// player opening it must find each media playlist); `None` once written. A passthrough
+    /// relay's is known only from the publisher's first segment.
+    master: Option<Vec<Variant>>,
     master_written: bool,
 }
 
@@ -120,6 +123,7 @@ impl Actor {
             hls_dir: hls_dir.clone(),
             sequence_base: continuity.sequence_base,
             overlay: self.scorebug.slot(),
+            thumbnail: self.spec.transcode.then(|| self.thumbnail.clone()),
             epoch,
             arrival: Arc::default(),
         };
@@ -128,17 +132,12 @@ impl Actor {
             let encode = self.output_encode(&out.spec, &renditions[0]);
             built.add_destination(id, encode).map_err(pipeline_error)?;
         }
-        if self.spec.transcode {
-            let variants: Vec<Variant> = renditions
+        let master = self.spec.transcode.then(|| {
+            renditions
                 .iter()
                 .map(|r| Variant::for_rendition(r, &self.ctx.program))
-                .collect();
-            program::write_atomic(
-                &hls_dir.join("master.m3u8"),
-                &ladder::master_playlist(&variants),
-            )
-            .map_err(pipeline_error)?;
-        }
+                .collect::<Vec<Variant>>()
+        });
         let bus_task = forward_bus(&built.pipeline, self.events_tx.clone(), move |event| {
             Event::ProgramBus { generation, event }
         });
@@ -155,7 +154,8 @@ impl Actor {
             program: built,
             generation,
             bus_task,
-            master_written: self.spec.transcode,
+            master,
+            master_written: false,
         });
         self.life_event(LifeEvent::Built { generation });
         for id in self.outputs.ids() {
@@ -289,8 +289,8 @@ impl Actor {
         }
     }
 
-    /// A passthrough relay learns its stream's size and bitrate from its first segment, and
-    /// writes the master playlist then.
+    /// Writes the master playlist once every variant has its media playlist. A passthrough
+    /// relay learns its stream's size and bitrate from its first segment.
     fn on_segment_added(&mut self, segment: &Segment) {
         let Some(running) = &mut self.program else {
             return;
@@ -298,26 +298,48 @@ impl Actor {
         if running.master_written {
             return;
         }
-        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
-        match program::source_variant(&running.program.pipeline, segment) {
-            Some(variant) => {
-                if let Err(e) = program::write_atomic(
-                    &hls_dir.join("master.m3u8"),
-                    &ladder::master_playlist(&[variant]),
-                ) {
-                    warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
+        if running.master.is_none() {
+            match program::source_variant(&running.program.pipeline, segment) {
+                Some(variant) => running.master = Some(vec![variant]),
+                None => {
+                    debug!(relay = %self.spec.id, "publisher's stream not described yet");
                     return;
                 }
-                running.master_written = true;
-                info!(relay = %self.spec.id, "master playlist written from the publisher's stream");
             }
-            None => debug!(relay = %self.spec.id, "publisher's stream not described yet"),
         }
+        self.write_master_when_ready();
+    }
+
+    /// Writes the pending master playlist if every media playlist it lists is on disk.
+    fn write_master_when_ready(&mut self) {
+        let hls_dir = self.ctx.hls_root.join(&self.spec.id);
+        let Some(running) = &mut self.program else {
+            return;
+        };
+        let Some(variants) = running.master.as_ref().filter(|_| !running.master_written) else {
+            return;
+        };
+        let ready = variants
+            .iter()
+            .all(|v| hls_dir.join(&v.name).join("index.m3u8").exists());
+        if !ready {
+            return;
+        }
+        if let Err(e) = program::write_atomic(
+            &hls_dir.join("master.m3u8"),
+            &ladder::master_playlist(variants),
+        ) {
+            warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
+            return;
+        }
+        running.master_written = true;
+        info!(relay = %self.spec.id, "master playlist written: every rendition has its first segment");
     }
 
     /// Rebuilds a failed program when due, ends a drain that overran, and resets the
     /// backoff once frames flow.
     pub(super) fn tick_program(&mut self, now: Instant) {
+        self.write_master_when_ready();
         if self.life.drain_overdue(now) {
             warn!(relay = %self.spec.id, generation = ?self.life.generation(), "program did not drain in time");
             self.teardown_program();
