@@ -411,7 +411,10 @@
         li.dataset.relay = v.id;
         li.setAttribute('role', 'option');
         li.tabIndex = 0;
-        li.append(el('span', 'r-id', v.id), el('span', 'pill r-state'), el('span', 'r-sub'));
+        const thumb = el('img', 'r-thumb');
+        thumb.alt = '';
+        thumb.hidden = true;
+        li.append(el('span', 'r-id', v.id), el('span', 'pill r-state'), el('span', 'r-sub'), thumb);
         li.addEventListener('click', () => select(v.id));
         li.addEventListener('keydown', (e) => {
           if (e.key === 'Enter' || e.key === ' ') {
@@ -891,10 +894,44 @@
     form.reset();
   });
 
+  // ---------------------------------------------------------------- thumbnails
+
+  /** id -> the object URL of the relay's thumbnail shown now. */
+  const thumbs = new Map();
+  const THUMBNAIL_MS = 4000;
+  const THUMBNAIL_ROWS = 24;
+
+  /** Fetches the thumbnails of the first rows shown (with the token, hence as blobs). */
+  async function refreshThumbnails() {
+    for (const li of [...$('relays').children].slice(0, THUMBNAIL_ROWS)) {
+      const id = li.dataset.relay;
+      const entry = store.relays.get(id);
+      const img = li.querySelector('.r-thumb');
+      if (!img) continue;
+      if (!entry || entry.view.state === 'stopped' || entry.view.transcode === false) {
+        img.hidden = true;
+        continue;
+      }
+      try {
+        const r = await fetch(relayPath(id) + '/thumbnail.jpg', { headers: authHeaders(), cache: 'no-store' });
+        if (!r.ok) continue;
+        const url = URL.createObjectURL(await r.blob());
+        const old = thumbs.get(id);
+        thumbs.set(id, url);
+        img.src = url;
+        img.hidden = false;
+        if (old) URL.revokeObjectURL(old);
+      } catch {
+        // The next round tries again.
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- start
 
   // Durations tick between events.
   setInterval(renderDetail, 1000);
+  setInterval(refreshThumbnails, THUMBNAIL_MS);
   loadAll().catch((e) => notify(`Cannot read the relays: ${e.message}`));
   followEvents();
 })();

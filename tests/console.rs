@@ -326,6 +326,15 @@ async fn console_runs_a_live_relay() {
     let showing = format!("{} [data-field=showing]", row("final"));
     page.wait_text(&showing, "on air: input", Duration::from_secs(10))
         .await;
+    // Its row shows the program's thumbnail, fetched with the page's token as a blob.
+    page.wait_until(
+        "the relay's thumbnail",
+        "(s) => { const i = document.querySelector(s); \
+         return i !== null && !i.hidden && i.src.startsWith('blob:') && i.naturalWidth === 320; }",
+        json!(format!("{} img.r-thumb", row("final"))),
+        Duration::from_secs(15),
+    )
+    .await;
     let seen = page
         .eval("() => window.scorecastConsole.eventsSeen", Value::Null)
         .await;

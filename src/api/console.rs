@@ -16,7 +16,8 @@ use super::error::ApiError;
 
 /// What the page may load: its own files, the API, and the blob: URLs hls.js makes for its
 /// worker and for the video's MediaSource.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
                    media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'; \
                    frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
