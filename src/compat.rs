@@ -160,6 +160,7 @@ impl CompatSettings {
             outputs: vec![output],
             transcode: true,
             queue: None,
+            record: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Config {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub compat: CompatSettings,
+    /// What a relay's `record` leaves out.
+    pub record: RecordSettings,
     #[serde(rename = "relay")]
     pub relays: Vec<RelaySpec>,
 }
@@ -473,6 +475,49 @@ impl Default for ProgramSettings {
     }
 }
 
+/// `[record]`: the defaults of every relay's `record` (recording is on per relay).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordSettings {
+    /// Files older than this (by their end) are deleted (`24h`).
+    pub retention: String,
+    /// A new file after this long (`1h`).
+    pub split: String,
+    /// A relay's recordings may take this many bytes; the oldest go first. None: no budget.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for RecordSettings {
+    fn default() -> Self {
+        Self {
+            retention: "24h".to_owned(),
+            split: "1h".to_owned(),
+            max_bytes: None,
+        }
+    }
+}
+
+impl RecordSettings {
+    pub fn retention(&self) -> std::time::Duration {
+        crate::scores::poller::parse_duration(&self.retention)
+            .unwrap_or(std::time::Duration::from_secs(24 * 3600))
+    }
+
+    pub fn split(&self) -> std::time::Duration {
+        crate::scores::poller::parse_duration(&self.split)
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let spec = crate::relay::spec::RecordSpec {
+            retention: Some(self.retention.clone()),
+            split: Some(self.split.clone()),
+            max_bytes: self.max_bytes,
+        };
+        spec.check().map_err(|e| (e.field, e.message))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HlsSettings {
@@ -566,6 +611,7 @@ impl Config {
             _ => {}
         }
         self.compat.validate()?;
+        self.record.validate()?;
         for (n, host) in self.server.allowed_hosts.iter().enumerate() {
             check_host_name(host)
                 .map_err(|message| (format!("server.allowed_hosts[{n}]"), message))?;

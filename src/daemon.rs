@@ -178,6 +178,8 @@ pub async fn run(
                 slates: Default::default(),
                 events: events.clone(),
                 queues_dir: Some(config.server.data_dir.join("queues")),
+                recordings_root: Some(config.server.data_dir.join("recordings")),
+                record: config.record.clone(),
             },
             Some(store),
         )
@@ -204,6 +206,7 @@ pub async fn run(
     let shared = api::Shared {
         registry: registry.clone(),
         hls_root,
+        recordings_root: config.server.data_dir.join("recordings"),
         auth: Arc::new(auth.clone()),
         browsers: Arc::new(api::browsers::Browsers::new(&config.server)),
         compat: Arc::new(config.compat.clone()),

@@ -257,6 +257,8 @@ fn registry(hls_root: &Path) -> Arc<Registry> {
             slates: Default::default(),
             events: Arc::new(EventBus::default()),
             queues_dir: None,
+            recordings_root: None,
+            record: Default::default(),
         },
         None,
     ))
@@ -268,6 +270,7 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
     let table = api::table(&api::Shared {
         registry: registry(dir.path()),
         hls_root: dir.path().to_owned(),
+        recordings_root: dir.path().to_owned(),
         auth: Arc::new(Default::default()),
         browsers: Arc::new(Default::default()),
         compat: Arc::new(Default::default()),

@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod hls;
 pub mod metrics;
 pub mod queue;
+pub mod recordings;
 pub mod server;
 pub mod tls;
 pub mod wire;
@@ -395,6 +396,27 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         .then(queue::seed_block_toggle)
         .and_then(finish);
 
+    let recordings_list = warp::path!("api" / "v1" / "relays" / String / "recordings")
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(recordings::list)
+        .and_then(finish);
+    let recording_delete = warp::path!("api" / "v1" / "relays" / String / "recordings" / String)
+        .and(warp::delete())
+        .and(with_registry.clone())
+        .then(recordings::delete)
+        .and_then(finish);
+    // The files, by warp's file server (Range and conditional requests); anything else under
+    // /recordings/ is a JSON 404.
+    let recording_files = warp::path("recordings").and(warp::get()).and(
+        warp::fs::dir(shared.recordings_root.clone())
+            .map(|file: warp::fs::File| file.into_response())
+            .or(warp::path::tail()
+                .then(recordings::no_such_file)
+                .and_then(finish))
+            .unify(),
+    );
+
     let hls = warp::path("hls")
         .and(warp::get())
         .and(warp::path::tail())
@@ -434,6 +456,13 @@ pub fn table(shared: &Shared) -> Vec<Route> {
             remove_output,
         ),
         route("GET", &["/api/v1/relays/{id}/thumbnail.jpg"], thumbnail),
+        route("GET", &["/api/v1/relays/{id}/recordings"], recordings_list),
+        route(
+            "DELETE",
+            &["/api/v1/relays/{id}/recordings/{recording}"],
+            recording_delete,
+        ),
+        route("GET", &["/recordings/{relay}/{file}"], recording_files),
         route("GET", &["/api/v1/relays/{id}/score"], get_score),
         route("PUT", &["/api/v1/relays/{id}/score"], put_score),
         route("GET", &["/api/v1/relays/{id}/casters"], list_casters),
@@ -472,6 +501,8 @@ pub fn table(shared: &Shared) -> Vec<Route> {
 pub struct Shared {
     pub registry: Arc<Registry>,
     pub hls_root: PathBuf,
+    /// `<data_dir>/recordings`, served at `/recordings/`.
+    pub recordings_root: PathBuf,
     pub auth: Arc<Auth>,
     pub browsers: Arc<Browsers>,
     pub compat: Arc<CompatSettings>,

@@ -760,6 +760,8 @@ mod tests {
                 slates: Default::default(),
                 events: Default::default(),
                 queues_dir: None,
+                recordings_root: None,
+                record: Default::default(),
             },
             None,
         );

@@ -22,7 +22,7 @@ use gst::prelude::*;
 use super::bus::INGEST_ENDED;
 use super::ladder::SOURCE_RENDITION;
 use super::switch::{self, link_to_switch, Switch, PUBLISHER_PRIORITY};
-use super::{add_elements, capsfilter, link_chain, make, PipelineError};
+use super::{add_elements, capsfilter, drop_data, link_chain, make, PipelineError};
 use crate::config::ProgramSettings;
 
 /// Pushed FLV the program may have queued; past it the publisher is dropped.
@@ -271,7 +271,7 @@ fn detach_branch(
             gst::PadProbeType::BUFFER
                 | gst::PadProbeType::BUFFER_LIST
                 | gst::PadProbeType::EVENT_DOWNSTREAM,
-            |_, _| gst::PadProbeReturn::Drop,
+            |_, info| drop_data(info),
         );
     }
     for (switch, pad) in switch_pads {

@@ -299,6 +299,7 @@ mod tests {
             outputs: Vec::new(),
             transcode: true,
             queue: None,
+            record: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod ladder;
 pub mod output;
 pub mod overlay;
 pub mod program;
+pub mod record;
 pub mod switch;
 pub mod thumbnail;
 
@@ -145,6 +146,24 @@ pub(crate) fn link_tee(tee: &gst::Element, sink: &gst::Element) -> Result<gst::P
     let sinkpad = sink.static_pad("sink").ok_or_else(link_error)?;
     src.link(&sinkpad).map_err(|_| link_error())?;
     Ok(src)
+}
+
+/// Drops the buffer (or buffer list) a pad probe holds. With gstreamer-rs 0.25 on GStreamer
+/// 1.22, returning `Drop` for a buffer logs `gst_mini_object_unref: assertion 'mini_object
+/// != NULL' failed` once per buffer; taking the data and answering `Handled` drops it quietly.
+/// Any other data (an event) is dropped with `Drop`.
+pub(crate) fn drop_data(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+    match info.data {
+        Some(gst::PadProbeData::Buffer(_)) => {
+            drop(info.take_buffer());
+            gst::PadProbeReturn::Handled
+        }
+        Some(gst::PadProbeData::BufferList(_)) => {
+            drop(info.take_buffer_list());
+            gst::PadProbeReturn::Handled
+        }
+        _ => gst::PadProbeReturn::Drop,
+    }
 }
 
 /// Sets a pipeline's state, naming it in the error.

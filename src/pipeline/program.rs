@@ -48,6 +48,7 @@ use super::fanout::{Fanout, FeedSlot};
 use super::input::{self, Arrival, IngestBranch, Source};
 use super::ladder::{self, Encode, Rendition, Variant, SOURCE_RENDITION};
 use super::overlay::OverlaySlot;
+use super::record::{self, RecordBranch, RecordParams};
 use super::switch::{self, Switch};
 use super::thumbnail::{self, ThumbnailSlot};
 use super::{add_elements, link_chain, link_tee, make, PipelineError};
@@ -86,6 +87,8 @@ pub struct ProgramParams {
     pub overlay: Option<Arc<OverlaySlot>>,
     /// Where a decoded program's thumbnail goes.
     pub thumbnail: Option<Arc<ThumbnailSlot>>,
+    /// What the program records, if anything.
+    pub record: Option<RecordParams>,
     /// The system-clock time the program's timeline starts at: when it was asked for, before
     /// anything arrives (a publisher's stream is dated against it by its arrival).
     pub epoch: gst::ClockTime,
@@ -119,6 +122,9 @@ pub struct Program {
     /// Where each destination is fed from, and its place on that stream's fan-out.
     routes: HashMap<String, (Encode, Arc<FeedSlot>)>,
     branches_built: u32,
+    /// The file being recorded, and what the next one needs.
+    recording: Option<(RecordBranch, RecordParams)>,
+    records_built: u32,
 }
 
 /// One FLV mux and the destinations it feeds. The top rendition's has no branch of its own
@@ -175,6 +181,13 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         HlsBranch::add_to(&pipeline, video_tee, &core.audio_tee, r, params)?;
     }
     let (top_rendition, top_tee) = &core.rungs[0];
+    let recording = match &params.record {
+        Some(record) => Some((
+            record::start(&pipeline, top_tee, &core.audio_tee, record, 1)?,
+            record.clone(),
+        )),
+        None => None,
+    };
     let top = top_rendition.encode(&params.program);
     let fanout = Arc::new(Fanout::default());
     let flv = FlvBranch::new(&top_rendition.name, &fanout)?;
@@ -212,6 +225,8 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         flv,
         routes: HashMap::new(),
         branches_built: 0,
+        recording,
+        records_built: 1,
     })
 }
 
@@ -354,6 +369,34 @@ impl Program {
         if let Some(switch) = &self.switch {
             switch.hold_for_handover(hold);
         }
+    }
+
+    /// Starts the recording's next file and ends the current one, with no frame between
+    /// them; nothing for a program that does not record.
+    pub fn split_recording(&mut self) -> Result<(), PipelineError> {
+        let Some((_, params)) = &self.recording else {
+            return Ok(());
+        };
+        let params = params.clone();
+        let top_tee = self
+            .rungs
+            .get(&self.top)
+            .ok_or_else(|| PipelineError::Link {
+                from: "the top rendition".to_owned(),
+                to: "a recording".to_owned(),
+            })?;
+        self.records_built += 1;
+        let next = record::start(
+            &self.pipeline,
+            top_tee,
+            &self.audio_tee,
+            &params,
+            self.records_built,
+        )?;
+        if let Some((old, _)) = self.recording.replace((next, params)) {
+            record::end(&self.pipeline, old);
+        }
+        Ok(())
     }
 
     /// Shows `picture` (at the program's size) whenever no publisher is on.

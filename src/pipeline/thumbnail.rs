@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
 
-use super::{add_elements, capsfilter, link_chain, link_tee, make, PipelineError};
+use super::{add_elements, capsfilter, drop_data, link_chain, link_tee, make, PipelineError};
 use crate::config::ProgramSettings;
 
 /// How often the thumbnail is refreshed.
@@ -131,7 +131,7 @@ fn let_one_frame_per_interval(queue: &gst::Element) {
     let last: Mutex<Option<gst::ClockTime>> = Mutex::default();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
-            return gst::PadProbeReturn::Drop;
+            return drop_data(info);
         };
         let mut last = last.lock().expect("thumbnail probe lock poisoned");
         let due = last.is_none_or(|t| {
@@ -145,7 +145,7 @@ fn let_one_frame_per_interval(queue: &gst::Element) {
             *last = Some(pts);
             gst::PadProbeReturn::Ok
         } else {
-            gst::PadProbeReturn::Drop
+            drop_data(info)
         }
     });
 }

@@ -277,6 +277,14 @@ impl Drop for Seat {
     }
 }
 
+/// A relay's recordings: their directory (none when the daemon records nothing), and the
+/// file the program is writing now (never to be deleted).
+#[derive(Debug, Clone)]
+pub struct RecordingsInfo {
+    pub dir: Option<std::path::PathBuf>,
+    pub open: Option<std::path::PathBuf>,
+}
+
 /// A queue as the API shows it: the saved form (wall-clock seconds) and who is connected.
 #[derive(Debug, Clone)]
 pub struct QueueStatus {
@@ -324,6 +332,7 @@ pub(super) enum Command {
     },
     Queue(oneshot::Sender<Result<QueueStatus, RelayError>>),
     Thumbnail(oneshot::Sender<Option<Thumbnail>>),
+    Recordings(oneshot::Sender<RecordingsInfo>),
     QueueOp {
         op: QueueOp,
         reply: oneshot::Sender<Result<QueueStatus, RelayError>>,
@@ -415,6 +424,11 @@ impl RelayHandle {
     /// passthrough relay).
     pub async fn thumbnail(&self) -> Result<Option<Thumbnail>, RelayError> {
         self.ask(Command::Thumbnail).await
+    }
+
+    /// Where the relay's recordings are, and the file being written now.
+    pub async fn recordings(&self) -> Result<RecordingsInfo, RelayError> {
+        self.ask(Command::Recordings).await
     }
 
     /// The queue of a queue relay.

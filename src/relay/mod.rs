@@ -22,6 +22,7 @@ pub mod handle;
 pub mod lifecycle;
 pub mod observe;
 pub mod queue;
+pub mod recordings;
 pub mod registry;
 pub mod scorebug;
 pub mod spec;
@@ -31,7 +32,7 @@ pub mod store;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use crate::config::{HlsSettings, ProgramSettings};
+use crate::config::{HlsSettings, ProgramSettings, RecordSettings};
 use crate::events::EventBus;
 use crate::render::{self, SlateMessage};
 
@@ -58,6 +59,11 @@ pub struct RelayContext {
     /// `<data_dir>/queues`: each queue relay saves its casters and its queue in
     /// `<id>.json` there. `None`: kept in memory only.
     pub queues_dir: Option<PathBuf>,
+    /// `<data_dir>/recordings`: each recording relay writes into `<id>/` there. `None`:
+    /// nothing is recorded.
+    pub recordings_root: Option<PathBuf>,
+    /// The defaults of a relay's `record`.
+    pub record: RecordSettings,
 }
 
 /// The slate pictures, drawn on first use (every relay shares the program size).

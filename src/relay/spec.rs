@@ -68,6 +68,69 @@ pub struct RelaySpec {
     /// Casters share the relay in turns ([`super::queue`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
+    /// Record the program ([`super::recordings`]); absent, nothing is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordSpec>,
+}
+
+/// `"record": {"retention": "24h", "split": "1h", "max_bytes": 50000000000}`: each field
+/// defaults to the config's `[record]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSpec {
+    /// Files older than this (by their end) are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// A new file after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// The relay's recordings may take this many bytes; the oldest go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+impl RecordSpec {
+    /// Checks the durations and the budget; the error names the `record.` field.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for (field, value, least) in [
+            ("record.retention", &self.retention, Duration::from_secs(1)),
+            ("record.split", &self.split, Duration::from_secs(2)),
+        ] {
+            let Some(text) = value else { continue };
+            match parse_duration(text) {
+                Some(d) if d >= least => {}
+                _ => {
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                        "{text:?} is not a duration of {least:?} or more, like \"24h\" or \"30m\""
+                    ),
+                    ))
+                }
+            }
+        }
+        if self.max_bytes == Some(0) {
+            return Err(SpecError::new("record.max_bytes", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// The rules in force: this spec's fields, else `defaults`'.
+    pub fn rules(&self, defaults: &crate::config::RecordSettings) -> super::recordings::Rules {
+        super::recordings::Rules {
+            retention: self
+                .retention
+                .as_deref()
+                .and_then(parse_duration)
+                .unwrap_or(defaults.retention()),
+            split: self
+                .split
+                .as_deref()
+                .and_then(parse_duration)
+                .unwrap_or(defaults.split()),
+            max_bytes: self.max_bytes.or(defaults.max_bytes),
+        }
+    }
 }
 
 /// `"queue": {"turn": "20m", "block_kicked": true, "block_for": "10m"}`.
@@ -416,6 +479,9 @@ impl RelaySpec {
                      program: it needs transcode (the default)",
                 ));
             }
+        }
+        if let Some(record) = &self.record {
+            record.check()?;
         }
         if let Some(url) = &self.ingest.auth_url {
             if self.ingest.stream_key.is_none() {

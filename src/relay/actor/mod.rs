@@ -34,8 +34,8 @@ use tracing::{error, info};
 use super::casters::Casters;
 use super::destinations::Destinations;
 use super::handle::{
-    Admitted, Command, OutputStatus, PublisherStatus, RelayCounters, RelayError, RelayHandle,
-    RelayPhase, RelayStatus,
+    Admitted, Command, OutputStatus, PublisherStatus, RecordingsInfo, RelayCounters, RelayError,
+    RelayHandle, RelayPhase, RelayStatus,
 };
 use super::lifecycle::{LifeEvent, Lifecycle, Retry};
 use super::observe::{Observed, Observer};
@@ -44,6 +44,7 @@ use super::spec::RelaySpec;
 use super::state;
 use super::{OnAir, RelayContext};
 use crate::pipeline::bus::{self, ProgramEvent};
+use crate::pipeline::record::Recording;
 use crate::pipeline::thumbnail::ThumbnailSlot;
 use input::Attached;
 use outputs::RunningOutput;
@@ -94,6 +95,8 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
     let actor = Actor {
         queue,
         thumbnail: Arc::default(),
+        recording: Arc::default(),
+        swept: None,
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
@@ -153,6 +156,10 @@ struct Actor {
     queue: Option<QueueRelay>,
     /// The decoded program's latest thumbnail, kept across programs.
     thumbnail: Arc<ThumbnailSlot>,
+    /// The file the program is recording into now.
+    recording: Arc<Recording>,
+    /// When the recordings were last swept.
+    swept: Option<Instant>,
 }
 
 impl Actor {
@@ -216,6 +223,12 @@ impl Actor {
                     }),
                 };
                 let _ = reply.send(admitted);
+            }
+            Command::Recordings(reply) => {
+                let _ = reply.send(RecordingsInfo {
+                    dir: self.recordings_dir(),
+                    open: self.recording.current(),
+                });
             }
             Command::Thumbnail(reply) => {
                 let _ = reply.send(self.thumbnail.latest());
@@ -323,6 +336,7 @@ impl Actor {
         self.tick_input(now);
         self.tick_outputs(now);
         self.refresh_queue_line();
+        self.sweep_recordings(now);
     }
 
     /// Publishes what changed since the last look.

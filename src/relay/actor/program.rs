@@ -124,6 +124,7 @@ impl Actor {
             sequence_base: continuity.sequence_base,
             overlay: self.scorebug.slot(),
             thumbnail: self.spec.transcode.then(|| self.thumbnail.clone()),
+            record: self.record_params(),
             epoch,
             arrival: Arc::default(),
         };
@@ -207,6 +208,7 @@ impl Actor {
         }
         // Its branch goes with the pipeline; the publisher's feed fails and it is dropped.
         self.input = None;
+        self.recording.clear();
         self.queue_program_gone();
         self.input_retry = None;
         self.on_air = None;
@@ -354,6 +356,50 @@ impl Actor {
                 .is_some_and(|p| p.program.frames.load(Ordering::Relaxed) > 0)
         {
             self.life_event(LifeEvent::Flowing);
+        }
+    }
+}
+
+/// How often a recording relay's old files are swept.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Actor {
+    /// `<recordings_root>/<id>`, for a relay that records (or recorded) anything.
+    pub(super) fn recordings_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.ctx.recordings_root.as_ref()?.join(&self.spec.id))
+    }
+
+    /// What the next program records: its dir, split and the shared name of the open file.
+    fn record_params(&self) -> Option<crate::pipeline::record::RecordParams> {
+        self.spec.record.as_ref()?;
+        Some(crate::pipeline::record::RecordParams {
+            dir: self.recordings_dir()?,
+            recording: self.recording.clone(),
+        })
+    }
+
+    /// Starts the recording's next file when the current one is `split` old, and deletes
+    /// recordings past their retention or over the budget, every [`SWEEP_EVERY`].
+    pub(super) fn sweep_recordings(&mut self, now: Instant) {
+        let (Some(record), Some(dir)) = (&self.spec.record, self.recordings_dir()) else {
+            return;
+        };
+        let rules = record.rules(&self.ctx.record);
+        if self.recording.age().is_some_and(|age| age >= rules.split) {
+            if let Some(running) = &mut self.program {
+                if let Err(e) = running.program.split_recording() {
+                    warn!(relay = %self.spec.id, error = %e, "cannot start the recording's next file; the current one goes on");
+                }
+            }
+        }
+        if self.swept.is_some_and(|at| now < at + SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(now);
+        let open = self.recording.current();
+        let gone = crate::relay::recordings::sweep(&dir, &rules, open.as_deref());
+        if !gone.is_empty() {
+            info!(relay = %self.spec.id, files = gone.len(), "old recordings deleted (retention or disk budget)");
         }
     }
 }

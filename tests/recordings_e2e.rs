@@ -1,0 +1,223 @@
+//! Recordings on real parts: a relay records its program to fragmented MP4 while an ffmpeg
+//! publisher is on air; ffprobe and ffmpeg read the files; the API lists, serves (with byte
+//! ranges) and deletes them; a `kill -9` leaves a playable file; retention deletes old files
+//! but never the one being written.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// A file's duration by ffprobe, in seconds.
+fn duration(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+/// Whether ffmpeg decodes the whole file without an error.
+fn decodes(path: &Path) -> bool {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg");
+    out.status.success() && out.stderr.is_empty()
+}
+
+fn config(record: &str) -> String {
+    relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        &format!("record = {{ {record} }}"),
+    )
+}
+
+async fn list(daemon: &Daemon) -> Vec<Value> {
+    let (status, list) = daemon.get("/api/v1/relays/final/recordings").await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array().expect("a list").clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
+    let daemon = Daemon::start(&config("")).await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_on_air("final", "input", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let open = list(&daemon).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0]["ended_at"].is_null(), "being written: {open:?}");
+    let (status, refused) = daemon
+        .send(
+            "DELETE",
+            &format!(
+                "/api/v1/relays/final/recordings/{}",
+                open[0]["id"].as_str().unwrap()
+            ),
+            "",
+            None,
+        )
+        .await
+        .json::<Value>()
+        .await
+        .map(|b| (409, b))
+        .unwrap_or((0, Value::Null));
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (409, &Value::from("recording_open"))
+    );
+
+    // Time on air: the frames the program encoded, at 30 fps (the slate's and the
+    // publisher's), just before the stop.
+    let on_air = daemon.relay("final").await["frames_encoded"]
+        .as_f64()
+        .unwrap()
+        / 30.0;
+    let (status, _) = daemon.post("/api/v1/relays/final/stop", "").await;
+    assert_eq!(status, 200);
+    let files = list(&daemon).await;
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = &files[0];
+    assert!(file["ended_at"].is_number(), "{file}");
+    let id = file["id"].as_str().unwrap();
+    let path = daemon
+        .dir
+        .path()
+        .join(format!("data/recordings/final/{id}.mp4"));
+    let seconds = duration(&path);
+    eprintln!("recorded {seconds:.2} s of {on_air:.2} s on air");
+    assert!(
+        (seconds - on_air).abs() < 0.5,
+        "{seconds} s recorded of {on_air} s on air"
+    );
+    assert!(decodes(&path), "the recording decodes from start to end");
+    assert_eq!(file["bytes"], std::fs::metadata(&path).unwrap().len());
+
+    // The url serves it, whole and by byte range.
+    let url = format!("{}{}", daemon.api, file["url"].as_str().unwrap());
+    let whole = daemon
+        .http
+        .get(&url)
+        .send()
+        .await
+        .expect("GET the recording");
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["content-type"], "video/mp4");
+    let body = whole.bytes().await.unwrap();
+    assert_eq!(body, std::fs::read(&path).unwrap());
+    let part = daemon
+        .http
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .expect("GET a range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 100-199/{}", body.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), body.slice(100..200));
+    let (status, _) = daemon.get("/recordings/final/nope.mp4").await;
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        daemon
+            .delete(&format!("/api/v1/relays/final/recordings/{id}"))
+            .await,
+        204
+    );
+    assert!(list(&daemon).await.is_empty());
+    assert!(!path.exists());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_daemon_leaves_a_playable_recording() {
+    let daemon = Daemon::spawn(&config("")).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_on_air("final", "input", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let uptime = daemon.relay("final").await["uptime"].as_f64().unwrap();
+    if std::env::var_os("REC_LOG").is_some() {
+        eprintln!("{}", daemon.log());
+    }
+    daemon.process().signal("KILL");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = daemon.dir.path().join("data/recordings/final");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the recordings dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!files.is_empty(), "no recording");
+    let seconds: f64 = files.iter().map(|f| duration(f)).sum();
+    eprintln!(
+        "after kill -9: {seconds:.2} s playable in {} file(s) of {uptime:.2} s recorded",
+        files.len()
+    );
+    // Lost: the fragment being built (up to a GOP, 2 s) and what the encoder and the muxer
+    // still held.
+    assert!(seconds > uptime - 3.5, "{seconds} s playable of {uptime} s");
+    for file in &files {
+        assert!(
+            decodes(file),
+            "{} decodes up to its last fragment",
+            file.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_files_but_never_the_open_one() {
+    let daemon = Daemon::start(&config(r#"split = "2s", retention = "3s""#)).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_on_air("final", "input", Duration::from_secs(20))
+        .await;
+    // Files of 2 s kept for 3 s after they end: after 14 s, the first ones are gone.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let files = list(&daemon).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    eprintln!("{files:?}");
+    assert!(!files.is_empty() && files.len() <= 5, "{files:?}");
+    let open: Vec<_> = files.iter().filter(|f| f["ended_at"].is_null()).collect();
+    assert_eq!(open.len(), 1, "one file being written: {files:?}");
+    let oldest = files[0]["started_at"].as_f64().unwrap();
+    assert!(now - oldest < 12.0, "the first files are gone: {files:?}");
+    // Sweeps run every 5 s: a file may outlive its retention by that much.
+    for f in files.iter().filter(|f| f["ended_at"].is_number()) {
+        let ended = f["ended_at"].as_f64().unwrap();
+        assert!(now - ended < 3.0 + 5.0 + 1.0, "{f}");
+    }
+    daemon.stop().await;
+}
