@@ -856,6 +856,7 @@ async fn the_openapi_document_matches_the_router() {
             .replace("{id}", "nope")
             .replace("{output_id}", "nope")
             .replace("{name}", "nope")
+            .replace("{recording}", "123")
             .replace("{seconds}", "60")
             .replace("{relay}", "nope")
             .replace("{rendition}", "720p")

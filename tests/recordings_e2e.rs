@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::frames;
 use common::*;
 use serde_json::Value;
 
@@ -67,7 +68,19 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Two score changes while it records: each is a marker.
+    for home in [1, 2] {
+        let reply = daemon
+            .send(
+                "PUT",
+                "/api/v1/relays/final/score",
+                &frames::score_json(home),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status(), 200);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
     let open = list(&daemon).await;
     assert_eq!(open.len(), 1, "{open:?}");
     assert!(open[0]["ended_at"].is_null(), "being written: {open:?}");
@@ -115,6 +128,22 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
         "{seconds} s recorded of {on_air} s on air"
     );
     assert!(decodes(&path), "the recording decodes from start to end");
+    let (status, markers) = daemon
+        .get(&format!("/api/v1/relays/final/recordings/{id}/markers"))
+        .await;
+    assert_eq!(status, 200, "{markers}");
+    let scores: Vec<&Value> = markers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["scoreboard"]["home"]["score"])
+        .collect();
+    assert_eq!(scores, [&Value::from("1"), &Value::from("2")], "{markers}");
+    let first_at = markers[0]["at"].as_f64().unwrap();
+    assert!(
+        first_at >= file["started_at"].as_f64().unwrap(),
+        "{markers}"
+    );
     assert_eq!(file["bytes"], std::fs::metadata(&path).unwrap().len());
 
     // The url serves it, whole and by byte range.

@@ -242,6 +242,7 @@ fn concrete(template: &str) -> String {
         .replace("{id}", "nope")
         .replace("{output_id}", "nope")
         .replace("{name}", "nope")
+        .replace("{recording}", "123")
         .replace("{seconds}", "60")
         .replace("{relay}", "nope")
         .replace("{rendition}", "720p")

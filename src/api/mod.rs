@@ -406,6 +406,12 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         .and(with_registry.clone())
         .then(recordings::delete)
         .and_then(finish);
+    let recording_markers =
+        warp::path!("api" / "v1" / "relays" / String / "recordings" / String / "markers")
+            .and(warp::get())
+            .and(with_registry.clone())
+            .then(recordings::markers)
+            .and_then(finish);
     // The files, by warp's file server (Range and conditional requests); anything else under
     // /recordings/ is a JSON 404.
     let recording_files = warp::path("recordings").and(warp::get()).and(
@@ -461,6 +467,11 @@ pub fn table(shared: &Shared) -> Vec<Route> {
             "DELETE",
             &["/api/v1/relays/{id}/recordings/{recording}"],
             recording_delete,
+        ),
+        route(
+            "GET",
+            &["/api/v1/relays/{id}/recordings/{recording}/markers"],
+            recording_markers,
         ),
         route("GET", &["/recordings/{relay}/{file}"], recording_files),
         route("GET", &["/api/v1/relays/{id}/score"], get_score),

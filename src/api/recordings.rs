@@ -67,6 +67,19 @@ pub async fn list(id: String, registry: Arc<Registry>) -> Result<Reply, ApiError
     Ok(warp::reply::with_status(warp::reply::json(&views), StatusCode::OK).into_response())
 }
 
+/// `GET .../recordings/{rid}/markers`: each scoreboard the recording saw, `[{"at",
+/// "scoreboard"}]`, from the one on screen when it began.
+pub async fn markers(id: String, rid: String, registry: Arc<Registry>) -> Result<Reply, ApiError> {
+    let info = info(&registry, &id).await?;
+    let file = info
+        .dir
+        .as_deref()
+        .and_then(|dir| recordings::find(dir, &rid))
+        .ok_or_else(|| no_recording(&id, &rid))?;
+    let markers = recordings::markers(&file.path);
+    Ok(warp::reply::with_status(warp::reply::json(&markers), StatusCode::OK).into_response())
+}
+
 /// `/recordings/{relay}/{file}` that is not a recording: a JSON 404 like the API's.
 pub async fn no_such_file(tail: warp::path::Tail) -> Result<Reply, ApiError> {
     Err(ApiError::new(
@@ -91,8 +104,7 @@ pub async fn delete(id: String, rid: String, registry: Arc<Registry>) -> Result<
             format!("relay {id} is still writing recording {rid}; stop the relay first, or wait for the next split"),
         ));
     }
-    tokio::fs::remove_file(&file.path)
-        .await
+    recordings::remove(&file.path)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,12 +1,15 @@
 //! A relay's recordings on disk, `<data_dir>/recordings/<relay>/<unix ms>.mp4`: listing them
 //! and deciding which to delete (retention, disk budget).
 //!
-//! Owns those rules. The decision ([`to_delete`]) is pure; [`list`] and [`sweep`] read and
-//! delete files. The file being written is never deleted. The recording itself is
+//! Owns those rules and each recording's score markers (`<rid>.markers.jsonl`: one line per
+//! scoreboard change while it was written). The decision ([`to_delete`]) is pure; [`list`]
+//! and [`sweep`] read and delete files. The file being written is never deleted. The recording itself is
 //! [`crate::pipeline::record`]'s.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use crate::scores::Scoreboard;
 
 /// What a relay's `record` asks for, with the config's defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,44 @@ pub fn find(dir: &Path, id: &str) -> Option<FileInfo> {
     list(dir).into_iter().find(|f| f.id == id)
 }
 
+/// The score markers of the recording at `recording`: `<rid>.markers.jsonl` beside it.
+pub fn markers_path(recording: &Path) -> PathBuf {
+    recording.with_extension("markers.jsonl")
+}
+
+/// Notes that the scoreboard became `board` at `at` during the recording at `recording`.
+pub fn append_marker(recording: &Path, at: SystemTime, board: &Scoreboard) -> std::io::Result<()> {
+    use std::io::Write;
+    let at = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut line = serde_json::to_vec(&serde_json::json!({ "at": at, "scoreboard": board }))
+        .expect("a scoreboard always serializes");
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(markers_path(recording))?
+        .write_all(&line)
+}
+
+/// The markers of the recording at `recording`, oldest first (lines that do not parse, such
+/// as one cut short by a crash, are left out).
+pub fn markers(recording: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(markers_path(recording))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Deletes a recording and its markers.
+pub fn remove(recording: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(recording)?;
+    let _ = std::fs::remove_file(markers_path(recording));
+    Ok(())
+}
+
 /// Which of `files` (oldest first) go at `now`: those that ended more than the retention ago,
 /// then the oldest until the rest fit the budget. `open`, the file being written, never goes.
 pub fn to_delete(
@@ -103,7 +144,7 @@ pub fn sweep(dir: &Path, rules: &Rules, open: Option<&Path>) -> Vec<PathBuf> {
     let files = list(dir);
     let gone = to_delete(&files, rules, SystemTime::now(), open);
     gone.into_iter()
-        .filter(|path| std::fs::remove_file(path).is_ok())
+        .filter(|path| remove(path).is_ok())
         .collect()
 }
 

@@ -97,6 +97,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
         thumbnail: Arc::default(),
         recording: Arc::default(),
         swept: None,
+        marked: None,
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
@@ -160,6 +161,8 @@ struct Actor {
     recording: Arc<Recording>,
     /// When the recordings were last swept.
     swept: Option<Instant>,
+    /// The recording and scoreboard of the last score marker written.
+    marked: Option<(std::path::PathBuf, crate::scores::Scoreboard)>,
 }
 
 impl Actor {
@@ -356,6 +359,7 @@ impl Actor {
                 .map(|(board, source)| (board.clone(), source)),
         };
         self.observer.look(now, &self.ctx.events, &self.spec.id);
+        self.mark_score();
     }
 
     /// Frames the running program has encoded (0 with none).

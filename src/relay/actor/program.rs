@@ -402,4 +402,29 @@ impl Actor {
             info!(relay = %self.spec.id, files = gone.len(), "old recordings deleted (retention or disk budget)");
         }
     }
+
+    /// Notes the scoreboard in the open recording's markers when it changed (or the file
+    /// did: each file begins with the scoreboard on screen).
+    pub(super) fn mark_score(&mut self) {
+        let Some(path) = self.recording.current() else {
+            return;
+        };
+        let Some((board, _)) = self.scorebug.current() else {
+            return;
+        };
+        if self
+            .marked
+            .as_ref()
+            .is_some_and(|(p, b)| *p == path && b == board)
+        {
+            return;
+        }
+        let board = board.clone();
+        if let Err(e) =
+            crate::relay::recordings::append_marker(&path, std::time::SystemTime::now(), &board)
+        {
+            warn!(relay = %self.spec.id, error = %e, "cannot write a score marker");
+        }
+        self.marked = Some((path, board));
+    }
 }
