@@ -136,6 +136,9 @@ pub fn start(
     }
     link_chain(&[&mux, &file])?;
     start_on_a_keyframe(&video_q, &audio_q);
+    for element in [&parse, &audio_q] {
+        only_timed(element);
+    }
     for element in &elements {
         element
             .sync_state_with_parent()
@@ -194,6 +197,19 @@ fn start_on_a_keyframe(video_q: &gst::Element, audio_q: &gst::Element) {
             } else {
                 drop_data(info)
             }
+        });
+    }
+}
+
+/// Drops buffers without a timestamp before they reach the muxer, which would fail the whole
+/// program on one ("Buffer has no PTS"); seen once in a while as a publisher comes on.
+fn only_timed(element: &gst::Element) {
+    if let Some(pad) = element.static_pad("src") {
+        pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+            if info.buffer().is_some_and(|b| b.pts().is_none()) {
+                return drop_data(info);
+            }
+            gst::PadProbeReturn::Ok
         });
     }
 }
