@@ -81,6 +81,22 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
         assert_eq!(reply.status(), 200);
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
+    // Each change is an EXT-X-DATERANGE in the live playlist, within its window.
+    let (_, playlist) = daemon
+        .get_text("/hls/final/720p/index.m3u8")
+        .await
+        .expect("the media playlist");
+    let playlist = check_media_playlist(&playlist);
+    let scores: Vec<&String> = playlist
+        .date_ranges
+        .iter()
+        .filter(|t| t.contains("CLASS=\"com.scorecast.score\""))
+        .collect();
+    assert!(
+        scores.iter().any(|t| t.contains("X-HOME-SCORE=\"2\"")),
+        "{:?}",
+        playlist.date_ranges
+    );
     let open = list(&daemon).await;
     assert_eq!(open.len(), 1, "{open:?}");
     assert!(open[0]["ended_at"].is_null(), "being written: {open:?}");

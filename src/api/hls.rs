@@ -11,7 +11,7 @@ use warp::http::{header, Response, StatusCode};
 use warp::hyper::body::Bytes;
 
 use super::error::ApiError;
-use crate::pipeline::continuity;
+use crate::pipeline::{continuity, daterange};
 
 /// Path segments allowed below `/hls/`: `{relay}/master.m3u8`, `{relay}/{rendition}/{file}`.
 const MAX_DEPTH: usize = 3;
@@ -64,6 +64,11 @@ pub async fn serve(root: PathBuf, tail: String) -> Result<warp::reply::Response,
         let relay_dir = path.parent().and_then(Path::parent);
         if let Some(c) = relay_dir.and_then(continuity::load) {
             data = continuity::rewrite(&String::from_utf8_lossy(&data), &c).into_bytes();
+        }
+        // Score changes within the window, as EXT-X-DATERANGE tags.
+        let scores = relay_dir.map(|d| d.join(daterange::FILE));
+        if let Some(Ok(scores)) = scores.map(std::fs::read_to_string) {
+            data = daterange::inject(&String::from_utf8_lossy(&data), &scores).into_bytes();
         }
     }
     Response::builder()

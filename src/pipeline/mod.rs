@@ -13,6 +13,7 @@
 
 pub mod bus;
 pub mod continuity;
+pub mod daterange;
 pub mod encode;
 pub mod fanout;
 pub mod input;

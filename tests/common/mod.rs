@@ -919,6 +919,8 @@ pub struct MediaPlaylist {
     /// (EXTINF, URI) per segment.
     pub segments: Vec<(f64, String)>,
     pub ended: bool,
+    /// Its `EXT-X-DATERANGE` tags, whole.
+    pub date_ranges: Vec<String>,
 }
 
 /// Parses a media playlist and applies RFC 8216's rules, plus ours: every segment carries a
@@ -935,6 +937,7 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
     let mut pending: Option<f64> = None;
     let mut dated = false;
     let mut ended = false;
+    let mut date_ranges = std::collections::BTreeSet::new();
     for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
             if target.is_some() {
@@ -952,6 +955,18 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
             dated = true;
         } else if line == "#EXT-X-ENDLIST" {
             ended = true;
+        } else if let Some(attrs) = line.strip_prefix("#EXT-X-DATERANGE:") {
+            // RFC 8216 4.3.2.7: a quoted ID, unique, and a quoted START-DATE.
+            let id = attrs
+                .split(',')
+                .find_map(|a| a.strip_prefix("ID=\""))
+                .unwrap_or_else(|| fail("EXT-X-DATERANGE without ID"));
+            if !attrs.contains("START-DATE=\"") {
+                fail("EXT-X-DATERANGE without START-DATE");
+            }
+            if !date_ranges.insert(id.to_owned()) {
+                fail("EXT-X-DATERANGE ID repeated");
+            }
         } else if let Some(v) = line.strip_prefix("#EXTINF:") {
             let duration = v.split(',').next().unwrap_or_default();
             pending = Some(
@@ -970,6 +985,9 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
         }
     }
     let target = target.unwrap_or_else(|| fail("no EXT-X-TARGETDURATION"));
+    if !date_ranges.is_empty() && !text.contains("#EXT-X-PROGRAM-DATE-TIME:") {
+        fail("EXT-X-DATERANGE in a playlist without EXT-X-PROGRAM-DATE-TIME");
+    }
     for (duration, uri) in &segments {
         // RFC 8216 4.3.3.1: EXTINF rounded to the nearest integer must not exceed it.
         if duration.round() as u64 > target {
@@ -983,6 +1001,11 @@ pub fn check_media_playlist(text: &str) -> MediaPlaylist {
         media_sequence: sequence,
         segments,
         ended,
+        date_ranges: text
+            .lines()
+            .filter(|l| l.starts_with("#EXT-X-DATERANGE:"))
+            .map(str::to_owned)
+            .collect(),
     }
 }
 

@@ -98,6 +98,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
         recording: Arc::default(),
         swept: None,
         marked: None,
+        hls_marked: None,
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
@@ -163,6 +164,8 @@ struct Actor {
     swept: Option<Instant>,
     /// The recording and scoreboard of the last score marker written.
     marked: Option<(std::path::PathBuf, crate::scores::Scoreboard)>,
+    /// The scoreboard last noted for the HLS playlists (`EXT-X-DATERANGE`).
+    hls_marked: Option<crate::scores::Scoreboard>,
 }
 
 impl Actor {

@@ -97,6 +97,8 @@ impl Actor {
         // count carries over, so the media sequence keeps rising past them.
         let continuity = continuity::next(&hls_dir);
         let _ = std::fs::remove_dir_all(&hls_dir);
+        // The new HLS directory gets the scoreboard on screen as its first score change.
+        self.hls_marked = None;
         std::fs::create_dir_all(&hls_dir)
             .map_err(|source| PipelineError::Io {
                 path: hls_dir.display().to_string(),
@@ -403,13 +405,35 @@ impl Actor {
         }
     }
 
-    /// Notes the scoreboard in the open recording's markers when it changed (or the file
-    /// did: each file begins with the scoreboard on screen).
+    /// Notes a score change: in the HLS playlists (an `EXT-X-DATERANGE`) while a program
+    /// runs, and in the open recording's markers (each file begins with the scoreboard on
+    /// screen).
     pub(super) fn mark_score(&mut self) {
-        let Some(path) = self.recording.current() else {
+        let Some((board, _)) = self.scorebug.current() else {
             return;
         };
+        if self.program.is_some() && self.hls_marked.as_ref() != Some(board) {
+            let board = board.clone();
+            let file = self
+                .ctx
+                .hls_root
+                .join(&self.spec.id)
+                .join(crate::pipeline::daterange::FILE);
+            let line = crate::pipeline::daterange::line(std::time::SystemTime::now(), &board);
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            if let Err(e) = written {
+                warn!(relay = %self.spec.id, error = %e, "cannot note a score change for the playlists");
+            }
+            self.hls_marked = Some(board);
+        }
         let Some((board, _)) = self.scorebug.current() else {
+            return;
+        };
+        let Some(path) = self.recording.current() else {
             return;
         };
         if self
