@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn changes_in_the_window_go_before_the_first_segment() {
-        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_549_400 + s);
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_549_400 + s);
         let file = [line(at(0), &board("1")), line(at(30), &board("2"))].concat();
         let playlist = format!(
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n\
