@@ -29,8 +29,11 @@ const MAX_CONNECTIONS: usize = 1024;
 const MAX_PER_ADDRESS: usize = 64;
 /// `server.header_timeout_seconds` in these tests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
-/// `/healthz` must answer within this while the API is flooded.
-const HEALTHZ_WITHIN: Duration = Duration::from_secs(1);
+/// `/healthz` must answer within this while the API is flooded. Typically 30 ms. Above a
+/// second: with 1,100 clients reconnecting at once, the kernel's accept queue is now and then
+/// full when the probe connects, and its SYN is resent after 1 s (seen once in CI at 1.04 s).
+/// That is the client's TCP, not the daemon, so the bound leaves room for one resend.
+const HEALTHZ_WITHIN: Duration = Duration::from_millis(1500);
 /// Slow clients in each flood.
 const CLIENTS: usize = 1100;
 
