@@ -30,6 +30,21 @@ async fn info(registry: &Registry, id: &str) -> Result<RecordingsInfo, ApiError>
     Ok(handle.recordings().await?)
 }
 
+/// Relay `id`'s recordings and its recording `rid`.
+async fn recording(
+    registry: &Registry,
+    id: &str,
+    rid: &str,
+) -> Result<(RecordingsInfo, FileInfo), ApiError> {
+    let info = info(registry, id).await?;
+    let file = info
+        .dir
+        .as_deref()
+        .and_then(|dir| recordings::find(dir, rid))
+        .ok_or_else(|| no_recording(id, rid))?;
+    Ok((info, file))
+}
+
 fn no_recording(id: &str, rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -70,12 +85,7 @@ pub async fn list(id: String, registry: Arc<Registry>) -> Result<Reply, ApiError
 /// `GET .../recordings/{rid}/markers`: each scoreboard the recording saw, `[{"at",
 /// "scoreboard"}]`, from the one on screen when it began.
 pub async fn markers(id: String, rid: String, registry: Arc<Registry>) -> Result<Reply, ApiError> {
-    let info = info(&registry, &id).await?;
-    let file = info
-        .dir
-        .as_deref()
-        .and_then(|dir| recordings::find(dir, &rid))
-        .ok_or_else(|| no_recording(&id, &rid))?;
+    let (_, file) = recording(&registry, &id, &rid).await?;
     let markers = recordings::markers(&file.path);
     Ok(warp::reply::with_status(warp::reply::json(&markers), StatusCode::OK).into_response())
 }
@@ -91,12 +101,7 @@ pub async fn no_such_file(tail: warp::path::Tail) -> Result<Reply, ApiError> {
 
 /// `DELETE .../recordings/{rid}`: not the file being written.
 pub async fn delete(id: String, rid: String, registry: Arc<Registry>) -> Result<Reply, ApiError> {
-    let info = info(&registry, &id).await?;
-    let file = info
-        .dir
-        .as_deref()
-        .and_then(|dir| recordings::find(dir, &rid))
-        .ok_or_else(|| no_recording(&id, &rid))?;
+    let (info, file) = recording(&registry, &id, &rid).await?;
     if info.open.as_deref() == Some(file.path.as_path()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -167,6 +167,46 @@ pub(crate) fn drop_data(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
     }
 }
 
+/// Unlinks `pad` (a request pad of `tee`) once it is idle, or after `timeout` anyway (`false`
+/// then), and gives it back to the tee. Blocking: call it off the streaming threads.
+pub(crate) fn unlink_tee_pad(
+    tee: &gst::Element,
+    pad: &gst::Pad,
+    timeout: std::time::Duration,
+) -> bool {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
+        if let Some(peer) = pad.peer() {
+            let _ = pad.unlink(&peer);
+        }
+        let _ = done_tx.send(());
+        gst::PadProbeReturn::Remove
+    });
+    let idle = done_rx.recv_timeout(timeout).is_ok();
+    if !idle {
+        if let Some(peer) = pad.peer() {
+            let _ = pad.unlink(&peer);
+        }
+    }
+    tee.release_request_pad(pad);
+    idle
+}
+
+/// Brings elements added to a pipeline (built or running) to its state.
+pub(crate) fn sync_with_pipeline<'a>(
+    elements: impl IntoIterator<Item = &'a gst::Element>,
+) -> Result<(), PipelineError> {
+    for element in elements {
+        element
+            .sync_state_with_parent()
+            .map_err(|_| PipelineError::State {
+                path: element.path_string().to_string(),
+                state: gst::State::Playing,
+            })?;
+    }
+    Ok(())
+}
+
 /// Sets a pipeline's state, naming it in the error.
 pub(crate) fn set_state(
     pipeline: &gst::Pipeline,

@@ -51,7 +51,7 @@ use super::overlay::OverlaySlot;
 use super::record::{self, RecordBranch, RecordParams};
 use super::switch::{self, Switch};
 use super::thumbnail::{self, ThumbnailSlot};
-use super::{add_elements, link_chain, link_tee, make, PipelineError};
+use super::{add_elements, link_chain, link_tee, make, unlink_tee_pad, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
 
 /// How long removing a branch waits for its tee pads to go idle.
@@ -483,21 +483,9 @@ impl Program {
 /// Unlinks a branch from its tees once their pads are idle, then drops its elements.
 fn remove_branch(pipeline: &gst::Pipeline, branch: Branch) {
     for (tee, pad) in &branch.tee_pads {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
-            if let Some(peer) = pad.peer() {
-                let _ = pad.unlink(&peer);
-            }
-            let _ = done_tx.send(());
-            gst::PadProbeReturn::Remove
-        });
-        if done_rx.recv_timeout(DEFAULT_UNLINK_TIMEOUT).is_err() {
-            tracing::warn!(pipeline = %pipeline.name(), pad = %pad.name(), "tee pad never went idle; unlinking it anyway");
-            if let Some(peer) = pad.peer() {
-                let _ = pad.unlink(&peer);
-            }
+        if !unlink_tee_pad(tee, pad, DEFAULT_UNLINK_TIMEOUT) {
+            tracing::warn!(pipeline = %pipeline.name(), pad = %pad.name(), "tee pad never went idle; unlinked it anyway");
         }
-        tee.release_request_pad(pad);
     }
     for el in branch.elements() {
         let _ = el.set_state(gst::State::Null);

@@ -23,7 +23,10 @@ use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
 
-use super::{add_elements, drop_data, link_chain, link_tee, make, PipelineError};
+use super::{
+    add_elements, drop_data, link_chain, link_tee, make, sync_with_pipeline, unlink_tee_pad,
+    PipelineError,
+};
 
 /// The muxer's fragment length; it cuts fragments at keyframes, so a fragment is the longer
 /// of this and the keyframe interval.
@@ -139,14 +142,7 @@ pub fn start(
     for element in [&parse, &audio_q] {
         only_timed(element);
     }
-    for element in &elements {
-        element
-            .sync_state_with_parent()
-            .map_err(|_| PipelineError::State {
-                path: element.path_string().to_string(),
-                state: gst::State::Playing,
-            })?;
-    }
+    sync_with_pipeline(&elements)?;
     let tee_pads = vec![
         (video_tee.clone(), link_tee(video_tee, &video_q)?),
         (audio_tee.clone(), link_tee(audio_tee, &audio_q)?),
@@ -220,20 +216,7 @@ pub fn end(pipeline: &gst::Pipeline, branch: RecordBranch) {
     let pipeline = pipeline.clone();
     std::thread::spawn(move || {
         for (tee, pad) in &branch.tee_pads {
-            let (done_tx, done_rx) = std::sync::mpsc::channel();
-            pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
-                if let Some(peer) = pad.peer() {
-                    let _ = pad.unlink(&peer);
-                }
-                let _ = done_tx.send(());
-                gst::PadProbeReturn::Remove
-            });
-            if done_rx.recv_timeout(DEFAULT_END_TIMEOUT).is_err() {
-                if let Some(peer) = pad.peer() {
-                    let _ = pad.unlink(&peer);
-                }
-            }
-            tee.release_request_pad(pad);
+            unlink_tee_pad(tee, pad, DEFAULT_END_TIMEOUT);
         }
         let sink = branch.elements.last().and_then(|f| f.static_pad("sink"));
         let (eos_tx, eos_rx) = std::sync::mpsc::channel();

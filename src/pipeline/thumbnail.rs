@@ -16,7 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use gst::prelude::*;
 
-use super::{add_elements, capsfilter, drop_data, link_chain, link_tee, make, PipelineError};
+use super::{
+    add_elements, capsfilter, drop_data, link_chain, link_tee, make, sync_with_pipeline,
+    PipelineError,
+};
 use crate::config::ProgramSettings;
 
 /// How often the thumbnail is refreshed.
@@ -111,15 +114,7 @@ pub fn add_to(
     link_chain(&chain)?;
     let_one_frame_per_interval(&queue);
     link_tee(program_tee, &queue)?;
-    for element in chain {
-        element
-            .sync_state_with_parent()
-            .map_err(|_| PipelineError::State {
-                path: element.path_string().to_string(),
-                state: gst::State::Playing,
-            })?;
-    }
-    Ok(())
+    sync_with_pipeline(chain)
 }
 
 /// Drops, at `queue`'s sink, every frame less than [`DEFAULT_THUMBNAIL_INTERVAL`] after the
