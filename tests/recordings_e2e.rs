@@ -33,15 +33,26 @@ fn duration(path: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Whether ffmpeg decodes the whole file without an error.
-fn decodes(path: &Path) -> bool {
+/// What ffmpeg says decoding the whole file: `Ok` when it decodes without an error.
+fn decodes(path: &Path) -> Result<(), String> {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(path)
         .args(["-f", "null", "-"])
         .output()
         .expect("run ffmpeg");
-    out.status.success() && out.stderr.is_empty()
+    // Not a decoding error: the null muxer's complaint about two frames with one timestamp,
+    // which a switch between slate and publisher can leave (docs/limits.md).
+    let said: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("non monotonically increasing dts to muxer"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if out.status.success() && said.is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    }
 }
 
 fn config(record: &str) -> String {
@@ -143,7 +154,9 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
         (seconds - on_air).abs() < 0.5,
         "{seconds} s recorded of {on_air} s on air"
     );
-    assert!(decodes(&path), "the recording decodes from start to end");
+    if let Err(said) = decodes(&path) {
+        panic!("the recording does not decode from start to end: {said}");
+    }
     let (status, markers) = daemon
         .get(&format!("/api/v1/relays/final/recordings/{id}/markers"))
         .await;
@@ -231,11 +244,12 @@ async fn a_killed_daemon_leaves_a_playable_recording() {
     // still held.
     assert!(seconds > uptime - 3.5, "{seconds} s playable of {uptime} s");
     for file in &files {
-        assert!(
-            decodes(file),
-            "{} decodes up to its last fragment",
-            file.display()
-        );
+        if let Err(said) = decodes(file) {
+            panic!(
+                "{} does not decode to its last fragment: {said}",
+                file.display()
+            );
+        }
     }
 }
 
