@@ -280,3 +280,32 @@ async fn retention_deletes_old_files_but_never_the_open_one() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_budget_deletes_the_oldest_files_but_never_the_open_one() {
+    // About 1 MB per 2 s file at 720p: the budget holds two or three closed files.
+    let budget: u64 = 2_500_000;
+    let daemon = Daemon::start(&config(&format!(r#"split = "2s", max_bytes = {budget}"#))).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
+    daemon
+        .wait_on_air("final", "input", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let files = list(&daemon).await;
+    eprintln!("{files:?}");
+    let open: Vec<_> = files.iter().filter(|f| f["ended_at"].is_null()).collect();
+    assert_eq!(open.len(), 1, "one file being written: {files:?}");
+    let closed: u64 = files
+        .iter()
+        .filter(|f| f["ended_at"].is_number())
+        .map(|f| f["bytes"].as_u64().unwrap())
+        .sum();
+    let all: u64 = files.iter().map(|f| f["bytes"].as_u64().unwrap()).sum();
+    // Swept every 5 s: between sweeps up to two more files may have ended.
+    assert!(files.len() < 7, "the oldest files are gone: {files:?}");
+    assert!(
+        closed <= budget + 2_500_000,
+        "{closed} bytes closed, {all} in all, for a budget of {budget}"
+    );
+    daemon.stop().await;
+}
