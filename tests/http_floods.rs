@@ -133,9 +133,13 @@ async fn slow_clients_are_timed_out_and_held_to_the_caps() {
         lifetimes.len() - kept.len()
     );
     assert!(held <= MAX_PER_ADDRESS, "held {held} from one address");
+    // Each header timeout frees the address's places: clients still connecting after one
+    // (when a full accept queue makes the kernel resend their SYNs, opening takes seconds)
+    // can be kept in a second wave. Never more than the cap at once.
+    let waves = 1 + (opened_in.as_secs_f64() / HEADER_TIMEOUT.as_secs_f64()) as usize;
     assert!(
-        kept.len() <= MAX_PER_ADDRESS && kept.len() >= MAX_PER_ADDRESS / 2,
-        "{} kept",
+        kept.len() <= MAX_PER_ADDRESS * waves && kept.len() >= MAX_PER_ADDRESS / 2,
+        "{} kept in {waves} wave(s)",
         kept.len()
     );
     assert!(
