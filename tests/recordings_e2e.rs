@@ -253,21 +253,28 @@ async fn a_killed_daemon_leaves_a_playable_recording() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retention_deletes_old_files_but_never_the_open_one() {
-    let daemon = Daemon::start(&config(r#"split = "2s", retention = "3s""#)).await;
+/// A relay recording with `record` while a publisher is on air for 14 s: the daemon, and
+/// its recordings then.
+async fn recorded_for_14_s(record: &str) -> (Daemon, Vec<Value>) {
+    let daemon = Daemon::start(&config(record)).await;
     let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
     daemon
         .wait_on_air("final", "input", Duration::from_secs(20))
         .await;
-    // Files of 2 s kept for 3 s after they end: after 14 s, the first ones are gone.
     tokio::time::sleep(Duration::from_secs(14)).await;
     let files = list(&daemon).await;
+    eprintln!("{files:?}");
+    (daemon, files)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_files_but_never_the_open_one() {
+    // Files of 2 s kept for 3 s after they end: after 14 s, the first ones are gone.
+    let (daemon, files) = recorded_for_14_s(r#"split = "2s", retention = "3s""#).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    eprintln!("{files:?}");
     assert!(!files.is_empty() && files.len() <= 5, "{files:?}");
     let open: Vec<_> = files.iter().filter(|f| f["ended_at"].is_null()).collect();
     assert_eq!(open.len(), 1, "one file being written: {files:?}");
@@ -285,14 +292,8 @@ async fn retention_deletes_old_files_but_never_the_open_one() {
 async fn the_disk_budget_deletes_the_oldest_files_but_never_the_open_one() {
     // About 1 MB per 2 s file at 720p: the budget holds two or three closed files.
     let budget: u64 = 2_500_000;
-    let daemon = Daemon::start(&config(&format!(r#"split = "2s", max_bytes = {budget}"#))).await;
-    let _publisher = ffmpeg_publisher(&daemon.publish_url("final-key"), 60);
-    daemon
-        .wait_on_air("final", "input", Duration::from_secs(20))
-        .await;
-    tokio::time::sleep(Duration::from_secs(14)).await;
-    let files = list(&daemon).await;
-    eprintln!("{files:?}");
+    let (daemon, files) =
+        recorded_for_14_s(&format!(r#"split = "2s", max_bytes = {budget}"#)).await;
     let open: Vec<_> = files.iter().filter(|f| f["ended_at"].is_null()).collect();
     assert_eq!(open.len(), 1, "one file being written: {files:?}");
     let closed: u64 = files

@@ -40,12 +40,16 @@ fn json_reply(status: StatusCode, value: &impl serde::Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
-/// The relay `id`, which must be a queue relay.
-async fn queue_relay(registry: &Registry, id: &str) -> Result<RelayHandle, ApiError> {
+/// The relay `id`, which must be a queue relay, and its queue now (one round trip: asking
+/// for the queue is how a relay without one says so).
+async fn queue_relay(
+    registry: &Registry,
+    id: &str,
+) -> Result<(RelayHandle, QueueStatus), ApiError> {
     check_name("id", id).map_err(ApiError::invalid_id)?;
     let handle = registry.get(id).ok_or_else(|| ApiError::not_found(id))?;
-    handle.queue().await?;
-    Ok(handle)
+    let status = handle.queue().await?;
+    Ok((handle, status))
 }
 
 /// A JSON body, or 400 saying what is wrong and showing `example`.
@@ -116,7 +120,7 @@ pub async fn add_caster(
     registry: Arc<Registry>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let handle = queue_relay(&registry, &id).await?;
+    let (handle, _) = queue_relay(&registry, &id).await?;
     let new: NewCaster = parse_body(&body, "{\"name\": \"alice\"}")?;
     check_name("name", &new.name).map_err(|e| ApiError::bad_body(e.to_string()))?;
     if RESERVED_NAMES.contains(&new.name.as_str()) {
@@ -139,7 +143,7 @@ pub async fn delete_caster(
     name: String,
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
-    let handle = queue_relay(&registry, &id).await?;
+    let (handle, _) = queue_relay(&registry, &id).await?;
     check_name("name", &name).map_err(ApiError::invalid_id)?;
     registry.casters(&id)?.remove(&id, &name)?;
     handle.queue_op(QueueOp::CasterRemoved(name)).await?;
@@ -147,8 +151,8 @@ pub async fn delete_caster(
 }
 
 pub async fn get_queue(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
-    let handle = queue_relay(&registry, &id).await?;
-    Ok(json_reply(StatusCode::OK, &view(&handle.queue().await?)))
+    let (_, status) = queue_relay(&registry, &id).await?;
+    Ok(json_reply(StatusCode::OK, &view(&status)))
 }
 
 /// `POST .../queue/skip`, `DELETE .../queue/{name}`: each answers with the queue after it.
@@ -157,7 +161,7 @@ pub async fn operate(
     op: QueueOp,
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
-    let handle = queue_relay(&registry, &id).await?;
+    let (handle, _) = queue_relay(&registry, &id).await?;
     if let QueueOp::Kick(name) = &op {
         check_name("name", name).map_err(ApiError::invalid_id)?;
     }
@@ -240,7 +244,10 @@ fn turn_seconds(seconds: u64) -> Result<u64, ApiError> {
 }
 
 /// The relay the seed-compatible routes act on.
-async fn seed_relay(compat: &CompatSettings, registry: &Registry) -> Result<RelayHandle, ApiError> {
+async fn seed_relay(
+    compat: &CompatSettings,
+    registry: &Registry,
+) -> Result<(RelayHandle, QueueStatus), ApiError> {
     let Some(id) = &compat.queue_relay else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -256,7 +263,7 @@ pub async fn seed_json(
     compat: Arc<CompatSettings>,
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
-    let status = seed_relay(&compat, &registry).await?.queue().await?;
+    let (_, status) = seed_relay(&compat, &registry).await?;
     let saved = &status.saved;
     let names: Vec<&String> = saved
         .on_air
@@ -273,7 +280,7 @@ pub async fn seed_list(
     compat: Arc<CompatSettings>,
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
-    let status = seed_relay(&compat, &registry).await?.queue().await?;
+    let (_, status) = seed_relay(&compat, &registry).await?;
     let saved = &status.saved;
     let now = unix_now();
     let on_air = match &saved.on_air {
@@ -360,7 +367,7 @@ pub async fn seed_timer(
         }
     };
     let seconds = turn_seconds(seconds)?;
-    let handle = seed_relay(&compat, &registry).await?;
+    let (handle, _) = seed_relay(&compat, &registry).await?;
     let status = handle.queue_op(QueueOp::Timer { seconds, reset }).await?;
     Ok(json_reply(StatusCode::OK, &view(&status)))
 }
@@ -373,7 +380,7 @@ pub async fn seed_block_toggle(
     registry: Arc<Registry>,
 ) -> Result<Response, ApiError> {
     may_change(sight, &headers)?;
-    let handle = seed_relay(&compat, &registry).await?;
+    let (handle, _) = seed_relay(&compat, &registry).await?;
     let status = handle.queue_op(QueueOp::Block(None)).await?;
     Ok(json_reply(
         StatusCode::OK,

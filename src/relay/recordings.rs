@@ -71,18 +71,24 @@ pub fn markers_path(recording: &Path) -> PathBuf {
 
 /// Notes that the scoreboard became `board` at `at` during the recording at `recording`.
 pub fn append_marker(recording: &Path, at: SystemTime, board: &Scoreboard) -> std::io::Result<()> {
-    use std::io::Write;
     let at = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let mut line = serde_json::to_vec(&serde_json::json!({ "at": at, "scoreboard": board }))
         .expect("a scoreboard always serializes");
     line.push(b'\n');
+    append(&markers_path(recording), &line)
+}
+
+/// Appends `bytes` (whole lines) to the file at `path`, creating it. The score notes of
+/// recordings and of the HLS playlists are written this way.
+pub fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(markers_path(recording))?
-        .write_all(&line)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The markers of the recording at `recording`, oldest first (lines that do not parse, such

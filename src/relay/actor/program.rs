@@ -21,6 +21,7 @@ use crate::pipeline::program::{self, Input};
 use crate::pipeline::{self as pl, continuity, PipelineError};
 use crate::relay::handle::RelayError;
 use crate::relay::lifecycle::{LifeEvent, Lifecycle};
+use crate::relay::recordings;
 use crate::relay::spec::{self, OutputSpec};
 use crate::relay::state::OutputEvent;
 use crate::render::SlateMessage;
@@ -399,7 +400,7 @@ impl Actor {
         }
         self.swept = Some(now);
         let open = self.recording.current();
-        let gone = crate::relay::recordings::sweep(&dir, &rules, open.as_deref());
+        let gone = recordings::sweep(&dir, &rules, open.as_deref());
         if !gone.is_empty() {
             info!(relay = %self.spec.id, files = gone.len(), "old recordings deleted (retention or disk budget)");
         }
@@ -412,43 +413,34 @@ impl Actor {
         let Some((board, _)) = self.scorebug.current() else {
             return;
         };
-        if self.program.is_some() && self.hls_marked.as_ref() != Some(board) {
-            let board = board.clone();
+        let for_hls = self.program.is_some() && self.hls_marked.as_ref() != Some(board);
+        let recording = self.recording.current().filter(|path| {
+            !self
+                .marked
+                .as_ref()
+                .is_some_and(|(p, b)| p == path && b == board)
+        });
+        if !for_hls && recording.is_none() {
+            return;
+        }
+        let (board, now) = (board.clone(), std::time::SystemTime::now());
+        if for_hls {
             let file = self
                 .ctx
                 .hls_root
                 .join(&self.spec.id)
                 .join(crate::pipeline::daterange::FILE);
-            let line = crate::pipeline::daterange::line(std::time::SystemTime::now(), &board);
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
-            if let Err(e) = written {
+            let line = crate::pipeline::daterange::line(now, &board);
+            if let Err(e) = recordings::append(&file, line.as_bytes()) {
                 warn!(relay = %self.spec.id, error = %e, "cannot note a score change for the playlists");
             }
-            self.hls_marked = Some(board);
+            self.hls_marked = Some(board.clone());
         }
-        let Some((board, _)) = self.scorebug.current() else {
-            return;
-        };
-        let Some(path) = self.recording.current() else {
-            return;
-        };
-        if self
-            .marked
-            .as_ref()
-            .is_some_and(|(p, b)| *p == path && b == board)
-        {
-            return;
+        if let Some(path) = recording {
+            if let Err(e) = recordings::append_marker(&path, now, &board) {
+                warn!(relay = %self.spec.id, error = %e, "cannot write a score marker");
+            }
+            self.marked = Some((path, board));
         }
-        let board = board.clone();
-        if let Err(e) =
-            crate::relay::recordings::append_marker(&path, std::time::SystemTime::now(), &board)
-        {
-            warn!(relay = %self.spec.id, error = %e, "cannot write a score marker");
-        }
-        self.marked = Some((path, board));
     }
 }

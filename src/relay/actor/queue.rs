@@ -203,8 +203,7 @@ impl Actor {
                         // Out of the line again: their seat never reaches them.
                         if let Some(q) = &mut self.queue {
                             q.seats.remove(&name);
-                            let changes = q.queue.left(&name, now);
-                            q.queue.forget(&name, now);
+                            let changes = q.queue.forget(&name, now);
                             self.apply(changes);
                         }
                         return Err(e);
@@ -337,9 +336,6 @@ impl Actor {
         let on_air = q.queue.on_air().is_some_and(|t| t.name == name);
         let changes = q.queue.left(name, Instant::now());
         info!(relay = %self.spec.id, caster = %name, on_air, "caster left");
-        if on_air && changes.iter().all(|c| matches!(c, Change::Slate)) {
-            self.publisher = None;
-        }
         self.apply(changes);
         self.queue_changed("left", Some(name));
     }
