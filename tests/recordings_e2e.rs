@@ -310,3 +310,91 @@ async fn the_disk_budget_deletes_the_oldest_files_but_never_the_open_one() {
     );
     daemon.stop().await;
 }
+
+/// The DVR playlist of rendition `720p` once it lists at least `segments`, checked.
+async fn dvr_with(daemon: &Daemon, segments: usize) -> (String, MediaPlaylist) {
+    wait_for(
+        &format!("a DVR playlist of {segments} segments"),
+        Duration::from_secs(40),
+        || async {
+            let (_, text) = daemon.get_text("/hls/final/720p/dvr.m3u8").await?;
+            let playlist = check_media_playlist(&text);
+            (playlist.segments.len() >= segments).then_some((text, playlist))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dvr_playlist_reaches_back_past_the_live_window_and_across_a_restart() {
+    let daemon = Daemon::start(&relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        r#"hls = { dvr = "2m" }"#,
+    ))
+    .await;
+    // The live window is 6 segments of 2 s; the slate alone fills the DVR past it.
+    let (_, dvr) = dvr_with(&daemon, 9).await;
+    let (_, live) = daemon
+        .get_text("/hls/final/720p/index.m3u8")
+        .await
+        .expect("the live playlist");
+    let live = check_media_playlist(&live);
+    assert!(live.segments.len() <= 6, "{:?}", live.segments);
+    // A segment listed by both has the same number in both.
+    let numbered = |p: &MediaPlaylist| -> Vec<(u64, String)> {
+        (p.media_sequence..)
+            .zip(p.segments.iter().map(|(_, uri)| uri.clone()))
+            .collect()
+    };
+    let (dvr_numbers, live_numbers) = (numbered(&dvr), numbered(&live));
+    let shared = live_numbers
+        .iter()
+        .filter(|n| dvr_numbers.contains(n))
+        .count();
+    assert!(shared >= 3, "DVR {dvr_numbers:?}\nlive {live_numbers:?}");
+    // The oldest segment, out of the live window, is still served.
+    let oldest = &dvr.segments[0].1;
+    assert!(!live.segments.iter().any(|(_, uri)| uri == oldest));
+    let bytes = daemon
+        .get_bytes(&format!("/hls/final/720p/{oldest}"))
+        .await
+        .expect("the oldest DVR segment is served");
+    assert_eq!(bytes.first(), Some(&0x47), "an MPEG-TS segment");
+    // The DVR master lists each rendition's DVR playlist.
+    let (_, master) = daemon
+        .get_text("/hls/final/dvr.m3u8")
+        .await
+        .expect("the DVR master playlist");
+    let variants = check_master_playlist(&master);
+    assert!(variants.iter().all(|v| v.uri.ends_with("/dvr.m3u8")));
+    // A score change is dated in it.
+    let reply = daemon
+        .send(
+            "PUT",
+            "/api/v1/relays/final/score",
+            &frames::score_json(3),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status(), 200);
+    // Stopped and started, the relay's DVR goes on after a discontinuity, the old segment
+    // still in it.
+    assert_eq!(daemon.post("/api/v1/relays/final/stop", "").await.0, 200);
+    assert_eq!(daemon.post("/api/v1/relays/final/start", "").await.0, 200);
+    let (text, after) = dvr_with(&daemon, dvr.segments.len() + 3).await;
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+    assert_eq!(&after.segments[0].1, oldest, "{text}");
+    assert_eq!(after.media_sequence, dvr.media_sequence, "{text}");
+    assert!(
+        after
+            .date_ranges
+            .iter()
+            .any(|t| t.contains("X-HOME-SCORE=\"3\"")),
+        "{text}"
+    );
+    assert!(daemon
+        .get_bytes(&format!("/hls/final/720p/{oldest}"))
+        .await
+        .is_some());
+}

@@ -11,7 +11,7 @@ use warp::http::{header, Response, StatusCode};
 use warp::hyper::body::Bytes;
 
 use super::error::ApiError;
-use crate::pipeline::{continuity, daterange};
+use crate::pipeline::{continuity, daterange, dvr};
 
 /// Path segments allowed below `/hls/`: `{relay}/master.m3u8`, `{relay}/{rendition}/{file}`.
 const MAX_DEPTH: usize = 3;
@@ -59,10 +59,20 @@ pub async fn serve(root: PathBuf, tail: String) -> Result<warp::reply::Response,
     let path = resolve(&root, &tail).ok_or_else(not_found)?;
     let (mime, cache) = kind(&tail).ok_or_else(not_found)?;
     let mut data = tokio::fs::read(&path).await.map_err(|_| not_found())?;
-    // Media playlists continue the numbering of the relay's earlier programs.
-    if path.file_name().is_some_and(|n| n == "index.m3u8") {
+    // Media playlists (live and DVR, one level below the relay's directory) carry the score
+    // changes; live ones continue the numbering of the relay's earlier programs (DVR ones
+    // are written numbered).
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let media = tail.split('/').count() == MAX_DEPTH;
+    if media && (name == "index.m3u8" || name == dvr::FILE) {
         let relay_dir = path.parent().and_then(Path::parent);
-        if let Some(c) = relay_dir.and_then(continuity::load) {
+        if let Some(c) = relay_dir
+            .and_then(continuity::load)
+            .filter(|_| name == "index.m3u8")
+        {
             data = continuity::rewrite(&String::from_utf8_lossy(&data), &c).into_bytes();
         }
         // Score changes within the window, as EXT-X-DATERANGE tags.

@@ -54,6 +54,9 @@ pub struct HlsView {
     pub spec: HlsSpec,
     /// Path of the master playlist on this server.
     pub master: String,
+    /// Path of the DVR master playlist (each rendition's `dvr.m3u8`), with `hls.dvr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dvr_master: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,8 +139,14 @@ impl From<RelayStatus> for RelayView {
         };
         Self {
             hls: HlsView {
-                spec: s.spec.hls.clone(),
                 master: format!("/hls/{}/master.m3u8", s.spec.id),
+                dvr_master: s
+                    .spec
+                    .hls
+                    .dvr
+                    .is_some()
+                    .then(|| format!("/hls/{}/dvr.m3u8", s.spec.id)),
+                spec: s.spec.hls.clone(),
             },
             outputs: s
                 .outputs

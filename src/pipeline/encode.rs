@@ -30,7 +30,7 @@ use crate::config::ProgramSettings;
 /// How long flvmux waits for the later of audio and video before writing a tag.
 const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
 /// Segments kept on disk beyond the playlist window, for players still fetching them.
-const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
+pub const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
 
 /// One x264 encode, from raw program video to a tee of H.264 access units.
 pub struct VideoEncoder {
@@ -211,10 +211,13 @@ impl HlsBranch {
         );
         sink.set_property("target-duration", params.hls.segment_seconds);
         sink.set_property("playlist-length", params.hls.playlist_length);
-        sink.set_property(
-            "max-files",
-            params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES,
-        );
+        // 0: hlssink3 deletes nothing, the DVR does.
+        let max_files = if params.keep_segments {
+            0
+        } else {
+            params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES
+        };
+        sink.set_property("max-files", max_files);
         sink.set_property("enable-program-date-time", true);
         // Our encoders already place a keyframe every GOP, and segments are whole GOPs. Asking
         // for more by time would add a second keyframe a frame away from the GOP's whenever a

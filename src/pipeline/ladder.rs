@@ -257,8 +257,9 @@ pub fn avc1(profile: &str, level: &str) -> Option<String> {
     ))
 }
 
-/// The master playlist naming every variant's media playlist.
-pub fn master_playlist(variants: &[Variant]) -> String {
+/// The master playlist naming every variant's media playlist, `media` in its directory
+/// (`index.m3u8`, or the DVR's).
+pub fn master_playlist(variants: &[Variant], media: &str) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     for v in variants {
         let frame_rate = if v.fps > 0.0 {
@@ -267,7 +268,7 @@ pub fn master_playlist(variants: &[Variant]) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{frame_rate},CODECS=\"{}\"\n{}/index.m3u8\n",
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{frame_rate},CODECS=\"{}\"\n{}/{media}\n",
             v.peak, v.average, v.width, v.height, v.codecs, v.name
         ));
     }
@@ -538,10 +539,13 @@ mod tests {
     #[test]
     fn master_playlist_names_every_attribute() {
         let p = ProgramSettings::default();
-        let text = master_playlist(&[
-            Variant::for_rendition(&rendition("720p", 720), &p),
-            Variant::for_rendition(&rendition("360p", 360), &p),
-        ]);
+        let text = master_playlist(
+            &[
+                Variant::for_rendition(&rendition("720p", 720), &p),
+                Variant::for_rendition(&rendition("360p", 360), &p),
+            ],
+            "index.m3u8",
+        );
         assert!(text.starts_with("#EXTM3U\n"));
         assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
         for attr in [
@@ -559,15 +563,18 @@ mod tests {
 
     #[test]
     fn a_variant_without_a_frame_rate_leaves_it_out() {
-        let text = master_playlist(&[Variant {
-            name: SOURCE_RENDITION.to_owned(),
-            width: 1920,
-            height: 1080,
-            fps: 0.0,
-            codecs: "avc1.640028,mp4a.40.2".to_owned(),
-            average: 5_000_000,
-            peak: 6_000_000,
-        }]);
+        let text = master_playlist(
+            &[Variant {
+                name: SOURCE_RENDITION.to_owned(),
+                width: 1920,
+                height: 1080,
+                fps: 0.0,
+                codecs: "avc1.640028,mp4a.40.2".to_owned(),
+                average: 5_000_000,
+                peak: 6_000_000,
+            }],
+            "index.m3u8",
+        );
         assert_eq!(
             text,
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n\

@@ -14,6 +14,7 @@
 pub mod bus;
 pub mod continuity;
 pub mod daterange;
+pub mod dvr;
 pub mod encode;
 pub mod fanout;
 pub mod input;

@@ -83,6 +83,8 @@ pub struct ProgramParams {
     /// Segments earlier programs of this relay wrote: part of segment names, so a name is
     /// never reused for other media.
     pub sequence_base: u64,
+    /// Segments are kept for the DVR ([`super::dvr`] deletes them), not by hlssink3's count.
+    pub keep_segments: bool,
     /// The score overlay, for relays that have one.
     pub overlay: Option<Arc<OverlaySlot>>,
     /// Where a decoded program's thumbnail goes.

@@ -293,6 +293,19 @@ pub struct HlsSpec {
     /// Segment format: MPEG-TS (default) or fMP4/CMAF.
     #[serde(default, skip_serializing_if = "is_default")]
     pub format: SegmentFormat,
+    /// How far back each rendition's `dvr.m3u8` reaches (`"2h"`); absent, no DVR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dvr: Option<String>,
+}
+
+/// The longest DVR window: 48 hours of segments on disk.
+const MAX_DVR: Duration = Duration::from_secs(48 * 3600);
+
+impl HlsSpec {
+    /// The DVR window asked for, if any (checked by [`RelaySpec::validate`]).
+    pub fn dvr_window(&self) -> Option<Duration> {
+        self.dvr.as_deref().and_then(parse_duration)
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -574,6 +587,17 @@ impl RelaySpec {
                     field,
                     format!("duplicate rendition name {:?}", r.name()),
                 ));
+            }
+        }
+        if let Some(text) = &self.hls.dvr {
+            match parse_duration(text) {
+                Some(d) if d >= Duration::from_secs(10) && d <= MAX_DVR => {}
+                _ => {
+                    return Err(SpecError::new(
+                        "hls.dvr",
+                        format!("{text:?} is not a duration from 10s to 48h, like \"2h\""),
+                    ))
+                }
             }
         }
         if self.hls.format == SegmentFormat::Fmp4 {

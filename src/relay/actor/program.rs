@@ -18,7 +18,7 @@ use crate::pipeline::bus::{ProgramEvent, Segment};
 use crate::pipeline::input::{Arrival, Source};
 use crate::pipeline::ladder::{self, Encode, Rendition, Variant};
 use crate::pipeline::program::{self, Input};
-use crate::pipeline::{self as pl, continuity, PipelineError};
+use crate::pipeline::{self as pl, continuity, dvr, PipelineError};
 use crate::relay::handle::RelayError;
 use crate::relay::lifecycle::{LifeEvent, Lifecycle};
 use crate::relay::recordings;
@@ -39,6 +39,11 @@ pub(super) struct RunningProgram {
     /// relay's is known only from the publisher's first segment.
     master: Option<Vec<Variant>>,
     master_written: bool,
+    /// The numbering it was started with, for its DVR playlists.
+    continuity: continuity::Continuity,
+    /// The DVR window in force, if the relay has a DVR.
+    dvr: Option<std::time::Duration>,
+    dvr_failing: bool,
 }
 
 impl Actor {
@@ -95,9 +100,20 @@ impl Actor {
         let generation = self.generation;
         let hls_dir = self.ctx.hls_root.join(&self.spec.id);
         // Old segments belong to an earlier program; players must not mix them in. Their
-        // count carries over, so the media sequence keeps rising past them.
+        // count carries over, so the media sequence keeps rising past them. A DVR keeps those
+        // its window still needs.
+        let previous = continuity::load(&hls_dir).unwrap_or_default();
         let continuity = continuity::next(&hls_dir);
-        let _ = std::fs::remove_dir_all(&hls_dir);
+        let dvr = self.dvr_window();
+        match dvr {
+            Some(window) => {
+                let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+                dvr::prepare(&hls_dir, &previous, &names, window);
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&hls_dir);
+            }
+        }
         // The new HLS directory gets the scoreboard on screen as its first score change.
         self.hls_marked = None;
         std::fs::create_dir_all(&hls_dir)
@@ -125,6 +141,7 @@ impl Actor {
             renditions: renditions.clone(),
             hls_dir: hls_dir.clone(),
             sequence_base: continuity.sequence_base,
+            keep_segments: dvr.is_some(),
             overlay: self.scorebug.slot(),
             thumbnail: self.spec.transcode.then(|| self.thumbnail.clone()),
             record: self.record_params(),
@@ -160,6 +177,9 @@ impl Actor {
             bus_task,
             master,
             master_written: false,
+            continuity,
+            dvr,
+            dvr_failing: false,
         });
         self.life_event(LifeEvent::Built { generation });
         for id in self.outputs.ids() {
@@ -300,6 +320,20 @@ impl Actor {
         let Some(running) = &mut self.program else {
             return;
         };
+        if let (Some(window), Some(dir)) = (running.dvr, segment.location.parent()) {
+            // Said once when it starts failing and once when it works again.
+            match dvr::update(dir, &running.continuity, window) {
+                Err(e) if !running.dvr_failing => {
+                    warn!(relay = %self.spec.id, error = %e, "cannot update the DVR playlist");
+                    running.dvr_failing = true;
+                }
+                Ok(()) if running.dvr_failing => {
+                    info!(relay = %self.spec.id, "DVR playlist updated again");
+                    running.dvr_failing = false;
+                }
+                _ => {}
+            }
+        }
         if running.master_written {
             return;
         }
@@ -330,12 +364,16 @@ impl Actor {
         if !ready {
             return;
         }
-        if let Err(e) = program::write_atomic(
-            &hls_dir.join("master.m3u8"),
-            &ladder::master_playlist(variants),
-        ) {
-            warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
-            return;
+        let mut masters = vec![("master.m3u8", "index.m3u8")];
+        if running.dvr.is_some() {
+            masters.push((dvr::FILE, dvr::FILE));
+        }
+        for (master, media) in masters {
+            let text = ladder::master_playlist(variants, media);
+            if let Err(e) = program::write_atomic(&hls_dir.join(master), &text) {
+                warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
+                return;
+            }
         }
         running.master_written = true;
         info!(relay = %self.spec.id, "master playlist written: every rendition has its first segment");
@@ -373,6 +411,16 @@ impl Actor {
     }
 
     /// What the next program records: its dir, split and the shared name of the open file.
+    /// The relay's DVR window, never shorter than what the live playlists and the segments
+    /// kept beside them cover.
+    fn dvr_window(&self) -> Option<std::time::Duration> {
+        let asked = self.spec.hls.dvr_window()?;
+        let hls = &self.ctx.hls;
+        let live = (hls.playlist_length + crate::pipeline::encode::DEFAULT_EXTRA_SEGMENT_FILES)
+            * hls.segment_seconds;
+        Some(asked.max(std::time::Duration::from_secs(u64::from(live))))
+    }
+
     fn record_params(&self) -> Option<crate::pipeline::record::RecordParams> {
         self.spec.record.as_ref()?;
         Some(crate::pipeline::record::RecordParams {
