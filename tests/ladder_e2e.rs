@@ -407,3 +407,137 @@ async fn passthrough_remuxes_without_decoding() {
         "the relay did not build a passthrough program"
     );
 }
+
+/// A rendition's fMP4 segments as files ffprobe reads: each one after its init segment
+/// (`EXT-X-MAP`), as a player joins them. (media sequence number, EXTINF, file, the
+/// segment's own bytes).
+async fn fetch_fmp4(daemon: &Daemon, dir: &str, text: &str) -> Vec<(u64, f64, String, usize)> {
+    let playlist = check_media_playlist(text);
+    let map = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{dir}: no EXT-X-MAP\n{text}"));
+    assert!(text.contains("#EXT-X-VERSION:"), "{text}");
+    let init = daemon
+        .get_bytes(&format!("{dir}/{map}"))
+        .await
+        .unwrap_or_else(|| panic!("{dir}/{map} is listed but not served"));
+    let mut out = Vec::new();
+    for (i, (extinf, uri)) in playlist.segments.iter().enumerate() {
+        let Some(segment) = daemon.get_bytes(&format!("{dir}/{uri}")).await else {
+            continue; // gone from the window since
+        };
+        let name = format!("{}-{uri}.mp4", dir.replace('/', "_"));
+        let bytes = segment.len();
+        let file = save(daemon.dir.path(), &name, &[init.clone(), segment].concat());
+        out.push((playlist.media_sequence + i as u64, *extinf, file, bytes));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fmp4_renditions_have_init_segments_aligned_segments_and_their_own_audio() {
+    let config = relay_config(
+        "cmaf",
+        r#"stream_key = "cmaf-key""#,
+        r#"hls = { renditions = ["720p", "360p"], format = "fmp4" }"#,
+    );
+    let daemon = Daemon::spawn(&config).await;
+    let _publisher = ffmpeg_publisher(&daemon.publish_url("cmaf-key"), 60);
+    daemon
+        .wait_on_air("cmaf", "input", Duration::from_secs(20))
+        .await;
+    let master = wait_for(
+        "the master playlist and 4 segments in each rendition",
+        Duration::from_secs(40),
+        || async {
+            let (_, master) = daemon.get_text("/hls/cmaf/master.m3u8").await?;
+            for variant in check_master_playlist(&master) {
+                let (_, text) = daemon
+                    .get_text(&format!("/hls/cmaf/{}", variant.uri))
+                    .await?;
+                (check_media_playlist(&text).segments.len() >= 4).then_some(())?;
+            }
+            Some(master)
+        },
+    )
+    .await;
+    let variants = check_master_playlist(&master);
+    let audio: Vec<_> = variants.iter().map(|v| v.audio.clone()).collect();
+    assert_eq!(
+        audio,
+        [
+            Some("audio/index.m3u8".to_owned()),
+            Some("audio/index.m3u8".to_owned())
+        ],
+        "{master}"
+    );
+    // The audio rendition: AAC in fMP4, decodable after its init segment.
+    let (_, text) = daemon
+        .get_text("/hls/cmaf/audio/index.m3u8")
+        .await
+        .expect("the audio playlist");
+    let audio = fetch_fmp4(&daemon, "/hls/cmaf/audio", &text).await;
+    assert!(!audio.is_empty(), "{text}");
+    let streams = probe(&audio[0].2);
+    assert_eq!(
+        streams
+            .iter()
+            .map(|s| (s.0.as_str(), s.1.as_str()))
+            .collect::<Vec<_>>(),
+        [("audio", "aac")],
+        "{streams:?}"
+    );
+    let rate = |segments: &[(u64, f64, String, usize)]| {
+        let seconds: f64 = segments.iter().map(|s| s.1).sum();
+        segments.iter().map(|s| s.3).sum::<usize>() as f64 * 8.0 / seconds
+    };
+    let audio_rate = rate(&audio);
+    let mut starts: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
+    for (variant, (width, height)) in variants.iter().zip([(1280, 720), (640, 360)]) {
+        let dir = format!("/hls/cmaf/{}", variant.uri.trim_end_matches("/index.m3u8"));
+        let (mime, text) = daemon
+            .get_text(&format!("/hls/cmaf/{}", variant.uri))
+            .await
+            .expect("the media playlist");
+        assert_eq!(mime, "application/vnd.apple.mpegurl");
+        let segments = fetch_fmp4(&daemon, &dir, &text).await;
+        // Video and audio together stay within 110 % of the declared average.
+        let measured = rate(&segments) + audio_rate;
+        let ratio = measured / variant.average_bandwidth as f64;
+        eprintln!(
+            "{dir}: {:.0} kb/s with the audio's {:.0}, declared average {} kb/s ({:.0} %)",
+            measured / 1000.0,
+            audio_rate / 1000.0,
+            variant.average_bandwidth / 1000,
+            ratio * 100.0
+        );
+        assert!(
+            ratio <= 1.10,
+            "{dir}: {measured:.0} b/s over 110 % of {variant:?}"
+        );
+        for (sequence, extinf, file, _) in segments {
+            let frames = video_frames(&file);
+            assert!(!frames.is_empty(), "{file} has no video");
+            assert!(frames[0].2, "{file} does not start with a keyframe");
+            assert!(
+                frames.iter().all(|f| (f.0, f.1) == (width, height)),
+                "{file} is not {width}x{height}"
+            );
+            starts
+                .entry(sequence)
+                .or_default()
+                .push((frames[0].3, extinf));
+        }
+    }
+    // Segments with one number start on the same frame and last as long in both renditions.
+    let shared: Vec<_> = starts.iter().filter(|(_, r)| r.len() == 2).collect();
+    assert!(shared.len() >= 3, "too few shared segments: {starts:?}");
+    for (sequence, pair) in shared {
+        assert!(
+            (pair[0].0 - pair[1].0).abs() < 0.001 && (pair[0].1 - pair[1].1).abs() < 0.001,
+            "segment {sequence} is not aligned: {pair:?}"
+        );
+    }
+}

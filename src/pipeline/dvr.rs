@@ -100,27 +100,27 @@ impl Playlist {
     }
 
     /// Appends the segments of `live` (hlssink3's playlist of the program started with
-    /// continuity `c`) that come after the last one listed. Returns the entries dropped
-    /// because the numbering broke (a segment went missing): the DVR starts again there.
-    fn merge(&mut self, live: &Playlist, c: &Continuity) -> Vec<Entry> {
-        let mut dropped = Vec::new();
-        for entry in &live.entries {
-            let sequence = entry.sequence + c.sequence_base;
-            let last = self.entries.back().map(|e| e.sequence);
-            if last.is_some_and(|last| sequence <= last) {
-                continue;
-            }
-            if last.is_some_and(|last| sequence != last + 1) {
-                dropped.extend(self.entries.drain(..));
-            }
-            // The break before a program's first segment is marked where the DVR has what
-            // came before it, and counted where it has not.
-            let discontinuity =
-                entry.sequence == 0 && c.discontinuities > 0 && !self.entries.is_empty();
-            if self.entries.is_empty() {
-                self.media_sequence = sequence;
-                self.discontinuity_sequence = c.discontinuities;
-            }
+    /// continuity `c`) that come after the last one listed, numbered on from it. An empty
+    /// DVR starts at the live numbering; a segment of another program than the last one, or
+    /// one that does not follow it, comes after a discontinuity.
+    fn merge(&mut self, live: &Playlist, c: &Continuity) {
+        let fresh = match self.entries.back() {
+            Some(last) => match live.entries.iter().position(|e| e.uri == last.uri) {
+                Some(at) => at + 1,
+                None => 0,
+            },
+            None => 0,
+        };
+        for entry in live.entries.iter().skip(fresh) {
+            let (sequence, discontinuity) = match self.entries.back() {
+                Some(last) => (last.sequence + 1, !follows(&last.uri, &entry.uri)),
+                None => {
+                    self.media_sequence = entry.sequence + c.sequence_base;
+                    // A break before this program's first segment is counted, not marked.
+                    self.discontinuity_sequence = c.discontinuities;
+                    (self.media_sequence, false)
+                }
+            };
             self.target = self.target.max(live.target);
             self.version = self.version.max(live.version);
             self.entries.push_back(Entry {
@@ -129,7 +129,6 @@ impl Playlist {
                 ..entry.clone()
             });
         }
-        dropped
     }
 
     /// Drops the oldest segments while the rest still cover `window`. Returns them.
@@ -198,6 +197,20 @@ impl Playlist {
     }
 }
 
+/// Whether segment `next` comes right after `previous` in one program: their names
+/// (`segment<base>-<n>.<ext>`, see [`super::encode`]) share the base and count on by one.
+fn follows(previous: &str, next: &str) -> bool {
+    let parts = |uri: &str| -> Option<(String, u64)> {
+        let stem = uri.rsplit_once('.')?.0;
+        let (base, n) = stem.rsplit_once('-')?;
+        Some((base.to_owned(), n.parse().ok()?))
+    };
+    match (parts(previous), parts(next)) {
+        (Some((a, m)), Some((b, n))) => a == b && n == m + 1,
+        _ => false,
+    }
+}
+
 /// The URI of an `EXT-X-MAP` line.
 fn map_uri(line: &str) -> Option<String> {
     let rest = line.split_once("URI=\"")?.1;
@@ -214,8 +227,8 @@ pub fn update(dir: &Path, c: &Continuity, window: Duration) -> std::io::Result<(
         .map(|text| Playlist::parse(&text))
         .unwrap_or_default();
     let before = dvr.clone();
-    let mut gone = dvr.merge(&live, c);
-    gone.extend(dvr.trim(window));
+    dvr.merge(&live, c);
+    let gone = dvr.trim(window);
     if dvr == before {
         return Ok(());
     }
@@ -277,8 +290,14 @@ fn remove_plain(dir: &Path, name: &str) {
 mod tests {
     use super::*;
 
-    /// hlssink3's live playlist of a program: segments `first..first + count` of 2 s.
+    /// hlssink3's live playlist of the program with base 0: segments `first..first + count`
+    /// of 2 s.
     fn live(first: u64, count: u64, map: Option<&str>) -> String {
+        program_live(0, first, count, map)
+    }
+
+    /// hlssink3's live playlist of the program with base `base`.
+    fn program_live(base: u64, first: u64, count: u64, map: Option<&str>) -> String {
         let mut text = format!(
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
         );
@@ -287,7 +306,7 @@ mod tests {
         }
         for n in first..first + count {
             text.push_str(&format!(
-                "#EXT-X-PROGRAM-DATE-TIME:2026-11-24T20:00:{:02}.000Z\n#EXTINF:2,\nsegment-{n:05}.ts\n",
+                "#EXT-X-PROGRAM-DATE-TIME:2026-11-24T20:00:{:02}.000Z\n#EXTINF:2,\nsegment{base}-{n:05}.ts\n",
                 n % 60
             ));
         }
@@ -310,7 +329,7 @@ mod tests {
         let gone = dvr.trim(Duration::from_secs(12));
         assert_eq!(gone.len(), 4);
         assert_eq!(dvr.media_sequence, 4);
-        assert_eq!(uris(&dvr)[0], "segment-00004.ts");
+        assert_eq!(uris(&dvr)[0], "segment0-00004.ts");
         // Written and read back, it is the same playlist.
         let text = dvr.render();
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:4\n"), "{text}");
@@ -327,7 +346,7 @@ mod tests {
             sequence_base: 5,
             discontinuities: 1,
         };
-        dvr.merge(&Playlist::parse(&live(0, 3, None)), &next);
+        dvr.merge(&Playlist::parse(&program_live(5, 0, 3, None)), &next);
         let text = dvr.render();
         let sequences: Vec<u64> = dvr.entries.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, [0, 1, 2, 3, 4, 5, 6, 7]);
@@ -340,14 +359,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_segment_starts_the_dvr_again() {
+    fn missing_segments_are_a_discontinuity_and_the_numbering_goes_on() {
         let c = Continuity::default();
         let mut dvr = Playlist::default();
         dvr.merge(&Playlist::parse(&live(0, 3, None)), &c);
-        let dropped = dvr.merge(&Playlist::parse(&live(5, 2, None)), &c);
-        assert_eq!(dropped.len(), 3);
-        assert_eq!(uris(&dvr), ["segment-00005.ts", "segment-00006.ts"]);
-        assert_eq!(dvr.media_sequence, 5);
+        dvr.merge(&Playlist::parse(&live(5, 2, None)), &c);
+        let sequences: Vec<u64> = dvr.entries.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, [0, 1, 2, 3, 4]);
+        assert!(dvr.entries[3].discontinuity && !dvr.entries[4].discontinuity);
+        assert_eq!(uris(&dvr)[3], "segment0-00005.ts");
     }
 
     #[test]
@@ -361,7 +381,10 @@ mod tests {
             sequence_base: 2,
             discontinuities: 1,
         };
-        dvr.merge(&Playlist::parse(&live(0, 2, Some("init2.mp4"))), &next);
+        dvr.merge(
+            &Playlist::parse(&program_live(2, 0, 2, Some("init2.mp4"))),
+            &next,
+        );
         let text = dvr.render();
         assert_eq!(text.matches("#EXT-X-MAP:").count(), 2, "{text}");
         let files: Vec<String> = dvr.files().collect();
@@ -373,14 +396,14 @@ mod tests {
     fn update_deletes_the_segments_that_left_the_window_only() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         for n in 0..10 {
-            std::fs::write(dir.path().join(format!("segment-{n:05}.ts")), b"ts").unwrap();
+            std::fs::write(dir.path().join(format!("segment0-{n:05}.ts")), b"ts").unwrap();
         }
         let c = Continuity::default();
         std::fs::write(dir.path().join("index.m3u8"), live(0, 6, None)).unwrap();
         update(dir.path(), &c, Duration::from_secs(12)).unwrap();
         std::fs::write(dir.path().join("index.m3u8"), live(4, 6, None)).unwrap();
         update(dir.path(), &c, Duration::from_secs(12)).unwrap();
-        let exists = |n: u64| dir.path().join(format!("segment-{n:05}.ts")).exists();
+        let exists = |n: u64| dir.path().join(format!("segment0-{n:05}.ts")).exists();
         assert!(!exists(0) && !exists(3));
         assert!(exists(4) && exists(9));
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
@@ -394,9 +417,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(root.path().join("480p")).unwrap();
         for n in 0..4 {
-            std::fs::write(dir.join(format!("segment-{n:05}.ts")), b"ts").unwrap();
+            std::fs::write(dir.join(format!("segment0-{n:05}.ts")), b"ts").unwrap();
         }
-        std::fs::write(dir.join("segment-00009.ts"), b"not listed").unwrap();
+        std::fs::write(dir.join("segment0-00009.ts"), b"not listed").unwrap();
         std::fs::write(dir.join("index.m3u8"), live(0, 4, None)).unwrap();
         std::fs::write(root.path().join("master.m3u8"), "#EXTM3U\n").unwrap();
         std::fs::write(root.path().join(super::super::daterange::FILE), "").unwrap();
@@ -409,8 +432,8 @@ mod tests {
         // The last program's tail is in the DVR, its live playlist is gone.
         let text = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert_eq!(Playlist::parse(&text).entries.len(), 4);
-        assert!(dir.join("segment-00003.ts").exists());
-        assert!(!dir.join("segment-00009.ts").exists());
+        assert!(dir.join("segment0-00003.ts").exists());
+        assert!(!dir.join("segment0-00009.ts").exists());
         assert!(!dir.join("index.m3u8").exists());
         assert!(!root.path().join("master.m3u8").exists());
         assert!(!root.path().join("480p").exists());

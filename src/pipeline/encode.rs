@@ -4,8 +4,10 @@
 //! program-tee ─ [queue "enc-q-<r>"] ─ [videoscale ─ capsfilter] ─ x264enc "enc-<r>"
 //!   ─ capsfilter ─ h264parse ─ tee "video-tee-<r>"                          (VideoEncoder)
 //! audio-sync ─ audioconvert ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"  (AudioEncoder)
-//! video-tee-<r> ─ queue ─ h264parse ─┬─ hlssink3 "hls-<r>"                   (HlsBranch)
+//! video-tee-<r> ─ queue ─ h264parse ─┬─ hlssink3 "hls-<r>"                   (HlsBranch, TS)
 //! audio-tee ─ queue ─────────────────┘
+//! video-tee-<r> ─ queue ─ h264parse ─── hlscmafsink "hls-<r>"              (HlsBranch, fMP4)
+//! audio-tee ─ queue ─ hlscmafsink "hls-audio"                        (HlsAudioBranch, fMP4)
 //! video-tee ─ queue ─ h264parse ─┬─ flvmux "flv-<e>" ─ appsink "flv-<e>-feed" (FlvBranch)
 //! audio-tee ─ queue ─────────────┘
 //! ```
@@ -22,10 +24,11 @@ use std::sync::Arc;
 use gst::prelude::*;
 
 use super::fanout::{self, Fanout};
-use super::ladder::{Encode, Rendition};
+use super::ladder::{Encode, Rendition, AUDIO_RENDITION};
 use super::program::ProgramParams;
 use super::{add_elements, capsfilter, link_chain, link_request, link_tee, make, PipelineError};
 use crate::config::ProgramSettings;
+use crate::relay::spec::SegmentFormat;
 
 /// How long flvmux waits for the later of audio and video before writing a tag.
 const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
@@ -179,17 +182,19 @@ impl AudioEncoder {
 pub struct HlsBranch {
     /// `hls-video-q-<r>`.
     pub video_queue: gst::Element,
-    /// `hls-video-parse-<r>`: converts to the byte-stream MPEG-TS needs.
+    /// `hls-video-parse-<r>`: converts to the stream format the muxer needs.
     pub video_parse: gst::Element,
-    /// `hls-audio-q-<r>`.
-    pub audio_queue: gst::Element,
-    /// `hls-<r>`: the hlssink3.
+    /// `hls-audio-q-<r>`: MPEG-TS segments carry the audio; fMP4 ones have it apart
+    /// ([`HlsAudioBranch`]).
+    pub audio_queue: Option<gst::Element>,
+    /// `hls-<r>`: the hlssink3 (MPEG-TS) or hlscmafsink (fMP4).
     pub sink: gst::Element,
 }
 
 impl HlsBranch {
     /// Rendition `r`'s HLS sink, writing into its own directory under `params.hls_dir`,
-    /// added to `pipeline` and fed from `video_tee` and the shared `audio_tee`.
+    /// added to `pipeline` and fed from `video_tee` (and, for MPEG-TS, the shared
+    /// `audio_tee`).
     pub fn add_to(
         pipeline: &gst::Pipeline,
         video_tee: &gst::Element,
@@ -197,43 +202,28 @@ impl HlsBranch {
         r: &Rendition,
         params: &ProgramParams,
     ) -> Result<Self, PipelineError> {
-        let dir = params.hls_dir.join(&r.name);
-        std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let sink = make("hlssink3", &format!("hls-{}", r.name))?;
-        let pattern = format!("segment{}-%05d.ts", params.sequence_base);
-        sink.set_property("location", dir.join(pattern).display().to_string());
-        sink.set_property(
-            "playlist-location",
-            dir.join("index.m3u8").display().to_string(),
-        );
-        sink.set_property("target-duration", params.hls.segment_seconds);
-        sink.set_property("playlist-length", params.hls.playlist_length);
-        // 0: hlssink3 deletes nothing, the DVR does.
-        let max_files = if params.keep_segments {
-            0
-        } else {
-            params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES
-        };
-        sink.set_property("max-files", max_files);
-        sink.set_property("enable-program-date-time", true);
-        // Our encoders already place a keyframe every GOP, and segments are whole GOPs. Asking
-        // for more by time would add a second keyframe a frame away from the GOP's whenever a
-        // switch shifts the timeline by a few milliseconds: a one-frame segment.
-        sink.set_property("send-keyframe-requests", false);
+        let sink = hls_sink(&r.name, params)?;
         let video_queue = make("queue", &format!("hls-video-q-{}", r.name))?;
         // Each branch converts the H.264 stream format it needs (byte-stream for TS, avc for
-        // FLV).
+        // FLV and MP4).
         let video_parse = make("h264parse", &format!("hls-video-parse-{}", r.name))?;
-        let audio_queue = make("queue", &format!("hls-audio-q-{}", r.name))?;
-        add_elements(pipeline, &[&sink, &video_queue, &video_parse, &audio_queue])?;
+        add_elements(pipeline, &[&sink, &video_queue, &video_parse])?;
         link_tee(video_tee, &video_queue)?;
         link_chain(&[&video_queue, &video_parse])?;
-        link_request(&video_parse, &sink, "video")?;
-        link_tee(audio_tee, &audio_queue)?;
-        link_request(&audio_queue, &sink, "audio")?;
+        let audio_queue = match params.hls_format {
+            SegmentFormat::Ts => {
+                link_request(&video_parse, &sink, "video")?;
+                let audio_queue = make("queue", &format!("hls-audio-q-{}", r.name))?;
+                add_elements(pipeline, &[&audio_queue])?;
+                link_tee(audio_tee, &audio_queue)?;
+                link_request(&audio_queue, &sink, "audio")?;
+                Some(audio_queue)
+            }
+            SegmentFormat::Fmp4 => {
+                link_chain(&[&video_parse, &sink])?;
+                None
+            }
+        };
         Ok(Self {
             video_queue,
             video_parse,
@@ -241,6 +231,92 @@ impl HlsBranch {
             sink,
         })
     }
+}
+
+/// fMP4 only: the audio's own media playlist ([`AUDIO_RENDITION`]), which every video
+/// rendition's variant names, as CMAF has one track per segment.
+pub struct HlsAudioBranch {
+    /// `hls-audio-q`.
+    pub queue: gst::Element,
+    /// `hls-audio`: the hlscmafsink.
+    pub sink: gst::Element,
+}
+
+impl HlsAudioBranch {
+    /// Added to `pipeline` and fed from `audio_tee`.
+    pub fn add_to(
+        pipeline: &gst::Pipeline,
+        audio_tee: &gst::Element,
+        params: &ProgramParams,
+    ) -> Result<Self, PipelineError> {
+        let sink = hls_sink(AUDIO_RENDITION, params)?;
+        let queue = make("queue", "hls-audio-q")?;
+        add_elements(pipeline, &[&sink, &queue])?;
+        link_tee(audio_tee, &queue)?;
+        link_chain(&[&queue, &sink])?;
+        Ok(Self { queue, sink })
+    }
+}
+
+/// The HLS sink of rendition `name` in the relay's format, writing into `<hls_dir>/<name>/`:
+/// segments named `segment<sequence base>-NNNNN` so no program reuses another's names.
+fn hls_sink(name: &str, params: &ProgramParams) -> Result<gst::Element, PipelineError> {
+    let dir = params.hls_dir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let base = params.sequence_base;
+    let element = format!("hls-{name}");
+    let sink = match params.hls_format {
+        SegmentFormat::Ts => {
+            let sink = make("hlssink3", &element)?;
+            sink.set_property("location", in_dir(&dir, &format!("segment{base}-%05d.ts")));
+            // Our encoders already place a keyframe every GOP, and segments are whole GOPs.
+            // Asking for more by time would add a second keyframe a frame away from the GOP's
+            // whenever a switch shifts the timeline by a few milliseconds: a one-frame
+            // segment.
+            sink.set_property("send-keyframe-requests", false);
+            sink
+        }
+        SegmentFormat::Fmp4 => {
+            let sink = make("hlscmafsink", &element)?;
+            sink.set_property("location", in_dir(&dir, &format!("segment{base}-%05d.m4s")));
+            sink.set_property(
+                "init-location",
+                in_dir(&dir, &format!("init{base}-%05d.mp4")),
+            );
+            // Write each segment as it is done, not when the clock reaches it.
+            sink.set_property("sync", false);
+            let bin = sink.downcast_ref::<gst::Bin>();
+            // The same reason as send-keyframe-requests above, on the muxer inside it.
+            if let Some(mux) = bin.and_then(|bin| bin.by_name("muxer")) {
+                mux.set_property("send-force-keyunit", false);
+            }
+            // Its appsink would hold the pipeline out of Playing until a whole segment
+            // reached it, and nothing flows before Playing.
+            if let Some(appsink) = bin.and_then(|bin| bin.by_name("sink")) {
+                appsink.set_property("async", false);
+            }
+            sink
+        }
+    };
+    sink.set_property("playlist-location", in_dir(&dir, "index.m3u8"));
+    sink.set_property("target-duration", params.hls.segment_seconds);
+    sink.set_property("playlist-length", params.hls.playlist_length);
+    // 0: hlssink3 deletes nothing, the DVR does.
+    let max_files = if params.keep_segments {
+        0
+    } else {
+        params.hls.playlist_length + DEFAULT_EXTRA_SEGMENT_FILES
+    };
+    sink.set_property("max-files", max_files);
+    sink.set_property("enable-program-date-time", true);
+    Ok(sink)
+}
+
+fn in_dir(dir: &std::path::Path, name: &str) -> String {
+    dir.join(name).display().to_string()
 }
 
 /// One FLV stream: video queue ─ h264parse (avc) ─ flvmux ← audio queue; flvmux ─ appsink,

@@ -7,10 +7,12 @@
 //! [`super::encode`]) build what it describes.
 
 use crate::config::ProgramSettings;
-use crate::relay::spec::{self, OutputSpec, RelaySpec, RenditionSpec, SpecError};
+use crate::relay::spec::{self, OutputSpec, RelaySpec, RenditionSpec, SegmentFormat, SpecError};
 
 /// The name of a passthrough relay's one rendition.
 pub const SOURCE_RENDITION: &str = "source";
+/// fMP4's audio rendition: its directory, and the `GROUP-ID` every variant names.
+pub const AUDIO_RENDITION: &str = "audio";
 /// The lowest video bitrate (kb/s) a destination's own encode gets.
 const MIN_DESTINATION_KBPS: u32 = 100;
 
@@ -258,9 +260,24 @@ pub fn avc1(profile: &str, level: &str) -> Option<String> {
 }
 
 /// The master playlist naming every variant's media playlist, `media` in its directory
-/// (`index.m3u8`, or the DVR's).
-pub fn master_playlist(variants: &[Variant], media: &str) -> String {
-    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+/// (`index.m3u8`, or the DVR's). With fMP4 segments the audio is a rendition of its own
+/// ([`AUDIO_RENDITION`]) that every variant names.
+pub fn master_playlist(variants: &[Variant], media: &str, format: SegmentFormat) -> String {
+    let mut out = String::from("#EXTM3U\n");
+    let audio = match format {
+        SegmentFormat::Ts => {
+            out.push_str("#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+            ""
+        }
+        SegmentFormat::Fmp4 => {
+            out.push_str(&format!(
+                "#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+                 #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"{AUDIO_RENDITION}\",NAME=\"{AUDIO_RENDITION}\",\
+                 DEFAULT=YES,AUTOSELECT=YES,URI=\"{AUDIO_RENDITION}/{media}\"\n"
+            ));
+            ",AUDIO=\"audio\""
+        }
+    };
     for v in variants {
         let frame_rate = if v.fps > 0.0 {
             format!(",FRAME-RATE={:.3}", v.fps)
@@ -268,7 +285,7 @@ pub fn master_playlist(variants: &[Variant], media: &str) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{frame_rate},CODECS=\"{}\"\n{}/{media}\n",
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{frame_rate},CODECS=\"{}\"{audio}\n{}/{media}\n",
             v.peak, v.average, v.width, v.height, v.codecs, v.name
         ));
     }
@@ -545,6 +562,7 @@ mod tests {
                 Variant::for_rendition(&rendition("360p", 360), &p),
             ],
             "index.m3u8",
+            SegmentFormat::Ts,
         );
         assert!(text.starts_with("#EXTM3U\n"));
         assert!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
@@ -562,6 +580,26 @@ mod tests {
     }
 
     #[test]
+    fn an_fmp4_master_names_the_audio_rendition_in_every_variant() {
+        let p = ProgramSettings::default();
+        let variants = [
+            Variant::for_rendition(&rendition("720p", 720), &p),
+            Variant::for_rendition(&rendition("360p", 360), &p),
+        ];
+        let text = master_playlist(&variants, "dvr.m3u8", SegmentFormat::Fmp4);
+        assert!(text.contains("#EXT-X-VERSION:7\n"), "{text}");
+        assert!(
+            text.contains(
+                "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio\",DEFAULT=YES,\
+                 AUTOSELECT=YES,URI=\"audio/dvr.m3u8\"\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches(",AUDIO=\"audio\"\n").count(), 2, "{text}");
+        assert!(text.ends_with("360p/dvr.m3u8\n"));
+    }
+
+    #[test]
     fn a_variant_without_a_frame_rate_leaves_it_out() {
         let text = master_playlist(
             &[Variant {
@@ -574,6 +612,7 @@ mod tests {
                 peak: 6_000_000,
             }],
             "index.m3u8",
+            SegmentFormat::Ts,
         );
         assert_eq!(
             text,

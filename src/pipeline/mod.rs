@@ -67,6 +67,11 @@ pub fn init() -> Result<(), PipelineError> {
                 result = Err(PipelineError::Init(format!("{name}: {e}")));
             }
         }
+        // cmafmux, from gst-plugin-fmp4 on gstreamer-rs 0.24 (its own glib error type):
+        // registered in the same GStreamer registry, found by hlssink3's hlscmafsink.
+        if let Err(e) = gstfmp4::plugin_register_static() {
+            result = Err(PipelineError::Init(format!("fmp4: {e}")));
+        }
     });
     result
 }

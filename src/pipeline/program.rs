@@ -43,7 +43,7 @@ use std::time::Duration;
 use gst::prelude::*;
 
 use super::bus::Segment;
-use super::encode::{AudioEncoder, FlvBranch, HlsBranch, VideoEncoder};
+use super::encode::{AudioEncoder, FlvBranch, HlsAudioBranch, HlsBranch, VideoEncoder};
 use super::fanout::{Fanout, FeedSlot};
 use super::input::{self, Arrival, IngestBranch, Source};
 use super::ladder::{self, Encode, Rendition, Variant, SOURCE_RENDITION};
@@ -53,6 +53,7 @@ use super::switch::{self, Switch};
 use super::thumbnail::{self, ThumbnailSlot};
 use super::{add_elements, link_chain, link_tee, make, unlink_tee_pad, PipelineError};
 use crate::config::{HlsSettings, ProgramSettings};
+use crate::relay::spec::SegmentFormat;
 
 /// How long removing a branch waits for its tee pads to go idle.
 const DEFAULT_UNLINK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,6 +84,8 @@ pub struct ProgramParams {
     /// Segments earlier programs of this relay wrote: part of segment names, so a name is
     /// never reused for other media.
     pub sequence_base: u64,
+    /// MPEG-TS or fMP4 segments.
+    pub hls_format: SegmentFormat,
     /// Segments are kept for the DVR ([`super::dvr`] deletes them), not by hlssink3's count.
     pub keep_segments: bool,
     /// The score overlay, for relays that have one.
@@ -181,6 +184,9 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
 
     for (r, video_tee) in &core.rungs {
         HlsBranch::add_to(&pipeline, video_tee, &core.audio_tee, r, params)?;
+    }
+    if params.hls_format == SegmentFormat::Fmp4 {
+        HlsAudioBranch::add_to(&pipeline, &core.audio_tee, params)?;
     }
     let (top_rendition, top_tee) = &core.rungs[0];
     let recording = match &params.record {
@@ -536,6 +542,11 @@ fn last_pts(element: &gst::Element) -> Arc<AtomicU64> {
 /// A passthrough relay's variant, from the publisher's H.264 caps and the size of its first
 /// `segment`. `None` until both are known.
 pub fn source_variant(pipeline: &gst::Pipeline, segment: &Segment) -> Option<Variant> {
+    // fMP4's audio segments are not the video's size.
+    let rendition = segment.location.parent()?.file_name()?;
+    if rendition != SOURCE_RENDITION {
+        return None;
+    }
     let tee = pipeline.by_name(&format!("video-tee-{SOURCE_RENDITION}"))?;
     let caps = tee.static_pad("sink")?.current_caps()?;
     let s = caps.structure(0)?;

@@ -600,10 +600,11 @@ impl RelaySpec {
                 }
             }
         }
-        if self.hls.format == SegmentFormat::Fmp4 {
+        let audio = crate::pipeline::ladder::AUDIO_RENDITION;
+        if self.hls.format == SegmentFormat::Fmp4 && names.contains(audio) {
             return Err(SpecError::new(
-                "hls.format",
-                "fmp4 (CMAF) segments are not built yet; use \"ts\"",
+                "hls.renditions",
+                format!("{audio:?} is the audio's own rendition with \"fmp4\" segments; name the video rendition otherwise"),
             ));
         }
         let mut ids = std::collections::HashSet::new();

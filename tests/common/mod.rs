@@ -1017,6 +1017,8 @@ pub struct MasterVariant {
     pub height: i64,
     pub bandwidth: u64,
     pub average_bandwidth: u64,
+    /// The URI of the audio rendition its `AUDIO` group names (fMP4 segments), if any.
+    pub audio: Option<String>,
 }
 
 /// Checks a master playlist (every variant has BANDWIDTH, AVERAGE-BANDWIDTH, RESOLUTION,
@@ -1030,6 +1032,19 @@ pub fn check_master_playlist(text: &str) -> Vec<MasterVariant> {
         text.lines().any(|l| l == "#EXT-X-INDEPENDENT-SEGMENTS"),
         "master playlist: no EXT-X-INDEPENDENT-SEGMENTS\n{text}"
     );
+    // RFC 8216 4.3.4.1: each EXT-X-MEDIA has TYPE, GROUP-ID and NAME; an audio one a URI here.
+    let groups: std::collections::HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MEDIA:"))
+        .map(|attrs| {
+            let attrs = attribute_list(attrs);
+            for name in ["TYPE", "GROUP-ID", "NAME", "URI"] {
+                assert!(attrs.contains_key(name), "EXT-X-MEDIA lacks {name}\n{text}");
+            }
+            assert_eq!(attrs["TYPE"], "AUDIO", "{text}");
+            (attrs["GROUP-ID"].clone(), attrs["URI"].clone())
+        })
+        .collect();
     let mut variants = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
@@ -1067,6 +1082,12 @@ pub fn check_master_playlist(text: &str) -> Vec<MasterVariant> {
                 height: h.parse().expect("height"),
                 bandwidth: number("BANDWIDTH"),
                 average_bandwidth: number("AVERAGE-BANDWIDTH"),
+                audio: attrs.get("AUDIO").map(|group| {
+                    groups
+                        .get(group)
+                        .unwrap_or_else(|| panic!("no EXT-X-MEDIA for AUDIO {group}: {line}"))
+                        .clone()
+                }),
             };
             assert!(
                 variant.average_bandwidth <= variant.bandwidth,

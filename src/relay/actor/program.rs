@@ -22,7 +22,7 @@ use crate::pipeline::{self as pl, continuity, dvr, PipelineError};
 use crate::relay::handle::RelayError;
 use crate::relay::lifecycle::{LifeEvent, Lifecycle};
 use crate::relay::recordings;
-use crate::relay::spec::{self, OutputSpec};
+use crate::relay::spec::{self, OutputSpec, SegmentFormat};
 use crate::relay::state::OutputEvent;
 use crate::render::SlateMessage;
 
@@ -107,7 +107,14 @@ impl Actor {
         let dvr = self.dvr_window();
         match dvr {
             Some(window) => {
-                let names: Vec<&str> = renditions.iter().map(|r| r.name.as_str()).collect();
+                let names: Vec<&str> = renditions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .chain(
+                        (self.spec.hls.format == SegmentFormat::Fmp4)
+                            .then_some(ladder::AUDIO_RENDITION),
+                    )
+                    .collect();
                 dvr::prepare(&hls_dir, &previous, &names, window);
             }
             None => {
@@ -141,6 +148,7 @@ impl Actor {
             renditions: renditions.clone(),
             hls_dir: hls_dir.clone(),
             sequence_base: continuity.sequence_base,
+            hls_format: self.spec.hls.format,
             keep_segments: dvr.is_some(),
             overlay: self.scorebug.slot(),
             thumbnail: self.spec.transcode.then(|| self.thumbnail.clone()),
@@ -358,9 +366,13 @@ impl Actor {
         let Some(variants) = running.master.as_ref().filter(|_| !running.master_written) else {
             return;
         };
+        let format = self.spec.hls.format;
+        let audio = (format == SegmentFormat::Fmp4).then_some(ladder::AUDIO_RENDITION);
         let ready = variants
             .iter()
-            .all(|v| hls_dir.join(&v.name).join("index.m3u8").exists());
+            .map(|v| v.name.as_str())
+            .chain(audio)
+            .all(|name| hls_dir.join(name).join("index.m3u8").exists());
         if !ready {
             return;
         }
@@ -369,7 +381,7 @@ impl Actor {
             masters.push((dvr::FILE, dvr::FILE));
         }
         for (master, media) in masters {
-            let text = ladder::master_playlist(variants, media);
+            let text = ladder::master_playlist(variants, media, format);
             if let Err(e) = program::write_atomic(&hls_dir.join(master), &text) {
                 warn!(relay = %self.spec.id, error = %e, "cannot write the master playlist");
                 return;
