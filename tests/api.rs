@@ -192,7 +192,12 @@ async fn relay_crud_and_errors() {
             "hls.renditions[0].width",
         ),
         (r#""hls":{"renditions":[{"name":"mid"}]}"#, "preset name"),
-        (r#""hls":{"format":"fmp4"}"#, "hls.format"),
+        (r#""hls":{"format":"mp4"}"#, "expected `ts` or `fmp4`"),
+        (
+            r#""hls":{"format":"fmp4","low_latency":true}"#,
+            "hls.low_latency",
+        ),
+        (r#""hls":{"dvr":"forever"}"#, "hls.dvr"),
         (
             r#""outputs":[{"id":"y","url":"rtmp://h/a/k","preset":"vimeo"}]"#,
             "outputs[0].preset",

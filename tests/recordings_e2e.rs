@@ -90,7 +90,8 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
             )
             .await;
         assert_eq!(reply.status(), 200);
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Two of these, and the start: over 30 s on air.
+        tokio::time::sleep(Duration::from_secs(15)).await;
     }
     // Each change is an EXT-X-DATERANGE in the live playlist, within its window.
     let (_, playlist) = daemon
@@ -150,6 +151,7 @@ async fn a_recorded_relay_is_listed_served_with_ranges_and_deleted() {
         .join(format!("data/recordings/final/{id}.mp4"));
     let seconds = duration(&path);
     eprintln!("recorded {seconds:.2} s of {on_air:.2} s on air");
+    assert!(on_air >= 30.0, "only {on_air} s on air");
     assert!(
         (seconds - on_air).abs() < 0.5,
         "{seconds} s recorded of {on_air} s on air"
@@ -327,10 +329,30 @@ async fn dvr_with(daemon: &Daemon, segments: usize) -> (String, MediaPlaylist) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dvr_playlist_reaches_back_past_the_live_window_and_across_a_restart() {
+    dvr_reaches_back("ts").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_fmp4_dvr_playlist_keeps_each_programs_init_segment() {
+    dvr_reaches_back("fmp4").await;
+}
+
+/// The `EXT-X-MAP` URIs of a playlist, in order.
+fn maps(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .map(|rest| rest.trim_end_matches('"').to_owned())
+        .collect()
+}
+
+/// A relay with a 2-minute DVR in segment `format`, on its slate: the DVR playlist grows past
+/// the live window, numbered as it is, with the score changes; after a stop and a start it
+/// goes on after a discontinuity, its oldest segment (and fMP4 init segment) still served.
+async fn dvr_reaches_back(format: &str) {
     let daemon = Daemon::start(&relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        r#"hls = { dvr = "2m" }"#,
+        &format!(r#"hls = {{ dvr = "2m", format = "{format}" }}"#),
     ))
     .await;
     // The live window is 6 segments of 2 s; the slate alone fills the DVR past it.
@@ -360,7 +382,16 @@ async fn the_dvr_playlist_reaches_back_past_the_live_window_and_across_a_restart
         .get_bytes(&format!("/hls/final/720p/{oldest}"))
         .await
         .expect("the oldest DVR segment is served");
-    assert_eq!(bytes.first(), Some(&0x47), "an MPEG-TS segment");
+    if format == "ts" {
+        assert_eq!(bytes.first(), Some(&0x47), "an MPEG-TS segment");
+    } else {
+        // A CMAF segment: its boxes (styp or moof first), its init segment named before it.
+        assert!(
+            matches!(bytes.get(4..8), Some(b"styp" | b"moof")),
+            "{:?}",
+            bytes.get(..8)
+        );
+    }
     // The DVR master lists each rendition's DVR playlist.
     let (_, master) = daemon
         .get_text("/hls/final/dvr.m3u8")
@@ -384,6 +415,20 @@ async fn the_dvr_playlist_reaches_back_past_the_live_window_and_across_a_restart
     assert_eq!(daemon.post("/api/v1/relays/final/start", "").await.0, 200);
     let (text, after) = dvr_with(&daemon, dvr.segments.len() + 3).await;
     assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+    if format == "fmp4" {
+        // Each program's init segment is named before its segments and still served.
+        let maps = maps(&text);
+        assert_eq!(maps.len(), 2, "{text}");
+        for map in maps {
+            assert!(
+                daemon
+                    .get_bytes(&format!("/hls/final/720p/{map}"))
+                    .await
+                    .is_some(),
+                "{map}"
+            );
+        }
+    }
     assert_eq!(&after.segments[0].1, oldest, "{text}");
     assert_eq!(after.media_sequence, dvr.media_sequence, "{text}");
     assert!(

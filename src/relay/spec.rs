@@ -296,6 +296,9 @@ pub struct HlsSpec {
     /// How far back each rendition's `dvr.m3u8` reaches (`"2h"`); absent, no DVR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dvr: Option<String>,
+    /// LL-HLS partial segments: refused, as hlscmafsink 0.15.4 writes none (docs/limits.md).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub low_latency: bool,
 }
 
 /// The longest DVR window: 48 hours of segments on disk.
@@ -600,6 +603,12 @@ impl RelaySpec {
                 }
             }
         }
+        if self.hls.low_latency {
+            return Err(SpecError::new(
+                "hls.low_latency",
+                "LL-HLS is not available: hlscmafsink 0.15.4, the newest that runs on GStreamer 1.22, writes no partial segments (EXT-X-PART)",
+            ));
+        }
         let audio = crate::pipeline::ladder::AUDIO_RENDITION;
         if self.hls.format == SegmentFormat::Fmp4 && names.contains(audio) {
             return Err(SpecError::new(
@@ -778,6 +787,18 @@ mod tests {
             (
                 r#"{"id":"a","ingest":{"stream_key":"k"},"hls":{"renditions":["4k"]}}"#,
                 "hls.renditions[0]",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"hls":{"dvr":"5s"}}"#,
+                "hls.dvr",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"hls":{"format":"fmp4","low_latency":true}}"#,
+                "hls.low_latency",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"hls":{"format":"fmp4","renditions":[{"name":"audio","width":640,"height":360,"video_kbps":800}]}}"#,
+                "hls.renditions",
             ),
             (
                 r#"{"id":"a","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"rtmp://h/a/k"},{"id":"y","url":"rtmp://h/a/k"}]}"#,
