@@ -313,6 +313,54 @@ async fn the_disk_budget_deletes_the_oldest_files_but_never_the_open_one() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recording_that_cannot_be_written_costs_the_file_not_the_program() {
+    let daemon = Daemon::start(&config(r#"split = "2s""#)).await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    // The next files are named by the millisecond they open: every name of the next 10 s
+    // leads to /dev/full, so the next file's first write fails as on a full disk.
+    let dir = daemon.dir.path().join("data/recordings/final");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for ms in now_ms..now_ms + 10_000 {
+        std::os::unix::fs::symlink("/dev/full", dir.join(format!("{ms}.mp4"))).expect("a symlink");
+    }
+    let failed = wait_for("the recording to fail", Duration::from_secs(15), || async {
+        let log = daemon.log();
+        log.contains("the recording failed; the program goes on without it")
+            .then_some(log)
+    })
+    .await;
+    assert!(failed.contains("No space left"), "{failed}");
+    // The program goes on: frames keep coming, the live playlist moves, nothing failed.
+    let frames = |relay: Value| relay["frames_encoded"].as_u64().unwrap_or(0);
+    let before = frames(daemon.relay("final").await);
+    let playlist = wait_for("the live playlist", Duration::from_secs(10), || async {
+        Some(daemon.get_text("/hls/final/720p/index.m3u8").await?.1)
+    })
+    .await;
+    let last = check_media_playlist(&playlist).segments.last().cloned();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let relay = daemon.relay("final").await;
+    assert_eq!(relay["state"], "live", "{relay}");
+    assert!(frames(relay) >= before + 120, "frames stopped at {before}");
+    let (_, playlist) = daemon
+        .get_text("/hls/final/720p/index.m3u8")
+        .await
+        .expect("the live playlist");
+    assert_ne!(
+        check_media_playlist(&playlist).segments.last().cloned(),
+        last
+    );
+    let log = daemon.log();
+    assert!(!log.contains("program failed"), "{log}");
+    daemon.stop().await;
+}
+
 /// The DVR playlist of rendition `720p` once it lists at least `segments`, checked.
 async fn dvr_with(daemon: &Daemon, segments: usize) -> (String, MediaPlaylist) {
     wait_for(

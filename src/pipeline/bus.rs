@@ -62,6 +62,8 @@ pub enum ProgramEvent {
         error: BusError,
         ingest_branch: Option<String>,
     },
+    /// An element of recording branch `number` failed: that file, not the program.
+    RecordingFailed { number: u32, error: BusError },
     /// The pipeline's stream ended.
     Eos,
     /// An element's latency changed: the pipeline's must be recalculated.
@@ -80,10 +82,19 @@ pub enum ProgramEvent {
 /// messages are matched by name: any other (a sink's own statistics, say) is nothing.
 pub fn classify(message: &gst::Message) -> Option<ProgramEvent> {
     match message.view() {
-        gst::MessageView::Error(err) => Some(ProgramEvent::Error {
-            error: BusError::from_message(err),
-            ingest_branch: err.src().and_then(input::ingest_branch_of),
-        }),
+        gst::MessageView::Error(err) => {
+            let error = BusError::from_message(err);
+            let recording = err
+                .src()
+                .and_then(|src| super::record::branch_of(&src.name()));
+            Some(match recording {
+                Some(number) => ProgramEvent::RecordingFailed { number, error },
+                None => ProgramEvent::Error {
+                    error,
+                    ingest_branch: err.src().and_then(input::ingest_branch_of),
+                },
+            })
+        }
         gst::MessageView::Eos(_) => Some(ProgramEvent::Eos),
         gst::MessageView::Latency(_) => Some(ProgramEvent::Latency),
         gst::MessageView::Application(a) => a

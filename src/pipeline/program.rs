@@ -128,7 +128,10 @@ pub struct Program {
     routes: HashMap<String, (Encode, Arc<FeedSlot>)>,
     branches_built: u32,
     /// The file being recorded, and what the next one needs.
-    recording: Option<(RecordBranch, RecordParams)>,
+    /// The file being written, if any.
+    recording: Option<RecordBranch>,
+    /// What the program records, if anything.
+    record: Option<RecordParams>,
     records_built: u32,
 }
 
@@ -190,10 +193,13 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     }
     let (top_rendition, top_tee) = &core.rungs[0];
     let recording = match &params.record {
-        Some(record) => Some((
-            record::start(&pipeline, top_tee, &core.audio_tee, record, 1)?,
-            record.clone(),
-        )),
+        Some(record) => Some(record::start(
+            &pipeline,
+            top_tee,
+            &core.audio_tee,
+            record,
+            1,
+        )?),
         None => None,
     };
     let top = top_rendition.encode(&params.program);
@@ -234,6 +240,7 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         routes: HashMap::new(),
         branches_built: 0,
         recording,
+        record: params.record.clone(),
         records_built: 1,
     })
 }
@@ -382,10 +389,9 @@ impl Program {
     /// Starts the recording's next file and ends the current one, with no frame between
     /// them; nothing for a program that does not record.
     pub fn split_recording(&mut self) -> Result<(), PipelineError> {
-        let Some((_, params)) = &self.recording else {
+        let Some(params) = self.record.clone() else {
             return Ok(());
         };
-        let params = params.clone();
         let top_tee = self
             .rungs
             .get(&self.top)
@@ -401,10 +407,31 @@ impl Program {
             &params,
             self.records_built,
         )?;
-        if let Some((old, _)) = self.recording.replace((next, params)) {
+        if let Some(old) = self.recording.replace(next) {
             record::end(&self.pipeline, old);
         }
         Ok(())
+    }
+
+    /// Ends recording branch `number` if it is the file being written (it failed): the
+    /// program goes on without a recording until [`Program::split_recording`] starts one.
+    /// Returns whether it was.
+    pub fn drop_recording(&mut self, number: u32) -> bool {
+        if self.recording.as_ref().map(|r| r.number) != Some(number) {
+            return false;
+        }
+        if let Some(branch) = self.recording.take() {
+            record::end(&self.pipeline, branch);
+        }
+        if let Some(params) = &self.record {
+            params.recording.clear();
+        }
+        true
+    }
+
+    /// Whether it records and has no file open (the last one failed).
+    pub fn recording_stopped(&self) -> bool {
+        self.record.is_some() && self.recording.is_none()
     }
 
     /// Shows `picture` (at the program's size) whenever no publisher is on.

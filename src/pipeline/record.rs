@@ -75,10 +75,20 @@ pub struct RecordParams {
 
 /// One file's branch.
 pub struct RecordBranch {
+    /// Its number, the suffix of its elements' names.
+    pub number: u32,
     elements: Vec<gst::Element>,
     video_q: gst::Element,
     audio_q: gst::Element,
     tee_pads: Vec<(gst::Element, gst::Pad)>,
+}
+
+/// The prefix of every recording branch element's name.
+const PREFIX: &str = "rec-";
+
+/// The number of the recording branch element `name` belongs to, if it is one.
+pub fn branch_of(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.rsplit_once('-')?.1.parse().ok()
 }
 
 /// The file name for a recording opened now.
@@ -103,32 +113,44 @@ pub fn start(
         source,
     })?;
     let path = file_name(&params.dir);
-    let video_q = make("queue", &format!("rec-video-q-{number}"))?;
-    let parse = make("h264parse", &format!("rec-parse-{number}"))?;
-    let audio_q = make("queue", &format!("rec-audio-q-{number}"))?;
-    let mux = make("mp4mux", &format!("rec-mux-{number}"))?;
+    let video_q = make("queue", &format!("{PREFIX}video-q-{number}"))?;
+    let parse = make("h264parse", &format!("{PREFIX}parse-{number}"))?;
+    let audio_q = make("queue", &format!("{PREFIX}audio-q-{number}"))?;
+    // A file that fails (a full disk, say) must not fail the program: the muxer's and the
+    // file's errors stop at these, which answer the queues' threads with OK. The bus still
+    // reports the error, and the relay ends this branch.
+    let guards = [
+        make("errorignore", &format!("{PREFIX}video-guard-{number}"))?,
+        make("errorignore", &format!("{PREFIX}audio-guard-{number}"))?,
+    ];
+    let mux = make("mp4mux", &format!("{PREFIX}mux-{number}"))?;
     mux.set_property("fragment-duration", FRAGMENT.as_millis() as u32);
     mux.set_property("streamable", true);
-    let file = make("filesink", &format!("rec-file-{number}"))?;
+    let file = make("filesink", &format!("{PREFIX}file-{number}"))?;
     file.set_property("location", path.display().to_string());
     // Each fragment reaches the file as the muxer finishes it: a crash loses only the one
     // being built.
     file.set_property_from_str("buffer-mode", "unbuffered");
     file.set_property("async", false);
+    let [video_guard, audio_guard] = &guards;
+    // The file last: ending the branch waits for its EOS.
     let elements = vec![
         video_q.clone(),
+        video_guard.clone(),
         parse.clone(),
         audio_q.clone(),
+        audio_guard.clone(),
         mux.clone(),
         file.clone(),
     ];
     add_elements(pipeline, &elements.iter().collect::<Vec<_>>())?;
-    link_chain(&[&video_q, &parse])?;
+    link_chain(&[&video_q, video_guard, &parse])?;
+    link_chain(&[&audio_q, audio_guard])?;
     let link_error = |from: &gst::Element| PipelineError::Link {
         from: from.name().to_string(),
         to: mux.name().to_string(),
     };
-    for (from, template) in [(&parse, "video_%u"), (&audio_q, "audio_%u")] {
+    for (from, template) in [(&parse, "video_%u"), (audio_guard, "audio_%u")] {
         let sink = mux
             .request_pad_simple(template)
             .ok_or_else(|| link_error(from))?;
@@ -139,7 +161,7 @@ pub fn start(
     }
     link_chain(&[&mux, &file])?;
     start_on_a_keyframe(&video_q, &audio_q);
-    for element in [&parse, &audio_q] {
+    for element in [&parse, audio_guard] {
         only_timed(element);
     }
     sync_with_pipeline(&elements)?;
@@ -158,6 +180,7 @@ pub fn start(
     }
     params.recording.set(path);
     Ok(RecordBranch {
+        number,
         elements,
         video_q,
         audio_q,
@@ -242,4 +265,17 @@ pub fn end(pipeline: &gst::Pipeline, branch: RecordBranch) {
             let _ = pipeline.remove(element);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_branch_element_is_known_by_its_name() {
+        assert_eq!(branch_of("rec-file-3"), Some(3));
+        assert_eq!(branch_of("rec-video-guard-12"), Some(12));
+        assert_eq!(branch_of("hls-720p"), None);
+        assert_eq!(branch_of("rec-file"), None);
+    }
 }

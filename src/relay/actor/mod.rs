@@ -97,6 +97,7 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
         thumbnail: Arc::default(),
         recording: Arc::default(),
         swept: None,
+        record_retry_at: None,
         marked: None,
         hls_marked: None,
         scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
@@ -162,6 +163,8 @@ struct Actor {
     recording: Arc<Recording>,
     /// When the recordings were last swept.
     swept: Option<Instant>,
+    /// When to try a new file after the last one failed.
+    record_retry_at: Option<Instant>,
     /// The recording and scoreboard of the last score marker written.
     marked: Option<(std::path::PathBuf, crate::scores::Scoreboard)>,
     /// The scoreboard last noted for the HLS playlists (`EXT-X-DATERANGE`).

@@ -308,6 +308,17 @@ impl Actor {
                     let _ = running.program.pipeline.recalculate_latency();
                 }
             }
+            ProgramEvent::RecordingFailed { number, error } => {
+                let Some(running) = &mut self.program else {
+                    return;
+                };
+                if running.program.drop_recording(number) {
+                    warn!(relay = %self.spec.id, element = %error.element, error = %error.message, retry_in = ?RECORD_RETRY, "the recording failed; the program goes on without it");
+                    self.record_retry_at = Some(Instant::now() + RECORD_RETRY);
+                } else {
+                    debug!(relay = %self.spec.id, error = %error, "error from an ended recording, ignored");
+                }
+            }
             ProgramEvent::InputSwitched { slate } => self.on_switched(slate),
             ProgramEvent::IngestEnded { branch } => self.on_ingest_ended(branch),
             ProgramEvent::SegmentAdded(segment) => self.on_segment_added(&segment),
@@ -413,6 +424,8 @@ impl Actor {
     }
 }
 
+/// How long after a recording failed a new file is tried.
+const RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often a recording relay's old files are swept.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -448,7 +461,16 @@ impl Actor {
             return;
         };
         let rules = record.rules(&self.ctx.record);
-        if self.recording.age().is_some_and(|age| age >= rules.split) {
+        let retry = self.record_retry_at.is_some_and(|at| now >= at)
+            && self
+                .program
+                .as_ref()
+                .is_some_and(|p| p.program.recording_stopped());
+        if retry {
+            self.record_retry_at = None;
+            info!(relay = %self.spec.id, "trying a new recording file");
+        }
+        if retry || self.recording.age().is_some_and(|age| age >= rules.split) {
             if let Some(running) = &mut self.program {
                 if let Err(e) = running.program.split_recording() {
                     warn!(relay = %self.spec.id, error = %e, "cannot start the recording's next file; the current one goes on");
