@@ -500,6 +500,7 @@ pub fn table(shared: &Shared) -> Vec<Route> {
             "GET",
             &[
                 "/hls/{relay}/master.m3u8",
+                "/hls/{relay}/dvr.m3u8",
                 "/hls/{relay}/{rendition}/{file}",
             ],
             hls,
