@@ -118,3 +118,59 @@ fn legible_at_360p() {
     assert!(bug.image.height() >= 24, "the bar keeps a legible height");
     compare("360p", &bug.image);
 }
+
+/// Every graphics layer kind in every bundled theme at 360p, 720p and 1080p:
+/// `tests/golden/graphics/<kind>-<theme>-<height>p.png`.
+#[test]
+fn graphics_layers_in_every_theme_and_size() {
+    use scorecast::render::graphics::{render, Anchor, Graphic, Style, THEMES};
+    let sponsor = logo([0, 160, 255]);
+    let kinds = [
+        (
+            "lower-third",
+            Graphic::LowerThird {
+                title: "Anders Blume",
+                subtitle: Some("Play-by-play · @OnFireAnders"),
+            },
+        ),
+        (
+            "clock",
+            Graphic::Clock {
+                label: Some("ROUND 14"),
+                seconds: 1_394,
+            },
+        ),
+        (
+            "text",
+            Graphic::Text {
+                text: "Next: Team Liquid vs FaZe Clan — 18:30 CET",
+            },
+        ),
+        (
+            "series",
+            Graphic::Series {
+                home: "NAVI",
+                away: "G2",
+                home_wins: 2,
+                away_wins: 1,
+                best_of: 5,
+            },
+        ),
+        ("image", Graphic::Image { image: &sponsor }),
+    ];
+    for (kind, graphic) in &kinds {
+        // A picture is drawn as it is, in any theme.
+        let themes = if *kind == "image" {
+            &THEMES[..1]
+        } else {
+            &THEMES[..]
+        };
+        for theme in themes {
+            let style = Style::theme(theme).expect("a bundled theme");
+            for (width, height) in [(640, 360), (1280, 720), (1920, 1080)] {
+                let bug = render(graphic, &style, Anchor::BottomLeft, 24, 1.0, width, height);
+                compare(&format!("graphics/{kind}-{theme}-{height}p"), &bug.image);
+            }
+        }
+    }
+}

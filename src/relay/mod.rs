@@ -18,6 +18,7 @@
 mod actor;
 pub mod casters;
 pub mod destinations;
+pub mod graphics;
 pub mod handle;
 pub mod lifecycle;
 pub mod observe;

@@ -8,6 +8,8 @@
 //! `[strip][logo][ home name ][ 3 ][ 1 ][ away name ][logo][strip]  [ period · clock · status ]`
 //! A stale scoreboard dims the info box and adds an amber dot at its corner.
 
+pub mod graphics;
+
 use std::sync::LazyLock;
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
