@@ -161,6 +161,7 @@ impl CompatSettings {
             transcode: true,
             queue: None,
             record: None,
+            graphics: None,
         }
     }
 

@@ -180,6 +180,7 @@ pub async fn run(
                 queues_dir: Some(config.server.data_dir.join("queues")),
                 recordings_root: Some(config.server.data_dir.join("recordings")),
                 record: config.record.clone(),
+                graphics_dir: Some(config.server.data_dir.join("graphics")),
             },
             Some(store),
         )

@@ -260,6 +260,7 @@ fn registry(hls_root: &Path) -> Arc<Registry> {
             queues_dir: None,
             recordings_root: None,
             record: Default::default(),
+            graphics_dir: None,
         },
         None,
     ))

@@ -18,6 +18,7 @@ use super::metrics::Scraped;
 use super::wire::{RelayView, ScoreView};
 use crate::compat::CompatSettings;
 use crate::events::Subscription;
+use crate::relay::graphics::{GraphicsError, LayerChange};
 use crate::relay::registry::{Registry, RegistryError};
 use crate::relay::spec::{check_name, OutputSpec, RelaySpec};
 use crate::relay::RelayHandle;
@@ -288,6 +289,37 @@ pub async fn put_score(
         StatusCode::OK,
         &ScoreView::seen(handle.set_score(board).await?, sight, pulled.as_deref()),
     ))
+}
+
+/// `GET .../graphics`: the relay's graphics layers, each with its data now.
+pub async fn get_graphics(id: String, registry: Arc<Registry>) -> Result<Response, ApiError> {
+    let handle = relay(&registry, &id)?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &serde_json::json!({ "layers": handle.graphics().await? }),
+    ))
+}
+
+/// `PUT .../graphics/{layer}`: `{"visible", "data"}`, the data fields merged into the layer's.
+pub async fn put_layer(
+    id: String,
+    layer: String,
+    registry: Arc<Registry>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let handle = relay(&registry, &id)?;
+    let change: LayerChange = parse(&body).map_err(ApiError::bad_body)?;
+    match handle.change_layer(layer, change).await? {
+        Ok(view) => Ok(json_reply(StatusCode::OK, &view)),
+        Err(e @ GraphicsError::NoLayer(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "layer_not_found",
+            format!("relay {id:?} has {e}"),
+        )),
+        Err(GraphicsError::Invalid { field, message }) => {
+            Err(ApiError::bad_body(format!("{field}: {message}")))
+        }
+    }
 }
 
 /// The URL the relay pulls, when `sight` must have its stream name masked in the scores URL

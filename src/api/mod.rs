@@ -276,6 +276,18 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         .then(handlers::put_score)
         .and_then(finish);
 
+    let get_graphics = warp::path!("api" / "v1" / "relays" / String / "graphics")
+        .and(warp::get())
+        .and(with_registry.clone())
+        .then(handlers::get_graphics)
+        .and_then(finish);
+    let put_layer = warp::path!("api" / "v1" / "relays" / String / "graphics" / String)
+        .and(warp::put())
+        .and(with_registry.clone())
+        .and(body.clone())
+        .then(handlers::put_layer)
+        .and_then(finish);
+
     // Once the path and method match, a compatible route answers its body errors in the old
     // service's shape too.
     let start_stream = warp::path!("start_stream").and(warp::post()).and(
@@ -476,6 +488,8 @@ pub fn table(shared: &Shared) -> Vec<Route> {
         route("GET", &["/recordings/{relay}/{file}"], recording_files),
         route("GET", &["/api/v1/relays/{id}/score"], get_score),
         route("PUT", &["/api/v1/relays/{id}/score"], put_score),
+        route("GET", &["/api/v1/relays/{id}/graphics"], get_graphics),
+        route("PUT", &["/api/v1/relays/{id}/graphics/{layer}"], put_layer),
         route("GET", &["/api/v1/relays/{id}/casters"], list_casters),
         route("POST", &["/api/v1/relays/{id}/casters"], add_caster),
         route(

@@ -762,6 +762,7 @@ mod tests {
                 queues_dir: None,
                 recordings_root: None,
                 record: Default::default(),
+                graphics_dir: None,
             },
             None,
         );

@@ -318,6 +318,7 @@ mod tests {
             transcode: true,
             queue: None,
             record: None,
+            graphics: None,
         }
     }
 

@@ -139,10 +139,13 @@ pub fn check_data(kind: LayerKind, data: &Map<String, Value>) -> Result<(), (Str
     let fields = kind.fields();
     for (name, value) in data {
         let Some((_, field)) = fields.iter().find(|(n, _)| n == name) else {
-            let known: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+            let known: Vec<String> = fields.iter().map(|(n, _)| format!("`{n}`")).collect();
             return Err((
                 name.clone(),
-                format!("unknown field; expected one of {}", known.join(", ")),
+                format!(
+                    "unknown field `{name}`, expected one of {}",
+                    known.join(", ")
+                ),
             ));
         };
         let fail = |why: &str| Err((name.clone(), why.to_owned()));

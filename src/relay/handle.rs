@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::actor::Event;
+use super::graphics::{GraphicsError, LayerChange, LayerView};
 use super::queue::{QueueError, Saved as QueueSaved};
 use super::spec::{OutputSpec, RelaySpec};
 use super::state::OutputState;
@@ -346,6 +347,12 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<RelayStatus, RelayError>>,
     },
     Score(oneshot::Sender<ScoreStatus>),
+    Graphics(oneshot::Sender<Vec<LayerView>>),
+    ChangeLayer {
+        id: String,
+        change: LayerChange,
+        reply: oneshot::Sender<Result<LayerView, GraphicsError>>,
+    },
     SetScore {
         board: Box<Scoreboard>,
         reply: oneshot::Sender<ScoreStatus>,
@@ -464,6 +471,21 @@ impl RelayHandle {
             reply,
         })
         .await
+    }
+
+    /// The graphics layers, as they are now.
+    pub async fn graphics(&self) -> Result<Vec<LayerView>, RelayError> {
+        self.ask(Command::Graphics).await
+    }
+
+    /// Shows, hides or changes the data of graphics layer `id`.
+    pub async fn change_layer(
+        &self,
+        id: String,
+        change: LayerChange,
+    ) -> Result<Result<LayerView, GraphicsError>, RelayError> {
+        self.ask(|reply| Command::ChangeLayer { id, change, reply })
+            .await
     }
 
     /// Stops everything and ends the actor.

@@ -65,6 +65,9 @@ pub struct RelayContext {
     pub recordings_root: Option<PathBuf>,
     /// The defaults of a relay's `record`.
     pub record: RecordSettings,
+    /// `<data_dir>/graphics`: the pictures image layers name. `None`: image layers show
+    /// nothing.
+    pub graphics_dir: Option<PathBuf>,
 }
 
 /// The slate pictures, drawn on first use (every relay shares the program size).

@@ -6,17 +6,19 @@
 //! blocking task, and hands the finished composition to the pipeline's [`OverlaySlot`]. It
 //! must not touch a pipeline: the slot is the only thing it shares with the program.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::graphics::{Draw, Graphics, GraphicsError, LayerChange, LayerView};
 use super::handle::ScoreStatus;
 use super::spec::OverlaySpec;
 use crate::pipeline::overlay::{self as overlay_el, OverlaySlot};
-use crate::render::{self, Logos};
+use crate::render::{self, Bug, Logos};
 use crate::scores::poller::{self, LogoSet, PollUpdate, PollerSettings};
 use crate::scores::{ScoreKeeper, Scoreboard, Source as ScoreSource};
 use crate::secrets;
@@ -31,8 +33,13 @@ pub struct Scorebug {
     keeper: ScoreKeeper,
     logos: LogoSet,
     poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<PollUpdate>)>,
-    /// What the overlay last showed: the scoreboard, whether it was stale, and the queue line.
-    drawn: Option<(Option<Scoreboard>, bool, Option<String>)>,
+    /// What the overlay last showed: the scoreboard, whether it was stale, the queue line,
+    /// and each graphics layer's key.
+    drawn: Option<Drawn>,
+    /// The relay's graphics layers, if it has any.
+    graphics: Option<Graphics>,
+    /// Pictures rendered earlier, drawn again as long as what they show is the same.
+    cache: Arc<Mutex<Cache>>,
     /// A queue relay's line: who is on air, their time left, who is next.
     queue_line: Option<String>,
     render_seq: u64,
@@ -40,16 +47,38 @@ pub struct Scorebug {
     size: (u32, u32),
 }
 
+/// What the overlay shows: the scoreboard and whether it is stale, the queue line, and each
+/// visible graphics layer's key.
+type Drawn = (Option<Scoreboard>, bool, Option<String>, Vec<String>);
+
+/// Rendered pictures kept for the next composition: the scorebug for its scoreboard and
+/// staleness, each layer for its key.
+#[derive(Default)]
+struct Cache {
+    bug: Option<((Option<Scoreboard>, bool), Option<Bug>)>,
+    layers: HashMap<String, (String, Bug)>,
+}
+
 impl Scorebug {
-    pub fn new(relay: &str, spec: Option<OverlaySpec>, size: (u32, u32)) -> Self {
+    /// `graphics`: the relay's layers, if any (a relay without an overlay may have them).
+    pub fn new(
+        relay: &str,
+        spec: Option<OverlaySpec>,
+        graphics: Option<Graphics>,
+        size: (u32, u32),
+    ) -> Self {
+        let graphics = graphics.filter(|g| !g.is_empty());
+        let drawn_at_all = spec.is_some() || graphics.is_some();
         Scorebug {
             relay: relay.to_owned(),
-            slot: spec.as_ref().map(|_| Arc::new(OverlaySlot::default())),
+            slot: drawn_at_all.then(|| Arc::new(OverlaySlot::default())),
             spec,
             keeper: ScoreKeeper::default(),
             logos: LogoSet::default(),
             poller: None,
             drawn: None,
+            graphics,
+            cache: Arc::default(),
             queue_line: None,
             render_seq: 0,
             size,
@@ -171,47 +200,96 @@ impl Scorebug {
     }
 
     /// Re-renders the overlay when what it should show changed. Rendering runs on a blocking
-    /// task; the slot ignores a render that finishes after a newer one.
+    /// task, and only what changed is rendered again (a layer, the scorebug); the slot
+    /// ignores a render that finishes after a newer one.
     pub fn redraw(&mut self) {
         let Some(slot) = self.slot.clone() else {
             return;
         };
-        let Some(spec) = &self.spec else {
-            return;
-        };
-        let stale = self.is_stale(Instant::now());
-        let board = self.keeper.current().map(|(b, _)| b.clone());
+        let now = Instant::now();
+        let stale = self.is_stale(now);
+        // The scorebug is drawn only by relays with an overlay.
+        let board = self
+            .spec
+            .as_ref()
+            .and_then(|_| self.keeper.current().map(|(b, _)| b.clone()));
         let line = self.queue_line.clone();
-        let wanted = (board.clone(), stale, line.clone());
+        let draws: Vec<Draw> = self
+            .graphics
+            .as_ref()
+            .map(|g| g.draws(now, self.keeper.current().map(|(b, _)| b)))
+            .unwrap_or_default();
+        let keys: Vec<String> = draws.iter().map(|d| d.key.clone()).collect();
+        let wanted = (board.clone(), stale, line.clone(), keys);
         if self.drawn.as_ref() == Some(&wanted) {
             return;
         }
-        if self.drawn.as_ref().is_some_and(|(_, s, _)| *s != stale) {
+        if self.drawn.as_ref().is_some_and(|(_, s, _, _)| *s != stale) {
             info!(relay = %self.relay, stale, "overlay staleness changed");
         }
         self.drawn = Some(wanted);
         self.render_seq += 1;
         let seq = self.render_seq;
-        let theme = spec.theme();
+        let theme = self.spec.as_ref().map(|s| s.theme()).unwrap_or_default();
+        let style = self
+            .graphics
+            .as_ref()
+            .map(Graphics::style)
+            .unwrap_or_default();
         let logos = self.logos.clone();
         let (width, height) = self.size;
         let relay = self.relay.clone();
+        let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || {
-            let bug = board.map(|board| {
-                render::render(
-                    &board,
-                    Logos {
-                        home: logos.home.as_deref(),
-                        away: logos.away.as_deref(),
-                    },
-                    stale,
-                    &theme,
-                    width,
-                    height,
-                )
-            });
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let bug_key = (board.clone(), stale);
+            if cache.bug.as_ref().map(|(k, _)| k) != Some(&bug_key) {
+                let bug = board.as_ref().map(|board| {
+                    render::render(
+                        board,
+                        Logos {
+                            home: logos.home.as_deref(),
+                            away: logos.away.as_deref(),
+                        },
+                        stale,
+                        &theme,
+                        width,
+                        height,
+                    )
+                });
+                cache.bug = Some((bug_key, bug));
+            }
+            let mut layers = HashMap::new();
+            for d in &draws {
+                let bug = match cache.layers.remove(&d.id) {
+                    Some((key, bug)) if key == d.key => bug,
+                    _ => render::graphics::render(
+                        &d.graphic.graphic(),
+                        &style,
+                        d.anchor,
+                        d.margin,
+                        d.alpha,
+                        width,
+                        height,
+                    ),
+                };
+                layers.insert(d.id.clone(), (d.key.clone(), bug));
+            }
+            // Layers no longer drawn are forgotten.
+            cache.layers = layers;
             let line = line.map(|text| render::queue_line(&text, &theme, width, height));
-            let pictures: Vec<_> = bug.into_iter().chain(line).collect();
+            let pictures: Vec<Bug> = cache
+                .bug
+                .as_ref()
+                .and_then(|(_, bug)| bug.clone())
+                .into_iter()
+                .chain(line)
+                .chain(
+                    draws
+                        .iter()
+                        .filter_map(|d| cache.layers.get(&d.id).map(|(_, b)| b.clone())),
+                )
+                .collect();
             if pictures.is_empty() {
                 slot.show(None, seq);
                 return;
@@ -224,6 +302,34 @@ impl Scorebug {
                 Err(e) => error!(relay = %relay, error = %e, "cannot build the overlay"),
             }
         });
+    }
+
+    /// When the graphics next change by themselves (a fade, a clock, a rotation).
+    pub fn graphics_due(&self) -> Option<Instant> {
+        self.graphics.as_ref()?.next_change(Instant::now())
+    }
+
+    /// The graphics layers as the API shows them (none without graphics).
+    pub fn layers(&self) -> Vec<LayerView> {
+        self.graphics
+            .as_ref()
+            .map(|g| g.views(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// Changes layer `id` and redraws.
+    pub fn change_layer(
+        &mut self,
+        id: &str,
+        change: LayerChange,
+    ) -> Result<LayerView, GraphicsError> {
+        let graphics = self
+            .graphics
+            .as_mut()
+            .ok_or_else(|| GraphicsError::NoLayer(id.to_owned()))?;
+        let view = graphics.change(id, change, Instant::now())?;
+        self.redraw();
+        Ok(view)
     }
 
     /// Whether the overlay should mark the scoreboard stale (relays without one never do).

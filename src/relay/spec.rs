@@ -71,6 +71,9 @@ pub struct RelaySpec {
     /// Record the program ([`super::recordings`]); absent, nothing is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordSpec>,
+    /// Graphics layers beyond the scorebug ([`super::graphics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphics: Option<super::graphics::GraphicsSpec>,
 }
 
 /// `"record": {"retention": "24h", "split": "1h", "max_bytes": 50000000000}`: each field
@@ -498,6 +501,17 @@ impl RelaySpec {
         }
         if let Some(record) = &self.record {
             record.check()?;
+        }
+        if let Some(graphics) = &self.graphics {
+            graphics
+                .check()
+                .map_err(|(field, message)| SpecError::new(field, message))?;
+            if !self.transcode {
+                return Err(SpecError::new(
+                    "graphics",
+                    "graphics need decoding; a relay with \"transcode\": false only remuxes",
+                ));
+            }
         }
         if let Some(url) = &self.ingest.auth_url {
             if self.ingest.stream_key.is_none() {

@@ -33,6 +33,7 @@ use tracing::{error, info};
 
 use super::casters::Casters;
 use super::destinations::Destinations;
+use super::graphics::Graphics;
 use super::handle::{
     Admitted, Command, OutputStatus, PublisherStatus, RecordingsInfo, RelayCounters, RelayError,
     RelayHandle, RelayPhase, RelayStatus,
@@ -100,7 +101,19 @@ pub fn spawn(spec: RelaySpec, ctx: Arc<RelayContext>, casters: Arc<Casters>) -> 
         record_retry_at: None,
         marked: None,
         hls_marked: None,
-        scorebug: Scorebug::new(&spec.id, spec.overlay.clone(), size),
+        scorebug: Scorebug::new(
+            &spec.id,
+            spec.overlay.clone(),
+            spec.graphics.as_ref().map(|g| {
+                Graphics::new(
+                    g,
+                    ctx.graphics_dir.as_deref(),
+                    ctx.program.fps,
+                    Instant::now(),
+                )
+            }),
+            size,
+        ),
         outputs: Destinations::new(&spec.id, &spec.outputs),
         pushes: BTreeMap::new(),
         spec,
@@ -177,6 +190,7 @@ impl Actor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let queue_due = self.queue_due();
+            let graphics_due = self.scorebug.graphics_due();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
@@ -194,6 +208,9 @@ impl Actor {
                 Some(event) = self.events_rx.recv() => self.on_event(event),
                 Some(update) = self.scorebug.next_poll() => self.scorebug.on_poll(update),
                 _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(graphics_due.unwrap_or_else(Instant::now)), if graphics_due.is_some() => {
+                    self.scorebug.redraw();
+                }
                 _ = tokio::time::sleep_until(queue_due.unwrap_or_else(Instant::now)), if queue_due.is_some() => {
                     self.tick_queue(Instant::now());
                 }
@@ -258,6 +275,22 @@ impl Actor {
             }
             Command::Score(reply) => {
                 let _ = reply.send(self.scorebug.status());
+            }
+            Command::Graphics(reply) => {
+                let _ = reply.send(self.scorebug.layers());
+            }
+            Command::ChangeLayer { id, change, reply } => {
+                let visible = change.visible;
+                let result = self.scorebug.change_layer(&id, change);
+                if let (Ok(view), Some(_)) = (&result, visible) {
+                    info!(relay = %self.spec.id, layer = %id, visible = view.visible, "graphics layer shown or hidden");
+                    self.ctx.events.publish(
+                        "graphics",
+                        &self.spec.id,
+                        serde_json::json!({ "layer": id, "visible": view.visible }),
+                    );
+                }
+                let _ = reply.send(result);
             }
             Command::SetScore { board, reply } => {
                 self.scorebug.set_by_hand(*board);
