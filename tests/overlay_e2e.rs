@@ -341,3 +341,226 @@ async fn manual_score_is_drawn_and_not_overwritten_by_the_stale_api_value() {
         "{body}"
     );
 }
+
+/// A relay `final` on its slate with a running clock (top right, from 300 s down) and a
+/// hidden lower third that fades over 6 frames.
+const GRAPHICS: &str = r#"
+[[relay.graphics.layers]]
+id = "clock"
+kind = "clock"
+anchor = "top-right"
+data = { seconds = 300, running = true, direction = "down" }
+[[relay.graphics.layers]]
+id = "caster"
+kind = "lower_third"
+anchor = "bottom-left"
+visible = false
+fade_frames = 6
+data = { title = "Anders Blume", subtitle = "Play-by-play" }
+"#;
+
+/// What scorecast draws for `graphic` on a 1280x720 frame in the default theme.
+fn drawn(graphic: &scorecast::render::graphics::Graphic<'_>, anchor: &str) -> Bug {
+    use scorecast::render::graphics::{render, Anchor, Style};
+    let anchor: Anchor = serde_json::from_value(serde_json::json!(anchor)).expect("an anchor");
+    render(graphic, &Style::default(), anchor, 24, 1.0, 1280, 720)
+}
+
+/// Sets layer `layer` of relay `final` with `body`; returns when the API has answered.
+async fn put_layer(daemon: &Daemon, layer: &str, body: &str) -> serde_json::Value {
+    let reply = daemon
+        .send(
+            "PUT",
+            &format!("/api/v1/relays/final/graphics/{layer}"),
+            body,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status(), 200);
+    reply.json().await.expect("the layer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_layer_counts_down_between_updates_in_the_frames() {
+    let daemon = Daemon::start(&relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        GRAPHICS,
+    ))
+    .await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    // Two updates 5 s apart that agree with the count: between them it ticks by itself.
+    let (_, layers) = daemon.get("/api/v1/relays/final/graphics").await;
+    assert_eq!(layers["layers"][0]["kind"], "clock", "{layers}");
+    let from = SystemTime::now();
+    put_layer(&daemon, "clock", r#"{"data": {"seconds": 200}}"#).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let view = put_layer(&daemon, "clock", r#"{"data": {"seconds": 195}}"#).await;
+    assert_eq!(view["data"]["seconds"], 195, "{view}");
+    let to = SystemTime::now();
+    // Each frame's clock, read by the closest of the renders of 190 to 200 s.
+    let renders: Vec<(u64, Bug)> = (190..=200)
+        .map(|s| {
+            let clock = scorecast::render::graphics::Graphic::Clock {
+                label: None,
+                seconds: s,
+            };
+            (s, drawn(&clock, "top-right"))
+        })
+        .collect();
+    let frames = frames_between(
+        &daemon,
+        from + Duration::from_secs(1),
+        to - Duration::from_millis(500),
+        &renders[0].1,
+        Duration::from_secs(20),
+    )
+    .await;
+    let read: Vec<(SystemTime, u64)> = frames
+        .iter()
+        .filter(|(t, _)| {
+            *t >= from + Duration::from_secs(1) && *t <= to - Duration::from_millis(500)
+        })
+        .map(|(t, region)| {
+            let error = |bug: &Bug| -> u64 {
+                region
+                    .pixels()
+                    .zip(bug.image.pixels())
+                    .filter(|(_, b)| b[3] > 0)
+                    .map(|(a, b)| (0..3).map(|c| u64::from(a[c].abs_diff(b[c]))).sum::<u64>())
+                    .sum()
+            };
+            let best = renders
+                .iter()
+                .min_by_key(|(_, bug)| error(bug))
+                .map(|(s, _)| *s)
+                .expect("renders");
+            (*t, best)
+        })
+        .collect();
+    assert!(read.len() >= 60, "only {} frames read", read.len());
+    let values: Vec<u64> = read.iter().map(|(_, s)| *s).collect();
+    eprintln!("clock read from frames: {values:?}");
+    // It counts down one second at a time, each reading held for about a second of frames.
+    for pair in values.windows(2) {
+        assert!(
+            pair[1] == pair[0] || pair[1] + 1 == pair[0],
+            "the clock went {} → {}: {values:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let changes: Vec<usize> = (1..values.len())
+        .filter(|&i| values[i] != values[i - 1])
+        .collect();
+    assert!(changes.len() >= 2, "{values:?}");
+    for pair in changes.windows(2) {
+        let held = pair[1] - pair[0];
+        assert!(
+            (28..=32).contains(&held),
+            "a reading held {held} frames: {values:?}"
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lower_third_shown_by_the_api_appears_at_once_and_fades_out_when_hidden() {
+    let daemon = Daemon::start(&relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        GRAPHICS,
+    ))
+    .await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shown_at = SystemTime::now();
+    let view = put_layer(&daemon, "caster", r#"{"visible": true}"#).await;
+    assert_eq!(view["visible"], true, "{view}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hidden_at = SystemTime::now();
+    put_layer(&daemon, "caster", r#"{"visible": false}"#).await;
+    let third = scorecast::render::graphics::Graphic::LowerThird {
+        title: "Anders Blume",
+        subtitle: Some("Play-by-play"),
+    };
+    let full = drawn(&third, "bottom-left");
+    let frames = frames_between(
+        &daemon,
+        shown_at - Duration::from_secs(1),
+        hidden_at + Duration::from_secs(1),
+        &full,
+        Duration::from_secs(20),
+    )
+    .await;
+    // How much of the lower third each frame shows: 0 (the slate's own pixels, from a frame
+    // before it was shown) to 1 (the full render).
+    let (_, before) = frames
+        .iter()
+        .find(|(t, _)| *t < shown_at - Duration::from_millis(500))
+        .expect("a frame before it was shown");
+    let shown = |region: &RgbaImage| -> f64 {
+        let (mut moved, mut span) = (0.0, 0.0);
+        for ((a, b), f) in region
+            .pixels()
+            .zip(before.pixels())
+            .zip(full.image.pixels())
+        {
+            for c in 0..3 {
+                let whole = f64::from(f[c]) - f64::from(b[c]);
+                if whole.abs() > 60.0 {
+                    moved += (f64::from(a[c]) - f64::from(b[c])) / whole;
+                    span += 1.0;
+                }
+            }
+        }
+        moved / span
+    };
+    let seen: Vec<(SystemTime, f64)> = frames.iter().map(|(t, r)| (*t, shown(r))).collect();
+    let first = seen
+        .iter()
+        .find(|(_, s)| *s > 0.05)
+        .expect("the lower third appears");
+    // A frame is drawn on as it passes the overlay, up to the program's latency after its
+    // date (DRAWN_WITHIN): the first frames to show the layer may be dated before the PUT.
+    let frame = Duration::from_secs(1) / 30;
+    let late = first.0.duration_since(shown_at).unwrap_or_default();
+    let early = shown_at.duration_since(first.0).unwrap_or_default();
+    eprintln!("lower third: first on the frame dated {late:?} after, {early:?} before the PUT");
+    assert!(early <= DRAWN_WITHIN, "on a frame {early:?} before the PUT");
+    assert!(
+        late <= Duration::from_millis(100) + frame,
+        "it appeared on a frame dated {late:?} after the PUT"
+    );
+    // Full while shown, then a fade of about 6 frames down to nothing.
+    let full_at = seen
+        .iter()
+        .filter(|(t, _)| {
+            *t > shown_at + Duration::from_millis(800) && *t < hidden_at - DRAWN_WITHIN
+        })
+        .map(|(_, s)| *s)
+        .fold(f64::MAX, f64::min);
+    assert!(full_at > 0.8, "not fully shown while visible: {full_at}");
+    let fading: Vec<f64> = seen
+        .iter()
+        .filter(|(t, s)| *t > hidden_at - DRAWN_WITHIN && *s > 0.1 && *s < 0.8)
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(
+        (2..=8).contains(&fading.len()),
+        "a fade of 6 frames, seen on {} frames: {fading:?}",
+        fading.len()
+    );
+    let after = seen
+        .iter()
+        .filter(|(t, _)| *t > hidden_at + Duration::from_millis(500))
+        .map(|(_, s)| *s)
+        .fold(0.0, f64::max);
+    assert!(after < 0.05, "still shown after the fade: {after}");
+    assert!(daemon.log().contains("graphics layer shown or hidden"));
+    daemon.stop().await;
+}

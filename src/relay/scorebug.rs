@@ -51,11 +51,14 @@ pub struct Scorebug {
 /// visible graphics layer's key.
 type Drawn = (Option<Scoreboard>, bool, Option<String>, Vec<String>);
 
+/// What the scorebug shows: the scoreboard (none: no bug) and whether it is stale.
+type BugKey = (Option<Scoreboard>, bool);
+
 /// Rendered pictures kept for the next composition: the scorebug for its scoreboard and
 /// staleness, each layer for its key.
 #[derive(Default)]
 struct Cache {
-    bug: Option<((Option<Scoreboard>, bool), Option<Bug>)>,
+    bug: Option<(BugKey, Option<Bug>)>,
     layers: HashMap<String, (String, Bug)>,
 }
 
