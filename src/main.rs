@@ -29,20 +29,35 @@ enum Command {
     /// Print the SHA-256 of an API token read from stdin (one trailing newline dropped), for
     /// `token_sha256` in `[[auth.tokens]]`.
     HashToken,
-    /// Render the scorebug to a PNG, with no daemon and no video.
+    /// Render the scorebug and graphics layers to a PNG (or a fade to a folder of PNGs), with
+    /// no daemon and no video.
     RenderOverlay {
         /// A scoreboard in the built-in shape: a JSON file, or the JSON itself.
         #[arg(long)]
-        score: String,
+        score: Option<String>,
         /// The overlay's look: a JSON file with `position` and `margin`, or the JSON itself.
         #[arg(long)]
         theme: Option<String>,
-        /// Frame size the bug is drawn for.
+        /// Graphics layers, as a relay's `graphics` (`{"theme", "style", "layers"}`): a JSON
+        /// file, or the JSON itself. Drawn in the whole frame, each visible layer with its data.
+        #[arg(long)]
+        graphics: Option<String>,
+        /// Where image layers' files are (default: the current directory).
+        #[arg(long)]
+        graphics_dir: Option<PathBuf>,
+        /// Write the fade-in of this layer instead, one whole frame per video frame, as
+        /// frame-000.png, frame-001.png, ... in the directory `--out`.
+        #[arg(long)]
+        fade: Option<String>,
+        /// Frames a second, for fades.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Frame size the overlay is drawn for.
         #[arg(long, default_value_t = 1280)]
         width: u32,
         #[arg(long, default_value_t = 720)]
         height: u32,
-        /// Draw it as stale.
+        /// Draw the scorebug as stale.
         #[arg(long)]
         stale: bool,
         /// Write the whole frame (transparent, bug in place) instead of the bug alone.
@@ -115,6 +130,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RenderOverlay {
             score,
             theme,
+            graphics,
+            graphics_dir,
+            fade,
+            fps,
             width,
             height,
             stale,
@@ -123,8 +142,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             away_logo,
             out,
         } => {
-            let board: scorecast::scores::Scoreboard =
-                serde_json::from_str(&json_arg(&score)?).context("--score")?;
+            let board: Option<scorecast::scores::Scoreboard> = score
+                .map(|s| json_arg(&s).and_then(|j| serde_json::from_str(&j).context("--score")))
+                .transpose()?;
             let theme: scorecast::render::Theme = match theme {
                 Some(t) => serde_json::from_str(&json_arg(&t)?).context("--theme")?,
                 None => Default::default(),
@@ -142,32 +162,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 home: home.as_ref(),
                 away: away.as_ref(),
             };
-            let bug = scorecast::render::render(&board, logos, stale, &theme, width, height);
-            let (bug_w, bug_h) = bug.image.dimensions();
-            let image = if full_frame {
-                let mut frame = image::RgbaImage::new(width, height);
-                image::imageops::overlay(
-                    &mut frame,
-                    &bug.image,
-                    i64::from(bug.x),
-                    i64::from(bug.y),
+            let bug = board
+                .as_ref()
+                .map(|board| scorecast::render::render(board, logos, stale, &theme, width, height));
+            let Some(graphics) = graphics else {
+                let bug = bug.context("give --score, --graphics or both")?;
+                let (bug_w, bug_h) = bug.image.dimensions();
+                let image = if full_frame {
+                    frame_with(width, height, [&bug])
+                } else {
+                    bug.image.clone()
+                };
+                image
+                    .save(&out)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                println!(
+                    "{}: {}x{} bug at ({}, {}) in a {width}x{height} frame",
+                    out.display(),
+                    bug_w,
+                    bug_h,
+                    bug.x,
+                    bug.y
                 );
-                frame
-            } else {
-                bug.image
+                return Ok(());
             };
-            image
-                .save(&out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
-                "{}: {}x{} bug at ({}, {}) in a {width}x{height} frame",
-                out.display(),
-                bug_w,
-                bug_h,
-                bug.x,
-                bug.y
-            );
-            Ok(())
+            let spec: scorecast::relay::graphics::GraphicsSpec =
+                serde_json::from_str(&json_arg(&graphics)?).context("--graphics")?;
+            spec.check()
+                .map_err(|(field, why)| anyhow::anyhow!("--graphics: {field}: {why}"))?;
+            let dir = graphics_dir.unwrap_or_else(|| PathBuf::from("."));
+            render_graphics(
+                &spec,
+                &dir,
+                board.as_ref(),
+                bug.as_ref(),
+                fade.as_deref(),
+                fps,
+                (width, height),
+                &out,
+            )
         }
         Command::Run {
             config: config_path,
@@ -180,6 +213,103 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve(config, config_path))
         }
     }
+}
+
+/// A transparent `width`x`height` frame with `pictures` drawn in their places.
+fn frame_with<'a>(
+    width: u32,
+    height: u32,
+    pictures: impl IntoIterator<Item = &'a scorecast::render::Bug>,
+) -> image::RgbaImage {
+    let mut frame = image::RgbaImage::new(width, height);
+    for p in pictures {
+        image::imageops::overlay(&mut frame, &p.image, i64::from(p.x), i64::from(p.y));
+    }
+    frame
+}
+
+/// `render-overlay --graphics`: the whole frame with the scorebug (if any) and every visible
+/// layer, into `out`; or, with `fade`, that layer's fade-in frame by frame into the
+/// directory `out`.
+#[allow(clippy::too_many_arguments)]
+fn render_graphics(
+    spec: &scorecast::relay::graphics::GraphicsSpec,
+    dir: &std::path::Path,
+    board: Option<&scorecast::scores::Scoreboard>,
+    bug: Option<&scorecast::render::Bug>,
+    fade: Option<&str>,
+    fps: u32,
+    (width, height): (u32, u32),
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use scorecast::relay::graphics::{Graphics, LayerChange};
+    let start = tokio::time::Instant::now();
+    let mut graphics = Graphics::new(spec, Some(dir), fps, start);
+    if let Some((layer, why)) = graphics.image_errors().into_iter().next() {
+        anyhow::bail!("--graphics: layer {layer:?}: {why}");
+    }
+    let style = graphics.style();
+    let frame_at = |graphics: &Graphics, at| {
+        let layers: Vec<scorecast::render::Bug> = graphics
+            .draws(at, board)
+            .iter()
+            .map(|d| {
+                scorecast::render::graphics::render(
+                    &d.graphic.graphic(),
+                    &style,
+                    d.anchor,
+                    d.margin,
+                    d.alpha,
+                    width,
+                    height,
+                )
+            })
+            .collect();
+        frame_with(width, height, bug.into_iter().chain(&layers))
+    };
+    let Some(layer) = fade else {
+        frame_at(&graphics, start)
+            .save(out)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        println!("{}: a {width}x{height} frame", out.display());
+        return Ok(());
+    };
+    // Hidden first, then shown: the fade-in from its first frame to its last.
+    let hide = LayerChange {
+        visible: Some(false),
+        data: None,
+    };
+    graphics
+        .change(layer, hide, start)
+        .map_err(|e| anyhow::anyhow!("--fade: {e}"))?;
+    let shown_at = start + std::time::Duration::from_secs(3600);
+    let show = LayerChange {
+        visible: Some(true),
+        data: None,
+    };
+    graphics
+        .change(layer, show, shown_at)
+        .map_err(|e| anyhow::anyhow!("--fade: {e}"))?;
+    let frames = spec
+        .layers
+        .iter()
+        .find(|l| l.id == layer)
+        .and_then(|l| l.fade_frames)
+        .unwrap_or(scorecast::relay::graphics::DEFAULT_FADE_FRAMES);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let frame = std::time::Duration::from_secs(1) / fps.max(1);
+    for n in 0..=frames {
+        let path = out.join(format!("frame-{n:03}.png"));
+        frame_at(&graphics, shown_at + frame * n)
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "{}: {} frames of {layer:?} fading in at {fps} fps",
+        out.display(),
+        frames + 1
+    );
+    Ok(())
 }
 
 /// A JSON argument: the JSON itself when it starts with `{`, else a file holding it.
