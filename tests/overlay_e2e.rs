@@ -381,27 +381,42 @@ async fn put_layer(daemon: &Daemon, layer: &str, body: &str) -> serde_json::Valu
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_clock_layer_counts_down_between_updates_in_the_frames() {
+async fn a_clock_layer_counts_down_between_two_polls_5_s_apart_in_the_frames() {
+    // The scores API's clock, bound to the layer: 200 s at the first poll, 195 at the next
+    // (5 s later), and so on, as a match clock would be.
+    let api = ScoresApi::start(Answer::Each(std::sync::Arc::new(|n| {
+        format!(
+            r#"{{"home":{{"name":"NAVI","score":1}},"away":{{"name":"G2","score":0}},"timer":{}}}"#,
+            200 - 5 * n.min(30)
+        )
+    })))
+    .await;
     let daemon = Daemon::start(&relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        GRAPHICS,
+        &format!(
+            r#"overlay = {{ scores_url = "http://{}/match", poll_interval = "5s", allow_private = true }}
+[[relay.graphics.layers]]
+id = "clock"
+kind = "clock"
+anchor = "top-right"
+data = {{ running = true, direction = "down" }}
+bind = {{ seconds = "/timer" }}
+"#,
+            api.addr
+        ),
     ))
     .await;
     daemon
         .wait_on_air("final", "slate", Duration::from_secs(20))
         .await;
-    // Two updates 5 s apart that agree with the count: between them it ticks by itself.
     let (_, layers) = daemon.get("/api/v1/relays/final/graphics").await;
     assert_eq!(layers["layers"][0]["kind"], "clock", "{layers}");
     let from = SystemTime::now();
-    put_layer(&daemon, "clock", r#"{"data": {"seconds": 200}}"#).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let view = put_layer(&daemon, "clock", r#"{"data": {"seconds": 195}}"#).await;
-    assert_eq!(view["data"]["seconds"], 195, "{view}");
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let to = SystemTime::now();
     // Each frame's clock, read by the closest of the renders of 190 to 200 s.
-    let renders: Vec<(u64, Bug)> = (190..=200)
+    let renders: Vec<(u64, Bug)> = (150..=200)
         .map(|s| {
             let clock = scorecast::render::graphics::Graphic::Clock {
                 label: None,
@@ -562,5 +577,78 @@ async fn a_lower_third_shown_by_the_api_appears_at_once_and_fades_out_when_hidde
         .fold(0.0, f64::max);
     assert!(after < 0.05, "still shown after the fade: {after}");
     assert!(daemon.log().contains("graphics layer shown or hidden"));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_rotation_changes_picture_at_its_period() {
+    let dir = config_dir(&relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        r#"
+[[relay.graphics.layers]]
+id = "sponsor"
+kind = "image"
+anchor = "bottom-right"
+data = { images = ["blue.png", "orange.png"], period = "1s" }
+"#,
+    ));
+    // Two plain pictures in <data_dir>/graphics/.
+    let graphics = dir.path().join("data/graphics");
+    std::fs::create_dir_all(&graphics).expect("the graphics directory");
+    let blue = image::Rgba([0, 90, 255, 255]);
+    let orange = image::Rgba([255, 140, 0, 255]);
+    for (name, colour) in [("blue.png", blue), ("orange.png", orange)] {
+        RgbaImage::from_pixel(200, 100, colour)
+            .save(graphics.join(name))
+            .expect("a picture");
+    }
+    let daemon = Daemon::start_in(dir).await;
+    daemon
+        .wait_on_air("final", "slate", Duration::from_secs(20))
+        .await;
+    let sponsor = RgbaImage::from_pixel(200, 100, blue);
+    let drawn = {
+        use scorecast::render::graphics::{render, Anchor, Graphic, Style};
+        render(
+            &Graphic::Image { image: &sponsor },
+            &Style::default(),
+            Anchor::BottomRight,
+            24,
+            1.0,
+            1280,
+            720,
+        )
+    };
+    let from = SystemTime::now() + Duration::from_secs(1);
+    let to = from + Duration::from_secs(4);
+    let frames = frames_between(&daemon, from, to, &drawn, Duration::from_secs(20)).await;
+    // Which picture each frame shows, by its mean colour.
+    let shows: Vec<char> = frames
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .map(|(_, region)| {
+            let n = region.pixels().len() as u64;
+            let mean = |c: usize| region.pixels().map(|p| u64::from(p[c])).sum::<u64>() / n;
+            if mean(2) > mean(0) {
+                'b'
+            } else {
+                'o'
+            }
+        })
+        .collect();
+    let text: String = shows.iter().collect();
+    eprintln!("sponsor shown: {text}");
+    let changes: Vec<usize> = (1..shows.len())
+        .filter(|&i| shows[i] != shows[i - 1])
+        .collect();
+    assert!(changes.len() >= 3, "{text}");
+    for pair in changes.windows(2) {
+        let held = pair[1] - pair[0];
+        assert!(
+            (28..=32).contains(&held),
+            "a picture held {held} frames: {text}"
+        );
+    }
     daemon.stop().await;
 }

@@ -182,9 +182,12 @@ fn the_example_config_shows_every_key_the_loader_accepts() {
             .entry(schema.clone())
             .or_default()
             .extend(table.keys().cloned());
-        // The overlay's map is free-form: its keys are the scoreboard's fields, which the
-        // relay's own validation checks.
-        if schema == "relay[].overlay.map" || schema == "compat.map" {
+        // The overlay's map and a layer's bind are free-form: their keys are the scoreboard's
+        // or the layer's fields, which the relay's own validation checks.
+        if schema == "relay[].overlay.map"
+            || schema == "compat.map"
+            || schema == "relay[].graphics.layers[].bind"
+        {
             continue;
         }
         accepted

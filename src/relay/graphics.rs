@@ -8,6 +8,7 @@
 //! instant ([`Graphics::draws`]) and when that next changes ([`Graphics::next_change`]). It
 //! must not render or touch a pipeline: the [`super::scorebug`] renders what it is told.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,10 @@ pub struct LayerSpec {
     /// The kind's fields ([`LayerKind`]).
     #[serde(default)]
     pub data: Map<String, Value>,
+    /// Fields taken from the scores API's answer (`overlay.scores_url`): field → JSON
+    /// Pointer, `{"seconds": "/match/clock"}`. Each poll that brings a new value sets it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bind: BTreeMap<String, String>,
 }
 
 /// What a layer draws, and the fields of its `data`.
@@ -254,6 +259,20 @@ impl GraphicsSpec {
             }
             check_data(layer.kind, &layer.data)
                 .map_err(|(field, why)| (format!("{at}.data.{field}"), why))?;
+            for (field, pointer) in &layer.bind {
+                if !layer.kind.fields().iter().any(|(n, _)| n == field) {
+                    return Err((
+                        format!("{at}.bind.{field}"),
+                        format!("{:?} has no field {field:?}", layer.kind),
+                    ));
+                }
+                if !(pointer.is_empty() || pointer.starts_with('/')) {
+                    return Err((
+                        format!("{at}.bind.{field}"),
+                        format!("{pointer:?} is not a JSON Pointer like \"/match/clock\""),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -371,6 +390,8 @@ struct Layer {
     read_at: Instant,
     /// An image layer's pictures, loaded.
     images: Vec<Arc<RgbaImage>>,
+    /// The last value the scores API gave each bound field: only a new one is set.
+    bound: HashMap<String, Value>,
     /// Why its pictures did not load, if they did not.
     image_error: Option<String>,
 }
@@ -401,6 +422,7 @@ impl Graphics {
                 read_at: now,
                 images: Vec::new(),
                 image_error: None,
+                bound: HashMap::new(),
                 spec: layer.clone(),
             };
             load_images(dir, &mut state);
@@ -478,6 +500,51 @@ impl Graphics {
             }
         }
         Ok(view(layer, now))
+    }
+
+    /// The JSON Pointers layers are bound to, for the scores poller.
+    pub fn pointers(&self) -> Vec<String> {
+        let mut pointers: Vec<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.spec.bind.values().cloned())
+            .collect();
+        pointers.sort();
+        pointers.dedup();
+        pointers
+    }
+
+    /// Sets bound fields from a scores answer (`bound`: pointer → value) at `now`: a field
+    /// whose value is new since the last answer is set, as a `PUT` would. A clock's
+    /// `seconds` may come as a number or as `m:ss`. Returns why values were not used.
+    pub fn bind(&mut self, bound: &[(String, Value)], now: Instant) -> Vec<String> {
+        let mut refused = Vec::new();
+        for at in 0..self.layers.len() {
+            let mut patch = Map::new();
+            let layer = &mut self.layers[at];
+            for (field, pointer) in &layer.spec.bind {
+                let Some((_, value)) = bound.iter().find(|(p, _)| p == pointer) else {
+                    continue;
+                };
+                if layer.bound.get(field) == Some(value) {
+                    continue;
+                }
+                layer.bound.insert(field.clone(), value.clone());
+                patch.insert(field.clone(), coerce(layer.spec.kind, field, value));
+            }
+            if patch.is_empty() {
+                continue;
+            }
+            let id = layer.spec.id.clone();
+            let change = LayerChange {
+                visible: None,
+                data: Some(patch),
+            };
+            if let Err(e) = self.change(&id, change, now) {
+                refused.push(format!("layer {id:?}: {e}"));
+            }
+        }
+        refused
     }
 
     /// What every layer that shows anything looks like at `now`, in spec order (later
@@ -652,6 +719,33 @@ fn content(layer: &Layer, now: Instant, board: Option<&Scoreboard>) -> Option<Ow
             OwnedGraphic::Image(layer.images[turn % layer.images.len()].clone())
         }
     })
+}
+
+/// A bound value as `kind`'s `field` wants it: a clock's `m:ss` or `h:mm:ss` as seconds,
+/// a number as text for a text field.
+fn coerce(kind: LayerKind, field: &str, value: &Value) -> Value {
+    let wanted = kind
+        .fields()
+        .iter()
+        .find(|(n, _)| *n == field)
+        .map(|(_, f)| *f);
+    match (wanted, value) {
+        (Some(Field::Count), Value::String(text)) => {
+            let parts: Option<Vec<u64>> = text.trim().split(':').map(|p| p.parse().ok()).collect();
+            match parts.as_deref() {
+                Some([s]) => Value::from(*s),
+                Some([m, s]) => Value::from(m * 60 + s),
+                Some([h, m, s]) => Value::from(h * 3600 + m * 60 + s),
+                _ => value.clone(),
+            }
+        }
+        (Some(Field::Count), Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| *f >= 0.0)
+            .map_or_else(|| value.clone(), |f| Value::from(f.floor() as u64)),
+        (Some(Field::Text), Value::Number(n)) => Value::from(n.to_string()),
+        _ => value.clone(),
+    }
 }
 
 /// A short description of what a graphic draws, for telling two apart.
@@ -843,6 +937,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_clock_is_read_from_each_new_answer_and_counts_between() {
+        let start = Instant::now();
+        let s = spec(
+            r#"{"layers":[{"id":"clock","kind":"clock","data":{"running":true},"bind":{"seconds":"/match/clock","label":"/match/map"}}]}"#,
+        );
+        let mut g = Graphics::new(&s, None, 30, start);
+        assert_eq!(g.pointers(), ["/match/clock", "/match/map"]);
+        let answer = |clock: &str| {
+            vec![
+                ("/match/clock".to_owned(), Value::from(clock)),
+                ("/match/map".to_owned(), Value::from(2)),
+            ]
+        };
+        assert!(g.bind(&answer("3:20"), start).is_empty());
+        assert_eq!(seconds_shown(&g, start + Duration::from_secs(3)), 197);
+        // The same answer again changes nothing: the clock keeps counting.
+        g.bind(&answer("3:20"), start + Duration::from_secs(4));
+        assert_eq!(seconds_shown(&g, start + Duration::from_secs(5)), 195);
+        // A new reading is taken from then on.
+        g.bind(&answer("3:15"), start + Duration::from_secs(5));
+        assert_eq!(seconds_shown(&g, start + Duration::from_secs(7)), 193);
+        assert_eq!(g.views(start)[0].data["label"], "2");
+        let refused = g.bind(&answer("soon"), start + Duration::from_secs(8));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+    }
+
+    #[test]
     fn a_spec_is_checked_field_by_field() {
         let field = |json: &str| spec(json).check().unwrap_err().0;
         assert_eq!(field(r#"{"theme":"neon"}"#), "graphics.theme");
@@ -861,6 +982,10 @@ mod tests {
         assert_eq!(
             field(r#"{"layers":[{"id":"i","kind":"image","data":{"images":["../x.png"]}}]}"#),
             "graphics.layers[0].data.images"
+        );
+        assert_eq!(
+            field(r#"{"layers":[{"id":"t","kind":"text","bind":{"title":"/x"}}]}"#),
+            "graphics.layers[0].bind.title"
         );
         assert!(spec(
             r#"{"theme":"arena","layers":[{"id":"t","kind":"text","data":{"text":"GG"}}]}"#

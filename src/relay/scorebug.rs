@@ -40,6 +40,8 @@ pub struct Scorebug {
     graphics: Option<Graphics>,
     /// Pictures rendered earlier, drawn again as long as what they show is the same.
     cache: Arc<Mutex<Cache>>,
+    /// Why the last scores answer's bound values were not used, if any were not.
+    bind_refused: Vec<String>,
     /// A queue relay's line: who is on air, their time left, who is next.
     queue_line: Option<String>,
     render_seq: u64,
@@ -82,6 +84,7 @@ impl Scorebug {
             drawn: None,
             graphics,
             cache: Arc::default(),
+            bind_refused: Vec::new(),
             queue_line: None,
             render_seq: 0,
             size,
@@ -125,6 +128,11 @@ impl Scorebug {
             allow_private: overlay.allow_private,
             logo_size: render::logo_size(self.size.1),
             logo_base: overlay.logo_base.clone(),
+            bindings: self
+                .graphics
+                .as_ref()
+                .map(Graphics::pointers)
+                .unwrap_or_default(),
         };
         // The URL's query and user info may carry credentials, and its path a compatible
         // relay's stream name: the log names the API by its origin only.
@@ -162,7 +170,18 @@ impl Scorebug {
                     board,
                     logos,
                     logo_error,
+                    bound,
                 } = *update;
+                if let Some(graphics) = &mut self.graphics {
+                    let refused = graphics.bind(&bound, now);
+                    // Said once for each new reason, not at every poll.
+                    if refused != self.bind_refused {
+                        for why in &refused {
+                            warn!(relay = %self.relay, reason = %why, "a value from the scores API does not fit its graphics layer; the layer keeps its last one");
+                        }
+                        self.bind_refused = refused;
+                    }
+                }
                 // A logo that failed keeps the last good one for that side.
                 self.logos.home =
                     logos

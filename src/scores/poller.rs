@@ -39,6 +39,8 @@ pub struct PollerSettings {
     pub logo_size: u32,
     /// What a relative logo URL is taken against (`overlay.logo_base`).
     pub logo_base: Option<String>,
+    /// JSON Pointers into the answer whose values graphics layers are bound to.
+    pub bindings: Vec<String>,
 }
 
 /// The URL of a logo the scores name: as given when absolute; against `base` (as a directory,
@@ -72,6 +74,8 @@ pub struct BoardUpdate {
     pub board: Scoreboard,
     pub logos: LogoSet,
     pub logo_error: Option<String>,
+    /// The value at each of [`PollerSettings::bindings`] that the answer has.
+    pub bound: Vec<(String, serde_json::Value)>,
 }
 
 /// What one poll found.
@@ -198,6 +202,15 @@ impl Poller {
             Ok(b) => b,
             Err(e) => return PollUpdate::Failed(format!("unusable scores: {e}")),
         };
+        let bound = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(raw) => self
+                .settings
+                .bindings
+                .iter()
+                .filter_map(|p| Some((p.clone(), raw.pointer(p)?.clone())))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         // Only a body we could use is worth revalidating against.
         self.etag = etag;
         self.last_modified = last_modified;
@@ -218,6 +231,7 @@ impl Poller {
             board,
             logos,
             logo_error,
+            bound,
         }))
     }
 
