@@ -33,6 +33,8 @@
     scores: new Map(),
     /** id -> { view, at }: a queue relay's queue. */
     queues: new Map(),
+    /** id -> { layers, at }: a relay's graphics layers. */
+    graphics: new Map(),
     selected: null,
     filter: '',
   };
@@ -162,6 +164,7 @@
     if (store.selected) {
       await refreshScore(store.selected);
       await refreshQueue(store.selected);
+      await refreshGraphics(store.selected);
     }
     render();
   }
@@ -198,10 +201,24 @@
     render();
   }
 
+  async function refreshGraphics(id) {
+    const entry = store.relays.get(id);
+    if (!entry || !entry.view.graphics) return;
+    try {
+      const view = await api('GET', relayPath(id) + '/graphics');
+      store.graphics.set(id, { layers: view.layers, at: performance.now() });
+    } catch (e) {
+      if (e.status === 404) store.graphics.delete(id);
+      else notify(`${id}: ${e.message}`);
+    }
+    render();
+  }
+
   function forget(id) {
     store.relays.delete(id);
     store.scores.delete(id);
     store.queues.delete(id);
+    store.graphics.delete(id);
     if (store.selected === id) store.selected = null;
   }
 
@@ -234,6 +251,9 @@
     } else if (event.kind === 'score') {
       if (id === store.selected) refreshScore(id);
       else store.scores.delete(id);
+    } else if (event.kind === 'graphics') {
+      if (id === store.selected) refreshGraphics(id);
+      else store.graphics.delete(id);
     } else if (event.kind === 'queue') {
       if (id === store.selected) refreshQueue(id);
       else store.queues.delete(id);
@@ -455,6 +475,7 @@
     showError($('q-error'), '');
     refreshScore(id);
     refreshQueue(id);
+    refreshGraphics(id);
     render();
   }
 
@@ -492,6 +513,7 @@
     renderOutputs(v, at);
     renderScore();
     renderQueue(v);
+    renderGraphics(v);
     updatePlayer(v);
   }
 
@@ -893,6 +915,150 @@
     queueCommand('POST', '/queue/timer', { seconds, reset: form.elements.restart.checked });
     form.reset();
   });
+
+  // ---------------------------------------------------------------- graphics
+
+  let graphicsBusy = false;
+
+  /** A running clock's reading now, from the one the API gave at `at`. */
+  function clockNow(layer, at) {
+    const d = layer.data;
+    const seconds = d.seconds || 0;
+    if (!d.running) return seconds;
+    const elapsed = Math.floor((performance.now() - at) / 1000);
+    return d.direction === 'up' ? seconds + elapsed : Math.max(0, seconds - elapsed);
+  }
+
+  function clockText(s) {
+    const h = Math.floor(s / 3600);
+    const m = Math.floor(s / 60) % 60;
+    const pad = (n) => String(n).padStart(2, '0');
+    return h > 0 ? `${h}:${pad(m)}:${pad(s % 60)}` : `${m}:${pad(s % 60)}`;
+  }
+
+  /** The form that edits a layer's text, by kind: [field, label] pairs. */
+  const TEXT_FIELDS = {
+    lower_third: [['title', 'Title'], ['subtitle', 'Subtitle']],
+    text: [['text', 'Text']],
+  };
+
+  function renderGraphics(v) {
+    const entry = store.graphics.get(v.id);
+    $('graphics').hidden = !v.graphics || !entry || entry.layers.length === 0;
+    if ($('graphics').hidden) return;
+    reconcile(
+      $('g-layers'),
+      entry.layers,
+      (l) => l.id,
+      (l) => {
+        const li = el('li');
+        const head = el('div', 'g-head');
+        const toggle = el('button', 'g-toggle');
+        toggle.type = 'button';
+        toggle.addEventListener('click', () => {
+          const layer = currentLayer(li.dataset.key);
+          if (layer) putLayer(layer.id, { visible: !layer.visible });
+        });
+        head.append(el('strong', 'g-id', l.id), el('span', 'muted g-kind', l.kind.replace('_', ' ')), el('span', 'g-state'), toggle);
+        li.append(head);
+        const fields = TEXT_FIELDS[l.kind];
+        if (fields) {
+          const form = el('form', 'grid-form g-text');
+          for (const [name, label] of fields) {
+            const input = el('input');
+            input.name = name;
+            input.maxLength = 200;
+            input.autocomplete = 'off';
+            const lab = el('label', null, `${label} `);
+            lab.append(input);
+            form.append(lab);
+          }
+          const save = el('button', null, 'Save');
+          save.type = 'submit';
+          form.append(save);
+          form.addEventListener('submit', (e) => {
+            e.preventDefault();
+            const data = {};
+            for (const [name] of fields) {
+              const value = form.elements[name].value;
+              data[name] = value === '' && name === 'subtitle' ? null : value;
+            }
+            putLayer(li.dataset.key, { data });
+          });
+          li.append(form);
+        }
+        if (l.kind === 'clock') {
+          const row = el('div', 'g-clock');
+          const time = el('span', 'g-time');
+          const run = el('button', 'g-run');
+          run.type = 'button';
+          run.addEventListener('click', () => {
+            const layer = currentLayer(li.dataset.key);
+            if (layer) putLayer(layer.id, { data: { running: !layer.data.running } });
+          });
+          const form = el('form', 'g-set');
+          const input = el('input');
+          input.name = 'seconds';
+          input.type = 'number';
+          input.min = '0';
+          input.max = '864000';
+          input.required = true;
+          input.placeholder = 'seconds';
+          input.setAttribute('aria-label', 'Clock seconds');
+          const set = el('button', null, 'Set');
+          set.type = 'submit';
+          form.append(input, set);
+          form.addEventListener('submit', (e) => {
+            e.preventDefault();
+            putLayer(li.dataset.key, { data: { seconds: Number(input.value) } });
+            form.reset();
+          });
+          row.append(time, run, form);
+          li.append(row);
+        }
+        return li;
+      },
+      (li, l) => {
+        li.dataset.visible = String(l.visible);
+        li.querySelector('.g-state').textContent = l.visible ? 'on screen' : 'hidden';
+        const toggle = li.querySelector('.g-toggle');
+        toggle.textContent = l.visible ? 'Hide' : 'Show';
+        toggle.disabled = graphicsBusy;
+        const form = li.querySelector('form.g-text');
+        if (form && !form.contains(document.activeElement)) {
+          for (const input of form.querySelectorAll('input')) input.value = l.data[input.name] || '';
+        }
+        const time = li.querySelector('.g-time');
+        if (time) {
+          time.textContent = clockText(clockNow(l, entry.at));
+          const run = li.querySelector('.g-run');
+          run.textContent = l.data.running ? 'Stop' : 'Start';
+          run.disabled = graphicsBusy;
+        }
+      },
+    );
+  }
+
+  function currentLayer(id) {
+    const entry = store.graphics.get(store.selected);
+    return entry && entry.layers.find((l) => l.id === id);
+  }
+
+  async function putLayer(layer, body) {
+    const id = store.selected;
+    graphicsBusy = true;
+    renderDetail();
+    try {
+      await api('PUT', `${relayPath(id)}/graphics/${encodeURIComponent(layer)}`, body);
+      showError($('g-error'), '');
+      await refreshGraphics(id);
+    } catch (e) {
+      showError($('g-error'), e.message);
+    } finally {
+      graphicsBusy = false;
+      renderDetail();
+    }
+  }
 
   // ---------------------------------------------------------------- thumbnails
 

@@ -245,8 +245,8 @@ fn render_graphics(
     use scorecast::relay::graphics::{Graphics, LayerChange};
     let start = tokio::time::Instant::now();
     let mut graphics = Graphics::new(spec, Some(dir), fps, start);
-    if let Some((layer, why)) = graphics.image_errors().into_iter().next() {
-        anyhow::bail!("--graphics: layer {layer:?}: {why}");
+    if let Some(why) = graphics.load_errors().into_iter().next() {
+        anyhow::bail!("--graphics: {why}");
     }
     let style = graphics.style();
     let frame_at = |graphics: &Graphics, at| {

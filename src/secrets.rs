@@ -120,6 +120,9 @@ pub fn spec(spec: &RelaySpec) -> RelaySpec {
             .as_deref()
             .map(|url| scores_url(url, pulled.as_deref()));
     }
+    if let Some(graphics) = &mut spec.graphics {
+        graphics.data_url = graphics.data_url.as_deref().map(http_url);
+    }
     spec
 }
 
@@ -147,6 +150,9 @@ pub fn scrub(text: &str, spec: &RelaySpec) -> String {
         secrets.extend(rtmp_secrets(url));
     }
     if let Some(url) = spec.overlay.as_ref().and_then(|o| o.scores_url.as_deref()) {
+        secrets.extend(http_secrets(url));
+    }
+    if let Some(url) = spec.graphics.as_ref().and_then(|g| g.data_url.as_deref()) {
         secrets.extend(http_secrets(url));
     }
     mask_all(text, secrets)
@@ -265,7 +271,8 @@ mod tests {
             "id": "final",
             "ingest": { "stream_key": "SKEY-123" },
             "overlay": { "scores_url": "https://u:PASS@api.example/m?token=TOK" },
-            "outputs": [ { "id": "yt", "url": "rtmp://a.rtmp.youtube.com/live2/DKEY-9" } ]
+            "outputs": [ { "id": "yt", "url": "rtmp://a.rtmp.youtube.com/live2/DKEY-9" } ],
+            "graphics": { "data_url": "https://site.example/g?key=GKEY" }
         }))
         .expect("a valid spec")
     }
@@ -273,7 +280,7 @@ mod tests {
     #[test]
     fn a_masked_spec_holds_no_secret() {
         let masked = serde_json::to_string(&spec(&relay())).expect("serializes");
-        for secret in ["SKEY-123", "DKEY-9", "PASS", "TOK"] {
+        for secret in ["SKEY-123", "DKEY-9", "PASS", "TOK", "GKEY"] {
             assert!(!masked.contains(secret), "{secret} in {masked}");
         }
         assert!(

@@ -675,3 +675,88 @@ async fn console_runs_a_caster_queue() {
     drop(casters);
     daemon.stop().await;
 }
+
+/// Graphics layers driven from the page: a lower third shown, its text changed and hidden,
+/// a clock stopped and set.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_drives_graphics_layers() {
+    let config = format!(
+        "{TEST_PROGRAM}\n[[relay]]\nid = \"g\"\ningest = {{ stream_key = \"g-key\" }}\n\
+         [[relay.graphics.layers]]\nid = \"caster\"\nkind = \"lower_third\"\nvisible = false\n\
+         data = {{ title = \"Anders Blume\", subtitle = \"Play-by-play\" }}\n\
+         [[relay.graphics.layers]]\nid = \"clock\"\nkind = \"clock\"\nanchor = \"top-right\"\n\
+         data = {{ seconds = 600, running = true }}\n"
+    );
+    let daemon = Daemon::start(&config).await;
+    daemon
+        .wait_on_air("g", "slate", Duration::from_secs(20))
+        .await;
+    let layer = |id: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let (_, view) = daemon.get("/api/v1/relays/g/graphics").await;
+            view["layers"]
+                .as_array()
+                .and_then(|l| l.iter().find(|l| l["id"] == id).cloned())
+                .unwrap_or_default()
+        }
+    };
+    let mut page = Browser::launch("console_drives_graphics_layers", 1280, 900).await;
+    page.goto(&format!("{}/#g", daemon.api)).await;
+    let caster = "#g-layers li[data-key=\"caster\"]";
+    page.wait_text(
+        &format!("{caster} .g-state"),
+        "hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Shown from the page: the API has it on screen, and so does the page.
+    page.click(&format!("{caster} .g-toggle")).await;
+    page.wait_text(
+        &format!("{caster} .g-state"),
+        "on screen",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(layer("caster").await["visible"], true);
+
+    // New text.
+    page.fill(&format!("{caster} input[name=title]"), "Jason Kaplan")
+        .await;
+    page.fill(&format!("{caster} input[name=subtitle]"), "Colour")
+        .await;
+    page.click(&format!("{caster} form button")).await;
+    wait_for("the new lower third", Duration::from_secs(5), || async {
+        let l = layer("caster").await;
+        (l["data"]["title"] == "Jason Kaplan" && l["data"]["subtitle"] == "Colour").then_some(())
+    })
+    .await;
+    page.screenshot("graphics.png", true).await;
+
+    // The clock: stopped, then set to 1:30.
+    let clock = "#g-layers li[data-key=\"clock\"]";
+    page.click(&format!("{clock} .g-run")).await;
+    page.wait_text(&format!("{clock} .g-run"), "Start", Duration::from_secs(5))
+        .await;
+    assert_eq!(layer("clock").await["data"]["running"], false);
+    page.fill(&format!("{clock} input[name=seconds]"), "90")
+        .await;
+    page.click(&format!("{clock} .g-set button")).await;
+    page.wait_text(&format!("{clock} .g-time"), "1:30", Duration::from_secs(5))
+        .await;
+    assert_eq!(layer("clock").await["data"]["seconds"], 90);
+
+    // Hidden again.
+    page.click(&format!("{caster} .g-toggle")).await;
+    page.wait_text(
+        &format!("{caster} .g-state"),
+        "hidden",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(layer("caster").await["visible"], false);
+    assert_eq!(page.page_errors(), Vec::<Value>::new());
+    page.close().await;
+    daemon.stop().await;
+}

@@ -652,3 +652,61 @@ data = { images = ["blue.png", "orange.png"], period = "1s" }
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_bound_to_a_second_data_url_follows_it() {
+    let data = ScoresApi::start(Answer::Score(
+        r#"{"ticker": ["Semi-final next"]}"#.to_owned(),
+    ))
+    .await;
+    let daemon = Daemon::start(&relay_config(
+        "final",
+        r#"stream_key = "final-key""#,
+        &format!(
+            r#"[relay.graphics]
+data_url = "http://{}/match"
+poll_interval = "200ms"
+allow_private = true
+[[relay.graphics.layers]]
+id = "ticker"
+kind = "text"
+anchor = "bottom"
+bind = {{ text = "data:/ticker/0" }}
+"#,
+            data.addr
+        ),
+    ))
+    .await;
+    let text = || async {
+        let (_, view) = daemon.get("/api/v1/relays/final/graphics").await;
+        view["layers"][0]["data"]["text"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_for("the first answer", Duration::from_secs(10), || async {
+        (text().await.as_deref() == Some("Semi-final next")).then_some(())
+    })
+    .await;
+    data.set(Answer::Score(
+        r#"{"ticker": ["Final at 20:00"]}"#.to_owned(),
+    ));
+    wait_for("the next answer", Duration::from_secs(10), || async {
+        (text().await.as_deref() == Some("Final at 20:00")).then_some(())
+    })
+    .await;
+    // Garbage keeps the last good value, and says why once.
+    data.set(Answer::Garbage);
+    wait_for(
+        "the refusal in the log",
+        Duration::from_secs(10),
+        || async {
+            daemon
+                .log()
+                .contains("graphics data URL answer not used")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(text().await.as_deref(), Some("Final at 20:00"));
+    daemon.stop().await;
+}

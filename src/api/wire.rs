@@ -26,6 +26,12 @@ pub struct RelayView {
     /// A queue relay's rules (`GET .../queue` has the queue itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
+    /// What it records (`GET .../recordings` has the files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<crate::relay::spec::RecordSpec>,
+    /// Its graphics layers as specified (`GET .../graphics` has them as they are now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graphics: Option<crate::relay::graphics::GraphicsSpec>,
     /// `stopped`, `waiting` (for a publisher), `starting`, `live` or `retrying`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +193,8 @@ impl From<RelayStatus> for RelayView {
             ingest: s.spec.ingest,
             transcode: s.spec.transcode,
             queue: s.spec.queue.clone(),
+            record: s.spec.record.clone(),
+            graphics: s.spec.graphics.clone(),
             overlay: s.spec.overlay,
         }
     }

@@ -59,24 +59,32 @@ pub fn element(slot: &Arc<OverlaySlot>) -> Result<gst::Element, PipelineError> {
 /// Turns rendered pictures (the scorebug, a queue line) into one composition (BGRA, straight
 /// alpha), ready to swap in.
 pub fn composition(bugs: &[Bug]) -> Result<gst_video::VideoOverlayComposition, PipelineError> {
-    let mut rects = bugs.iter().map(rectangle);
-    let first = rects
-        .next()
-        .ok_or_else(|| PipelineError::Overlay("nothing to draw".to_owned()))??;
-    let mut composition = gst_video::VideoOverlayComposition::new(Some(&first))
+    let rects = bugs.iter().map(rectangle).collect::<Result<Vec<_>, _>>()?;
+    compose(&rects)
+}
+
+/// One composition of `rects`, in order. A rectangle kept from an earlier composition keeps
+/// what the blender made of it (its conversion to the frame's format): only new ones cost a
+/// conversion.
+pub fn compose(
+    rects: &[gst_video::VideoOverlayRectangle],
+) -> Result<gst_video::VideoOverlayComposition, PipelineError> {
+    let (first, rest) = rects
+        .split_first()
+        .ok_or_else(|| PipelineError::Overlay("nothing to draw".to_owned()))?;
+    let mut composition = gst_video::VideoOverlayComposition::new(Some(first))
         .map_err(|_| PipelineError::Overlay("cannot build the composition".to_owned()))?;
     {
         let composition = composition.make_mut();
-        for rect in rects {
-            let rect = rect?;
-            composition.add_rectangle(&rect);
+        for rect in rest {
+            composition.add_rectangle(rect);
         }
     }
     Ok(composition)
 }
 
 /// One rendered picture as a rectangle at its place in the frame.
-fn rectangle(bug: &Bug) -> Result<gst_video::VideoOverlayRectangle, PipelineError> {
+pub fn rectangle(bug: &Bug) -> Result<gst_video::VideoOverlayRectangle, PipelineError> {
     let (w, h) = bug.image.dimensions();
     let error = |what: &str| PipelineError::Overlay(format!("{what} for a {w}x{h} scorebug"));
     let mut bgra = bug.image.as_raw().clone();

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::render::graphics::{clock_text, Anchor, Graphic, Style, StyleOverride, THEMES};
+use crate::render::graphics::{
+    clock_text, font_from_bytes, Anchor, Graphic, Style, StyleOverride, FONTS, THEMES,
+};
 use crate::scores::Scoreboard;
 
 /// Layers a relay may have.
@@ -31,6 +33,8 @@ const MAX_FADE_FRAMES: u32 = 120;
 const MAX_IMAGES: usize = 16;
 /// A picture file's largest size.
 const MAX_IMAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// A font file's largest size.
+const MAX_FONT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `"graphics": {"theme", "style", "layers"}` in a relay's spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,7 +48,20 @@ pub struct GraphicsSpec {
     pub style: StyleOverride,
     #[serde(default)]
     pub layers: Vec<LayerSpec>,
+    /// A second data source for bound fields: JSON polled from this URL (`bind` pointers
+    /// that start with `data:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_url: Option<String>,
+    /// How often `data_url` is polled (default 1 s, at least 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// Let `data_url` be on a private, loopback or link-local address (default false).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allow_private: bool,
 }
+
+/// The prefix of a `bind` pointer into `graphics.data_url`'s JSON.
+pub const DATA_PREFIX: &str = "data:";
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
@@ -237,8 +254,34 @@ impl GraphicsSpec {
                 format!("at most {MAX_LAYERS} layers"),
             ));
         }
+        if let Some(url) = &self.data_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    "graphics.data_url".to_owned(),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if let Some(text) = &self.poll_interval {
+            match crate::scores::poller::parse_duration(text) {
+                Some(d) if d >= Duration::from_millis(100) => {}
+                _ => {
+                    return Err((
+                        "graphics.poll_interval".to_owned(),
+                        format!("{text:?} is not a duration of 100ms or more, like \"1s\""),
+                    ))
+                }
+            }
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let at = format!("graphics.layers[{i}]");
+            let from_data = layer.bind.values().any(|p| p.starts_with(DATA_PREFIX));
+            if from_data && self.data_url.is_none() {
+                return Err((
+                    format!("{at}.bind"),
+                    "a \"data:\" pointer needs graphics.data_url".to_owned(),
+                ));
+            }
             if !plain_file_name(&layer.id) || layer.id.contains('.') {
                 return Err((
                     format!("{at}.id"),
@@ -266,6 +309,7 @@ impl GraphicsSpec {
                         format!("{:?} has no field {field:?}", layer.kind),
                     ));
                 }
+                let pointer = pointer.strip_prefix(DATA_PREFIX).unwrap_or(pointer);
                 if !(pointer.is_empty() || pointer.starts_with('/')) {
                     return Err((
                         format!("{at}.bind.{field}"),
@@ -277,10 +321,34 @@ impl GraphicsSpec {
         Ok(())
     }
 
-    /// The style in force: the theme with the overrides.
-    pub fn style(&self) -> Style {
+    /// How often `data_url` is polled.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+            .as_deref()
+            .and_then(crate::scores::poller::parse_duration)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// The style in force: the theme with the overrides, a font file read from `dir`. When
+    /// the file cannot be used, the theme's font and why.
+    pub fn style(&self, dir: Option<&Path>) -> (Style, Option<String>) {
         let theme = self.theme.as_deref().unwrap_or(THEMES[0]);
-        Style::theme(theme).unwrap_or_default().with(&self.style)
+        let mut style = Style::theme(theme).unwrap_or_default().with(&self.style);
+        let file = self.style.font.as_deref().filter(|f| !FONTS.contains(f));
+        let Some(file) = file else {
+            return (style, None);
+        };
+        let loaded = dir
+            .ok_or_else(|| "no data_dir for graphics files".to_owned())
+            .and_then(|dir| read_capped(&dir.join(file), MAX_FONT_BYTES))
+            .and_then(font_from_bytes);
+        match loaded {
+            Ok(font) => {
+                style.font = font;
+                (style, None)
+            }
+            Err(e) => (style, Some(format!("font {file}: {e}"))),
+        }
     }
 }
 
@@ -399,20 +467,30 @@ struct Layer {
 /// A relay's layers.
 pub struct Graphics {
     style: Style,
+    /// Why the style's font file is not used, if it is not.
+    font_error: Option<String>,
     layers: Vec<Layer>,
     fps: u32,
     /// Where image layers' files are.
     dir: Option<std::path::PathBuf>,
+    /// `graphics.data_url`, its poll interval and whether it may be private.
+    data: Option<(String, Duration, bool)>,
 }
 
 impl Graphics {
     /// The layers of `spec` (checked), with pictures from `dir`, at `fps` frames a second.
     pub fn new(spec: &GraphicsSpec, dir: Option<&Path>, fps: u32, now: Instant) -> Self {
+        let (style, font_error) = spec.style(dir);
         let mut graphics = Graphics {
-            style: spec.style(),
+            style,
+            font_error,
             layers: Vec::new(),
             fps: fps.max(1),
             dir: dir.map(Path::to_path_buf),
+            data: spec
+                .data_url
+                .clone()
+                .map(|url| (url, spec.poll_interval(), spec.allow_private)),
         };
         for layer in &spec.layers {
             let mut state = Layer {
@@ -431,19 +509,31 @@ impl Graphics {
         graphics
     }
 
+    /// The second data source, if any: its URL, poll interval, and whether it may be private.
+    pub fn data_source(&self) -> Option<(String, Duration, bool)> {
+        self.data.clone()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
 
     pub fn style(&self) -> Style {
-        self.style
+        self.style.clone()
     }
 
-    /// Why an image layer shows nothing, per layer.
-    pub fn image_errors(&self) -> Vec<(String, String)> {
-        self.layers
+    /// What did not load: the font file, an image layer's pictures (by layer).
+    pub fn load_errors(&self) -> Vec<String> {
+        self.font_error
             .iter()
-            .filter_map(|l| Some((l.spec.id.clone(), l.image_error.clone()?)))
+            .cloned()
+            .chain(self.layers.iter().filter_map(|l| {
+                Some(format!(
+                    "layer {:?}: {}",
+                    l.spec.id,
+                    l.image_error.as_ref()?
+                ))
+            }))
             .collect()
     }
 
@@ -502,16 +592,31 @@ impl Graphics {
         Ok(view(layer, now))
     }
 
-    /// The JSON Pointers layers are bound to, for the scores poller.
+    /// The JSON Pointers layers are bound to in the scores API's answer, for its poller.
     pub fn pointers(&self) -> Vec<String> {
         let mut pointers: Vec<String> = self
             .layers
             .iter()
             .flat_map(|l| l.spec.bind.values().cloned())
+            .filter(|p| !p.starts_with(DATA_PREFIX))
             .collect();
         pointers.sort();
         pointers.dedup();
         pointers
+    }
+
+    /// Sets bound fields from an answer of `graphics.data_url`, as [`Graphics::bind`] does.
+    pub fn bind_data(&mut self, json: &Value, now: Instant) -> Vec<String> {
+        let bound: Vec<(String, Value)> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.spec.bind.values())
+            .filter_map(|p| {
+                let pointer = p.strip_prefix(DATA_PREFIX)?;
+                Some((p.clone(), json.pointer(pointer)?.clone()))
+            })
+            .collect();
+        self.bind(&bound, now)
     }
 
     /// Sets bound fields from a scores answer (`bound`: pointer → value) at `now`: a field
@@ -796,13 +901,19 @@ fn load_images(dir: Option<&Path>, layer: &mut Layer) {
     }
 }
 
+/// A file's bytes, if it holds at most `max`.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
+}
+
 /// Reads a PNG or JPEG of at most [`MAX_IMAGE_BYTES`].
 fn load_image(path: &Path) -> Result<RgbaImage, String> {
-    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if size > MAX_IMAGE_BYTES {
-        return Err(format!("larger than {MAX_IMAGE_BYTES} bytes"));
-    }
-    image::open(path)
+    let bytes = read_capped(path, MAX_IMAGE_BYTES)?;
+    image::load_from_memory(&bytes)
         .map(|i| i.to_rgba8())
         .map_err(|e| e.to_string())
 }
@@ -961,6 +1072,23 @@ mod tests {
         assert_eq!(g.views(start)[0].data["label"], "2");
         let refused = g.bind(&answer("soon"), start + Duration::from_secs(8));
         assert_eq!(refused.len(), 1, "{refused:?}");
+    }
+
+    #[test]
+    fn data_url_pointers_are_read_from_its_own_answers() {
+        let start = Instant::now();
+        let s = spec(
+            r#"{"data_url":"http://data.example/now","layers":[{"id":"t","kind":"text","bind":{"text":"data:/ticker/0"}},{"id":"c","kind":"clock","bind":{"seconds":"/clock"}}]}"#,
+        );
+        assert!(s.check().is_ok());
+        let mut g = Graphics::new(&s, None, 30, start);
+        assert_eq!(g.pointers(), ["/clock"]);
+        let json: Value = serde_json::from_str(r#"{"ticker":["GG WP"]}"#).unwrap();
+        assert!(g.bind_data(&json, start).is_empty());
+        assert_eq!(g.views(start)[0].data["text"], "GG WP");
+        let without: GraphicsSpec =
+            spec(r#"{"layers":[{"id":"t","kind":"text","bind":{"text":"data:/x"}}]}"#);
+        assert_eq!(without.check().unwrap_err().0, "graphics.layers[0].bind");
     }
 
     #[test]

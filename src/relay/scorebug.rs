@@ -42,6 +42,10 @@ pub struct Scorebug {
     cache: Arc<Mutex<Cache>>,
     /// Why the last scores answer's bound values were not used, if any were not.
     bind_refused: Vec<String>,
+    /// The poller of `graphics.data_url`, when it runs.
+    data_poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<poller::DataUpdate>)>,
+    /// Why `graphics.data_url` gave nothing usable last time, if it did not.
+    data_error: Option<String>,
     /// A queue relay's line: who is on air, their time left, who is next.
     queue_line: Option<String>,
     render_seq: u64,
@@ -60,9 +64,19 @@ type BugKey = (Option<Scoreboard>, bool);
 /// staleness, each layer for its key.
 #[derive(Default)]
 struct Cache {
-    bug: Option<(BugKey, Option<Bug>)>,
-    layers: HashMap<String, (String, Bug)>,
+    bug: Option<(BugKey, Option<Rect>)>,
+    line: Option<(String, Rect)>,
+    layers: HashMap<String, (String, Rect)>,
 }
+
+/// What one of the relay's pollers brought.
+pub enum Update {
+    Scores(PollUpdate),
+    Data(poller::DataUpdate),
+}
+
+/// A rendered picture as the overlay element takes it.
+type Rect = gst_video::VideoOverlayRectangle;
 
 impl Scorebug {
     /// `graphics`: the relay's layers, if any (a relay without an overlay may have them).
@@ -73,6 +87,9 @@ impl Scorebug {
         size: (u32, u32),
     ) -> Self {
         let graphics = graphics.filter(|g| !g.is_empty());
+        for why in graphics.iter().flat_map(Graphics::load_errors) {
+            warn!(relay = %relay, reason = %why, "a graphics file did not load; the layer shows nothing (or the theme's font)");
+        }
         let drawn_at_all = spec.is_some() || graphics.is_some();
         Scorebug {
             relay: relay.to_owned(),
@@ -85,6 +102,8 @@ impl Scorebug {
             graphics,
             cache: Arc::default(),
             bind_refused: Vec::new(),
+            data_poller: None,
+            data_error: None,
             queue_line: None,
             render_seq: 0,
             size,
@@ -111,6 +130,7 @@ impl Scorebug {
 
     /// Starts polling the scores API, if the relay has one and no poller runs.
     pub fn start_poller(&mut self) {
+        self.start_data_poller();
         let Some(overlay) = &self.spec else {
             return;
         };
@@ -150,14 +170,83 @@ impl Scorebug {
         if let Some((task, _)) = self.poller.take() {
             task.abort();
         }
+        if let Some((task, _)) = self.data_poller.take() {
+            task.abort();
+        }
     }
 
-    /// The next update from the scores poller, or never when there is none.
-    pub async fn next_poll(&mut self) -> Option<PollUpdate> {
-        match &mut self.poller {
-            Some((_, rx)) => rx.recv().await,
-            None => std::future::pending().await,
+    /// Starts polling `graphics.data_url`, if the relay has one and no poller runs.
+    fn start_data_poller(&mut self) {
+        let source = self.graphics.as_ref().and_then(Graphics::data_source);
+        let Some((url, interval, allow_private)) = source else {
+            return;
+        };
+        if self.data_poller.is_some() {
+            return;
         }
+        info!(
+            relay = %self.relay,
+            url = %secrets::url_for_log(&url),
+            interval = ?interval,
+            "polling the graphics data URL"
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.data_poller = Some((poller::spawn_data(url, interval, allow_private, tx), rx));
+    }
+
+    /// The next answer of either poller (the scores API's, `graphics.data_url`'s), or never
+    /// when neither runs.
+    pub async fn next_update(&mut self) -> Option<Update> {
+        let scores = async {
+            match &mut self.poller {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let data = async {
+            match &mut self.data_poller {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(update) = scores => Some(Update::Scores(update)),
+            Some(update) = data => Some(Update::Data(update)),
+            else => None,
+        }
+    }
+
+    /// Takes an answer of either poller.
+    pub fn on_update(&mut self, update: Update) {
+        match update {
+            Update::Scores(update) => self.on_poll(update),
+            Update::Data(update) => self.on_data(update),
+        }
+    }
+
+    /// Sets the layers' fields bound to `graphics.data_url` from its answer, and redraws.
+    pub fn on_data(&mut self, update: poller::DataUpdate) {
+        let Some(graphics) = &mut self.graphics else {
+            return;
+        };
+        let outcome = match update {
+            Ok(json) => {
+                let refused = graphics.bind_data(&json, Instant::now());
+                (!refused.is_empty()).then(|| refused.join("; "))
+            }
+            Err(e) => Some(e),
+        };
+        // Said once when it starts failing (or fails otherwise), and once when it works again.
+        if outcome != self.data_error {
+            match &outcome {
+                Some(e) => {
+                    warn!(relay = %self.relay, reason = %e, "graphics data URL answer not used; the layers keep their last values")
+                }
+                None => info!(relay = %self.relay, "graphics data URL answering again"),
+            }
+            self.data_error = outcome;
+        }
+        self.redraw();
     }
 
     /// Takes what the poller brought, and redraws if it changed what the overlay shows.
@@ -264,10 +353,17 @@ impl Scorebug {
         let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || {
             let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let rect = |bug: &Bug| match overlay_el::rectangle(bug) {
+                Ok(rect) => Some(rect),
+                Err(e) => {
+                    error!(relay = %relay, error = %e, "cannot build the overlay");
+                    None
+                }
+            };
             let bug_key = (board.clone(), stale);
             if cache.bug.as_ref().map(|(k, _)| k) != Some(&bug_key) {
-                let bug = board.as_ref().map(|board| {
-                    render::render(
+                let bug = board.as_ref().and_then(|board| {
+                    rect(&render::render(
                         board,
                         Logos {
                             home: logos.home.as_deref(),
@@ -277,15 +373,23 @@ impl Scorebug {
                         &theme,
                         width,
                         height,
-                    )
+                    ))
                 });
                 cache.bug = Some((bug_key, bug));
             }
+            match &line {
+                Some(text) if cache.line.as_ref().map(|(t, _)| t) != Some(text) => {
+                    cache.line = rect(&render::queue_line(text, &theme, width, height))
+                        .map(|r| (text.clone(), r));
+                }
+                None => cache.line = None,
+                _ => {}
+            }
             let mut layers = HashMap::new();
             for d in &draws {
-                let bug = match cache.layers.remove(&d.id) {
-                    Some((key, bug)) if key == d.key => bug,
-                    _ => render::graphics::render(
+                let kept = match cache.layers.remove(&d.id) {
+                    Some((key, rect)) if key == d.key => Some(rect),
+                    _ => rect(&render::graphics::render(
                         &d.graphic.graphic(),
                         &style,
                         d.anchor,
@@ -293,30 +397,31 @@ impl Scorebug {
                         d.alpha,
                         width,
                         height,
-                    ),
+                    )),
                 };
-                layers.insert(d.id.clone(), (d.key.clone(), bug));
+                if let Some(kept) = kept {
+                    layers.insert(d.id.clone(), (d.key.clone(), kept));
+                }
             }
             // Layers no longer drawn are forgotten.
             cache.layers = layers;
-            let line = line.map(|text| render::queue_line(&text, &theme, width, height));
-            let pictures: Vec<Bug> = cache
+            let rects: Vec<Rect> = cache
                 .bug
                 .as_ref()
                 .and_then(|(_, bug)| bug.clone())
                 .into_iter()
-                .chain(line)
+                .chain(cache.line.as_ref().map(|(_, r)| r.clone()))
                 .chain(
                     draws
                         .iter()
-                        .filter_map(|d| cache.layers.get(&d.id).map(|(_, b)| b.clone())),
+                        .filter_map(|d| cache.layers.get(&d.id).map(|(_, r)| r.clone())),
                 )
                 .collect();
-            if pictures.is_empty() {
+            if rects.is_empty() {
                 slot.show(None, seq);
                 return;
             }
-            match overlay_el::composition(&pictures) {
+            match overlay_el::compose(&rects) {
                 Ok(composition) => {
                     slot.show(Some(composition), seq);
                     debug!(relay = %relay, seq, stale, "overlay updated");

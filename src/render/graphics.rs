@@ -11,10 +11,36 @@ use image::{imageops, Rgba, RgbaImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_circle_mut, text_size};
 use serde::{Deserialize, Serialize};
 
+use std::sync::LazyLock;
+
 use super::{
-    bar_height, fill, fit_name, parse_hex_color, text_in_box, Align, Bug, FONT, TEXT_SHARE,
+    bar_height, fill, fit_name_with, parse_hex_color, text_in_box_with, Align, Bug, FONT,
+    TEXT_SHARE,
 };
-use ab_glyph::PxScale;
+use ab_glyph::{FontArc, FontRef, PxScale};
+
+/// The bundled fonts by name, the first the default.
+pub const FONTS: [&str; 2] = ["condensed-bold", "sans"];
+
+/// DejaVu Sans (regular); licence in `fonts/`.
+static SANS: LazyLock<FontRef<'static>> = LazyLock::new(|| {
+    FontRef::try_from_slice(include_bytes!("../../fonts/DejaVuSans.ttf"))
+        .expect("the bundled font parses")
+});
+
+/// A bundled font by name.
+pub fn bundled_font(name: &str) -> Option<FontArc> {
+    match name {
+        "condensed-bold" => Some(FontArc::new(FONT.clone())),
+        "sans" => Some(FontArc::new(SANS.clone())),
+        _ => None,
+    }
+}
+
+/// A font from a TrueType or OpenType file's bytes.
+pub fn font_from_bytes(bytes: Vec<u8>) -> Result<FontArc, String> {
+    FontArc::try_from_vec(bytes).map_err(|_| "not a TrueType or OpenType font".to_owned())
+}
 
 /// One of nine places in the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -56,8 +82,8 @@ impl Anchor {
     }
 }
 
-/// How graphics look: colours, corner radius and panel opacity.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How graphics look: colours, corner radius, panel opacity and font.
+#[derive(Debug, Clone)]
 pub struct Style {
     pub background: Rgba<u8>,
     /// The second panel (a lower third's subtitle, the series' label).
@@ -69,6 +95,7 @@ pub struct Style {
     pub radius: f32,
     /// Panel opacity, 0 to 1 (text stays opaque).
     pub opacity: f32,
+    pub font: FontArc,
 }
 
 /// The bundled themes' names, the first the default.
@@ -78,6 +105,7 @@ impl Style {
     /// A bundled theme by name.
     pub fn theme(name: &str) -> Option<Style> {
         let rgb = |r, g, b| Rgba([r, g, b, 255]);
+        let font = bundled_font(FONTS[0]).expect("the default font");
         Some(match name {
             "dark" => Style {
                 background: rgb(16, 18, 26),
@@ -87,6 +115,7 @@ impl Style {
                 dim: rgb(150, 156, 170),
                 radius: 0.0,
                 opacity: 0.9,
+                font: font.clone(),
             },
             "light" => Style {
                 background: rgb(245, 246, 250),
@@ -96,6 +125,7 @@ impl Style {
                 dim: rgb(120, 126, 140),
                 radius: 0.25,
                 opacity: 0.95,
+                font: font.clone(),
             },
             "arena" => Style {
                 background: rgb(90, 12, 40),
@@ -105,6 +135,7 @@ impl Style {
                 dim: rgb(200, 160, 180),
                 radius: 0.5,
                 opacity: 0.85,
+                font: font.clone(),
             },
             _ => return None,
         })
@@ -127,6 +158,10 @@ impl Style {
         }
         if let Some(o) = over.opacity {
             self.opacity = o.clamp(0.0, 1.0);
+        }
+        // A bundled font by name; a file is the caller's to load.
+        if let Some(font) = over.font.as_deref().and_then(bundled_font) {
+            self.font = font;
         }
         self
     }
@@ -157,6 +192,10 @@ pub struct StyleOverride {
     pub radius: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opacity: Option<f32>,
+    /// `condensed-bold` (the default), `sans`, or a `.ttf` or `.otf` file in
+    /// `<data_dir>/graphics/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub font: Option<String>,
 }
 
 impl StyleOverride {
@@ -180,6 +219,24 @@ impl StyleOverride {
         }
         if self.opacity.is_some_and(|o| !(0.0..=1.0).contains(&o)) {
             return Err(("opacity", "must be 0 to 1".to_owned()));
+        }
+        if let Some(font) = &self.font {
+            let file = font.ends_with(".ttf") || font.ends_with(".otf");
+            let plain = !font.starts_with('.')
+                && font.len() <= 128
+                && font
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            let bundled = FONTS.contains(&font.as_str());
+            if !(bundled || (file && plain)) {
+                return Err((
+                    "font",
+                    format!(
+                        "{font:?} is neither a bundled font ({}) nor a .ttf or .otf file name",
+                        FONTS.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -304,13 +361,13 @@ fn lower_third(title: &str, subtitle: Option<&str>, style: &Style, h: u32, room:
     let sub_h = (h as f32 * 0.75).round() as u32;
     let sub_scale = scale(sub_h, 1.0);
     let max_text = room.saturating_sub(strip + 2 * pad).max(1);
-    let title = fit_name(title, title_scale, max_text);
-    let subtitle = subtitle.map(|s| fit_name(s, sub_scale, max_text));
+    let title = fit_name_with(&style.font, title, title_scale, max_text);
+    let subtitle = subtitle.map(|s| fit_name_with(&style.font, s, sub_scale, max_text));
     let text_w = [
-        Some(text_size(title_scale, &*FONT, &title).0),
+        Some(text_size(title_scale, &style.font, &title).0),
         subtitle
             .as_deref()
-            .map(|s| text_size(sub_scale, &*FONT, s).0),
+            .map(|s| text_size(sub_scale, &style.font, s).0),
     ]
     .into_iter()
     .flatten()
@@ -337,7 +394,8 @@ fn lower_third(title: &str, subtitle: Option<&str>, style: &Style, h: u32, room:
         fill(&mut img, 0, h, w, sub_h / 2, panel(style.panel, style));
     }
     fill(&mut img, r / 2, r / 2, strip, total_h - r, style.accent);
-    text_in_box(
+    text_in_box_with(
+        &style.font,
         &mut img,
         &title,
         title_scale,
@@ -349,7 +407,8 @@ fn lower_third(title: &str, subtitle: Option<&str>, style: &Style, h: u32, room:
     );
     if let Some(subtitle) = subtitle {
         let mut sub = RgbaImage::new(w, sub_h);
-        text_in_box(
+        text_in_box_with(
+            &style.font,
             &mut sub,
             &subtitle,
             sub_scale,
@@ -371,16 +430,16 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
     let text = clock_text(seconds);
     // Every digit drawn in the widest digit's box: the width stays as the clock ticks.
     let digit_w = ('0'..='9')
-        .map(|d| text_size(time_scale, &*FONT, &d.to_string()).0)
+        .map(|d| text_size(time_scale, &style.font, &d.to_string()).0)
         .max()
         .unwrap_or(1);
-    let colon_w = text_size(time_scale, &*FONT, ":").0;
+    let colon_w = text_size(time_scale, &style.font, ":").0;
     let time_w: u32 = text
         .chars()
         .map(|c| if c == ':' { colon_w } else { digit_w })
         .sum();
     let label_scale = scale(h, 0.75);
-    let label_w = label.map_or(0, |l| text_size(label_scale, &*FONT, l).0 + pad);
+    let label_w = label.map_or(0, |l| text_size(label_scale, &style.font, l).0 + pad);
     let w = label_w + time_w + 2 * pad;
     let mut img = RgbaImage::new(w, h);
     rounded(
@@ -393,7 +452,8 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
         panel(style.background, style),
     );
     if let Some(label) = label {
-        text_in_box(
+        text_in_box_with(
+            &style.font,
             &mut img,
             label,
             label_scale,
@@ -407,7 +467,8 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
     let mut x = pad + label_w;
     for c in text.chars() {
         let box_w = if c == ':' { colon_w } else { digit_w };
-        text_in_box(
+        text_in_box_with(
+            &style.font,
             &mut img,
             &c.to_string(),
             time_scale,
@@ -426,8 +487,8 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
 fn text_bar(text: &str, style: &Style, h: u32, room: u32) -> RgbaImage {
     let pad = (h as f32 * 0.35).round() as u32;
     let s = scale(h, 0.85);
-    let text = fit_name(text, s, room.saturating_sub(2 * pad).max(1));
-    let w = text_size(s, &*FONT, &text).0 + 2 * pad;
+    let text = fit_name_with(&style.font, text, s, room.saturating_sub(2 * pad).max(1));
+    let w = text_size(s, &style.font, &text).0 + 2 * pad;
     let mut img = RgbaImage::new(w, h);
     rounded(
         &mut img,
@@ -438,7 +499,8 @@ fn text_bar(text: &str, style: &Style, h: u32, room: u32) -> RgbaImage {
         radius(style, h),
         panel(style.background, style),
     );
-    text_in_box(
+    text_in_box_with(
+        &style.font,
         &mut img,
         &text,
         s,
@@ -470,7 +532,7 @@ fn series(
     let pips_w = needed * (2 * pip + pip);
     let label = format!("BO{best_of}");
     let label_scale = scale(h, 0.7);
-    let label_w = text_size(label_scale, &*FONT, &label).0 + 2 * pad;
+    let label_w = text_size(label_scale, &style.font, &label).0 + 2 * pad;
     let w = 2 * (name_w + pips_w + pad) + label_w;
     let mut img = RgbaImage::new(w, h);
     rounded(
@@ -482,9 +544,10 @@ fn series(
         radius(style, h),
         panel(style.background, style),
     );
-    let home = fit_name(home, s, name_w - pad);
-    let away = fit_name(away, s, name_w - pad);
-    text_in_box(
+    let home = fit_name_with(&style.font, home, s, name_w - pad);
+    let away = fit_name_with(&style.font, away, s, name_w - pad);
+    text_in_box_with(
+        &style.font,
         &mut img,
         &home,
         s,
@@ -514,7 +577,8 @@ fn series(
     draw_pips(&mut img, home_pips, home_wins.min(needed), false);
     let label_x = home_pips + pips_w;
     fill(&mut img, label_x, 0, label_w, h, panel(style.panel, style));
-    text_in_box(
+    text_in_box_with(
+        &style.font,
         &mut img,
         &label,
         label_scale,
@@ -526,7 +590,8 @@ fn series(
     );
     let away_pips = label_x + label_w;
     draw_pips(&mut img, away_pips, away_wins.min(needed), true);
-    text_in_box(
+    text_in_box_with(
+        &style.font,
         &mut img,
         &away,
         s,

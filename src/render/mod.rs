@@ -327,8 +327,24 @@ fn text_in_box(
     align: Align,
     box_w: u32,
 ) {
-    let (w, _) = text_size(scale, &*FONT, text);
-    let scaled = FONT.as_scaled(scale);
+    text_in_box_with(&*FONT, img, text, scale, x, h, color, align, box_w);
+}
+
+/// [`text_in_box`] in `font`.
+#[allow(clippy::too_many_arguments)]
+fn text_in_box_with(
+    font: &impl Font,
+    img: &mut RgbaImage,
+    text: &str,
+    scale: PxScale,
+    x: u32,
+    h: u32,
+    color: Rgba<u8>,
+    align: Align,
+    box_w: u32,
+) {
+    let (w, _) = text_size(scale, font, text);
+    let scaled = font.as_scaled(scale);
     let glyph_h = scaled.ascent() - scaled.descent();
     let y = ((h as f32 - glyph_h) / 2.0).round() as i32;
     let x = match align {
@@ -336,7 +352,7 @@ fn text_in_box(
         Align::Center => x + box_w.saturating_sub(w) / 2,
         Align::Right => x + box_w.saturating_sub(w),
     };
-    draw_text_mut(img, color, x as i32, y, scale, &*FONT, text);
+    draw_text_mut(img, color, x as i32, y, scale, font, text);
 }
 
 /// Draws a logo scaled into an `h`x`h` square at `x`; returns the width used. A logo that
@@ -378,7 +394,12 @@ pub fn parse_hex_color(s: &str) -> Option<Rgba<u8>> {
 
 /// The team name as it fits: in full, else abbreviated, else cut.
 pub fn fit_name(name: &str, scale: PxScale, max_width: u32) -> String {
-    let fits = |s: &str| text_size(scale, &*FONT, s).0 <= max_width;
+    fit_name_with(&*FONT, name, scale, max_width)
+}
+
+/// [`fit_name`] in `font`.
+fn fit_name_with(font: &impl Font, name: &str, scale: PxScale, max_width: u32) -> String {
+    let fits = |s: &str| text_size(scale, font, s).0 <= max_width;
     if fits(name) {
         return name.to_owned();
     }

@@ -96,6 +96,100 @@ pub fn spawn(
     tokio::spawn(run(settings, updates))
 }
 
+/// What one poll of a graphics data URL found: the answer's JSON, or why there is none.
+pub type DataUpdate = Result<serde_json::Value, String>;
+
+/// Polls `url` for JSON every `interval` (backing off on failures as the scores poller does)
+/// and sends each answer that changed, until the receiver is dropped. A graphics layer's
+/// second data source (`graphics.data_url`).
+pub fn spawn_data(
+    url: String,
+    interval: Duration,
+    allow_private: bool,
+    updates: mpsc::UnboundedSender<DataUpdate>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = match guard::client(timeout_for(interval), allow_private) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = updates.send(Err(format!("cannot build the HTTP client: {e}")));
+                return;
+            }
+        };
+        let (mut failures, mut etag): (u32, Option<String>) = (0, None);
+        loop {
+            let update = fetch_json(&client, &url, allow_private, &mut etag, interval).await;
+            failures = match &update {
+                Some(Err(_)) => failures + 1,
+                _ => 0,
+            };
+            if let Some(update) = update {
+                if updates.send(update).is_err() {
+                    return;
+                }
+            }
+            let delay = if failures == 0 {
+                interval
+            } else {
+                (interval * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF.max(interval))
+            };
+            tokio::time::sleep(delay).await;
+        }
+    })
+}
+
+/// One GET of `url` for JSON, revalidated with its `ETag`: `None` when unchanged.
+async fn fetch_json(
+    client: &reqwest::Client,
+    url: &str,
+    allow_private: bool,
+    etag: &mut Option<String>,
+    interval: Duration,
+) -> Option<DataUpdate> {
+    if !allow_private {
+        let checked = reqwest::Url::parse(url)
+            .map_err(|e| format!("not a URL: {e}"))
+            .and_then(|u| guard::check_url(&u).map_err(|e| e.to_string()));
+        if let Err(e) = checked {
+            return Some(Err(e));
+        }
+    }
+    let mut request = client.get(url);
+    if let Some(tag) = etag.as_deref() {
+        request = request.header(IF_NONE_MATCH, tag);
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Some(Err(format!("no answer within {:?}", timeout_for(interval))))
+        }
+        Err(e) => return Some(Err(request_error(e))),
+    };
+    let status = response.status();
+    if status == StatusCode::NOT_MODIFIED {
+        return None;
+    }
+    if !status.is_success() {
+        return Some(Err(format!("HTTP {status}")));
+    }
+    let new_tag = response
+        .headers()
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match read_capped(response, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
+    match serde_json::from_slice(&body) {
+        Ok(json) => {
+            *etag = new_tag;
+            Some(Ok(json))
+        }
+        Err(e) => Some(Err(format!("not JSON: {e}"))),
+    }
+}
+
 /// The request timeout for an interval: shorter than it, with a floor.
 pub fn timeout_for(interval: Duration) -> Duration {
     (interval * 4 / 5).max(MIN_TIMEOUT)

@@ -206,7 +206,7 @@ impl Actor {
                     }
                 },
                 Some(event) = self.events_rx.recv() => self.on_event(event),
-                Some(update) = self.scorebug.next_poll() => self.scorebug.on_poll(update),
+                Some(update) = self.scorebug.next_update() => self.scorebug.on_update(update),
                 _ = tick.tick() => self.on_tick(),
                 _ = tokio::time::sleep_until(graphics_due.unwrap_or_else(Instant::now)), if graphics_due.is_some() => {
                     self.scorebug.redraw();
