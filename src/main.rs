@@ -253,17 +253,7 @@ fn render_graphics(
         let layers: Vec<scorecast::render::Bug> = graphics
             .draws(at, board)
             .iter()
-            .map(|d| {
-                scorecast::render::graphics::render(
-                    &d.graphic.graphic(),
-                    &style,
-                    d.anchor,
-                    d.margin,
-                    d.alpha,
-                    width,
-                    height,
-                )
-            })
+            .map(|d| d.render(&style, width, height))
             .collect();
         frame_with(width, height, bug.into_iter().chain(&layers))
     };

@@ -395,6 +395,21 @@ pub struct Draw {
     pub alpha: f32,
 }
 
+impl Draw {
+    /// Its picture in `style` for a `width`x`height` frame.
+    pub fn render(&self, style: &Style, width: u32, height: u32) -> crate::render::Bug {
+        crate::render::graphics::render(
+            &self.graphic.graphic(),
+            style,
+            self.anchor,
+            self.margin,
+            self.alpha,
+            width,
+            height,
+        )
+    }
+}
+
 /// A [`Graphic`] that owns its text and picture.
 #[derive(Debug, Clone)]
 pub enum OwnedGraphic {

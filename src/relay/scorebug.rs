@@ -389,15 +389,7 @@ impl Scorebug {
             for d in &draws {
                 let kept = match cache.layers.remove(&d.id) {
                     Some((key, rect)) if key == d.key => Some(rect),
-                    _ => rect(&render::graphics::render(
-                        &d.graphic.graphic(),
-                        &style,
-                        d.anchor,
-                        d.margin,
-                        d.alpha,
-                        width,
-                        height,
-                    )),
+                    _ => rect(&d.render(&style, width, height)),
                 };
                 if let Some(kept) = kept {
                     layers.insert(d.id.clone(), (d.key.clone(), kept));
