@@ -582,18 +582,24 @@ async fn a_lower_third_shown_by_the_api_appears_at_once_and_fades_out_when_hidde
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_rotation_changes_picture_at_its_period() {
+    // One picture in <data_dir>/graphics/, the other fetched from a web server.
+    let server = ScoresApi::start(Answer::Score("{}".to_owned())).await;
     let dir = config_dir(&relay_config(
         "final",
         r#"stream_key = "final-key""#,
-        r#"
+        &format!(
+            r#"
+[relay.graphics]
+allow_private = true
 [[relay.graphics.layers]]
 id = "sponsor"
 kind = "image"
 anchor = "bottom-right"
-data = { images = ["blue.png", "orange.png"], period = "1s" }
+data = {{ images = ["blue.png", "http://{}/files/orange.png"], period = "1s" }}
 "#,
+            server.addr
+        ),
     ));
-    // Two plain pictures in <data_dir>/graphics/.
     let graphics = dir.path().join("data/graphics");
     std::fs::create_dir_all(&graphics).expect("the graphics directory");
     let blue = image::Rgba([0, 90, 255, 255]);
@@ -603,6 +609,9 @@ data = { images = ["blue.png", "orange.png"], period = "1s" }
             .save(graphics.join(name))
             .expect("a picture");
     }
+    let served = std::fs::read(graphics.join("orange.png")).expect("the picture");
+    std::fs::remove_file(graphics.join("orange.png")).expect("only served");
+    server.put_file("orange.png", served);
     let daemon = Daemon::start_in(dir).await;
     daemon
         .wait_on_air("final", "slate", Duration::from_secs(20))

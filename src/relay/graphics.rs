@@ -197,14 +197,17 @@ pub fn check_data(kind: LayerKind, data: &Map<String, Value>) -> Result<(), (Str
             Field::Files => {
                 let names = value.as_array().map(|a| {
                     a.iter()
-                        .map(|v| v.as_str().filter(|s| plain_file_name(s)))
+                        .map(|v| {
+                            v.as_str()
+                                .filter(|s| plain_file_name(s) || (is_url(s) && s.len() <= 2048))
+                        })
                         .collect::<Option<Vec<_>>>()
                 });
                 match names {
                     Some(Some(names)) if !names.is_empty() && names.len() <= MAX_IMAGES => {}
                     _ => {
                         return fail(&format!(
-                            "must be 1 to {MAX_IMAGES} file names (PNG or JPEG) in <data_dir>/graphics/"
+                            "must be 1 to {MAX_IMAGES} pictures (PNG or JPEG): file names in <data_dir>/graphics/ or http(s) URLs"
                         ))
                     }
                 }
@@ -219,6 +222,11 @@ pub fn check_data(kind: LayerKind, data: &Map<String, Value>) -> Result<(), (Str
         }
     }
     Ok(())
+}
+
+/// An `http://` or `https://` URL (a picture fetched rather than read from the data dir).
+fn is_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
 }
 
 /// A file name with no path in it.
@@ -490,6 +498,10 @@ pub struct Graphics {
     dir: Option<std::path::PathBuf>,
     /// `graphics.data_url`, its poll interval and whether it may be private.
     data: Option<(String, Duration, bool)>,
+    /// Whether `data_url` and pictures by URL may be on private addresses.
+    allow_private: bool,
+    /// Pictures fetched by URL, for image layers that name them.
+    fetched: HashMap<String, Arc<RgbaImage>>,
 }
 
 impl Graphics {
@@ -506,6 +518,8 @@ impl Graphics {
                 .data_url
                 .clone()
                 .map(|url| (url, spec.poll_interval(), spec.allow_private)),
+            allow_private: spec.allow_private,
+            fetched: HashMap::new(),
         };
         for layer in &spec.layers {
             let mut state = Layer {
@@ -518,10 +532,35 @@ impl Graphics {
                 bound: HashMap::new(),
                 spec: layer.clone(),
             };
-            load_images(dir, &mut state);
+            load_images(dir, &graphics.fetched, &mut state);
             graphics.layers.push(state);
         }
         graphics
+    }
+
+    /// The pictures image layers name by URL that are not fetched yet, and whether they may
+    /// be on private addresses.
+    pub fn missing_pictures(&self) -> (Vec<String>, bool) {
+        let mut urls: Vec<String> = self
+            .layers
+            .iter()
+            .filter(|l| l.spec.kind == LayerKind::Image)
+            .flat_map(picture_names)
+            .filter(|n| is_url(n) && !self.fetched.contains_key(n))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        (urls, self.allow_private)
+    }
+
+    /// A picture fetched from `url`: every image layer naming it shows it from now on.
+    pub fn add_picture(&mut self, url: &str, picture: RgbaImage) {
+        self.fetched.insert(url.to_owned(), Arc::new(picture));
+        for layer in &mut self.layers {
+            if picture_names(layer).iter().any(|n| n == url) {
+                load_images(self.dir.as_deref(), &self.fetched, layer);
+            }
+        }
     }
 
     /// The second data source, if any: its URL, poll interval, and whether it may be private.
@@ -594,7 +633,7 @@ impl Graphics {
             layer.data = data;
             layer.read_at = now;
             if patch.contains_key("images") {
-                load_images(self.dir.as_deref(), layer);
+                load_images(self.dir.as_deref(), &self.fetched, layer);
             }
         }
         let layer = &mut self.layers[at];
@@ -885,12 +924,9 @@ fn describe(graphic: &OwnedGraphic) -> String {
     }
 }
 
-/// Loads an image layer's pictures from `dir`, noting why one did not load.
-fn load_images(dir: Option<&Path>, layer: &mut Layer) {
-    if layer.spec.kind != LayerKind::Image {
-        return;
-    }
-    let names: Vec<String> = layer
+/// The pictures an image layer's data names, in order.
+fn picture_names(layer: &Layer) -> Vec<String> {
+    layer
         .data
         .get("images")
         .and_then(Value::as_array)
@@ -899,19 +935,29 @@ fn load_images(dir: Option<&Path>, layer: &mut Layer) {
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Loads an image layer's pictures: files from `dir`, URLs from those `fetched` (one not
+/// fetched yet is left out until it is), noting why a file did not load.
+fn load_images(dir: Option<&Path>, fetched: &HashMap<String, Arc<RgbaImage>>, layer: &mut Layer) {
+    if layer.spec.kind != LayerKind::Image {
+        return;
+    }
     layer.images.clear();
     layer.image_error = None;
-    let Some(dir) = dir else {
-        layer.image_error = Some("no data_dir for graphics files".to_owned());
-        return;
-    };
-    for name in names {
+    for name in picture_names(layer) {
+        if is_url(&name) {
+            layer.images.extend(fetched.get(&name).cloned());
+            continue;
+        }
+        let Some(dir) = dir else {
+            layer.image_error = Some("no data_dir for graphics files".to_owned());
+            continue;
+        };
         match load_image(&dir.join(&name)) {
             Ok(image) => layer.images.push(Arc::new(image)),
-            Err(e) => {
-                layer.image_error = Some(format!("{name}: {e}"));
-            }
+            Err(e) => layer.image_error = Some(format!("{name}: {e}")),
         }
     }
 }
@@ -924,6 +970,9 @@ fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     }
     std::fs::read(path).map_err(|e| e.to_string())
 }
+
+/// A picture's largest size in bytes, read or fetched.
+pub const MAX_PICTURE_BYTES: usize = MAX_IMAGE_BYTES as usize;
 
 /// Reads a PNG or JPEG of at most [`MAX_IMAGE_BYTES`].
 fn load_image(path: &Path) -> Result<RgbaImage, String> {
@@ -1130,6 +1179,12 @@ mod tests {
             field(r#"{"layers":[{"id":"t","kind":"text","bind":{"title":"/x"}}]}"#),
             "graphics.layers[0].bind.title"
         );
+        let by_url = spec(
+            r#"{"layers":[{"id":"i","kind":"image","data":{"images":["a.png","https://cdn.example/b.png"]}}]}"#,
+        );
+        assert!(by_url.check().is_ok());
+        let g = Graphics::new(&by_url, None, 30, Instant::now());
+        assert_eq!(g.missing_pictures().0, ["https://cdn.example/b.png"]);
         assert!(spec(
             r#"{"theme":"arena","layers":[{"id":"t","kind":"text","data":{"text":"GG"}}]}"#
         )

@@ -46,6 +46,12 @@ pub struct Scorebug {
     data_poller: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<poller::DataUpdate>)>,
     /// Why `graphics.data_url` gave nothing usable last time, if it did not.
     data_error: Option<String>,
+    /// Pictures by URL being fetched, and where their fetches report.
+    fetching: std::collections::HashSet<String>,
+    pictures: (
+        mpsc::UnboundedSender<Fetched>,
+        mpsc::UnboundedReceiver<Fetched>,
+    ),
     /// A queue relay's line: who is on air, their time left, who is next.
     queue_line: Option<String>,
     render_seq: u64,
@@ -69,10 +75,15 @@ struct Cache {
     layers: HashMap<String, (String, Rect)>,
 }
 
+/// A picture fetched by URL for an image layer, or why not.
+type Fetched = (String, Result<image::RgbaImage, String>);
+
 /// What one of the relay's pollers brought.
 pub enum Update {
     Scores(PollUpdate),
     Data(poller::DataUpdate),
+    /// A picture fetched by URL for an image layer, or why not.
+    Picture(String, Result<image::RgbaImage, String>),
 }
 
 /// A rendered picture as the overlay element takes it.
@@ -104,6 +115,8 @@ impl Scorebug {
             bind_refused: Vec::new(),
             data_poller: None,
             data_error: None,
+            fetching: Default::default(),
+            pictures: mpsc::unbounded_channel(),
             queue_line: None,
             render_seq: 0,
             size,
@@ -131,6 +144,7 @@ impl Scorebug {
     /// Starts polling the scores API, if the relay has one and no poller runs.
     pub fn start_poller(&mut self) {
         self.start_data_poller();
+        self.fetch_pictures();
         let Some(overlay) = &self.spec else {
             return;
         };
@@ -194,6 +208,30 @@ impl Scorebug {
         self.data_poller = Some((poller::spawn_data(url, interval, allow_private, tx), rx));
     }
 
+    /// Fetches the pictures image layers name by URL that are neither fetched nor being
+    /// fetched.
+    fn fetch_pictures(&mut self) {
+        let Some(graphics) = &self.graphics else {
+            return;
+        };
+        let (urls, allow_private) = graphics.missing_pictures();
+        for url in urls {
+            if !self.fetching.insert(url.clone()) {
+                continue;
+            }
+            let tx = self.pictures.0.clone();
+            tokio::spawn(async move {
+                let result = poller::fetch_image(
+                    &url,
+                    allow_private,
+                    crate::relay::graphics::MAX_PICTURE_BYTES,
+                )
+                .await;
+                let _ = tx.send((url, result));
+            });
+        }
+    }
+
     /// The next answer of either poller (the scores API's, `graphics.data_url`'s), or never
     /// when neither runs.
     pub async fn next_update(&mut self) -> Option<Update> {
@@ -209,9 +247,11 @@ impl Scorebug {
                 None => std::future::pending().await,
             }
         };
+        let pictures = self.pictures.1.recv();
         tokio::select! {
             Some(update) = scores => Some(Update::Scores(update)),
             Some(update) = data => Some(Update::Data(update)),
+            Some((url, result)) = pictures => Some(Update::Picture(url, result)),
             else => None,
         }
     }
@@ -221,6 +261,22 @@ impl Scorebug {
         match update {
             Update::Scores(update) => self.on_poll(update),
             Update::Data(update) => self.on_data(update),
+            Update::Picture(url, result) => {
+                self.fetching.remove(&url);
+                let Some(graphics) = &mut self.graphics else {
+                    return;
+                };
+                match result {
+                    Ok(picture) => {
+                        graphics.add_picture(&url, picture);
+                        self.redraw();
+                    }
+                    // Tried again when the layer's pictures are set again.
+                    Err(e) => {
+                        warn!(relay = %self.relay, url = %secrets::url_for_log(&url), reason = %e, "a graphics picture could not be fetched; the layer goes without it")
+                    }
+                }
+            }
         }
     }
 
@@ -447,6 +503,7 @@ impl Scorebug {
             .as_mut()
             .ok_or_else(|| GraphicsError::NoLayer(id.to_owned()))?;
         let view = graphics.change(id, change, Instant::now())?;
+        self.fetch_pictures();
         self.redraw();
         Ok(view)
     }

@@ -138,6 +138,31 @@ pub fn spawn_data(
     })
 }
 
+/// A picture of at most `max` bytes (PNG or JPEG) fetched from `url` (a graphics image
+/// layer's), decoded off the runtime's threads.
+pub async fn fetch_image(url: &str, allow_private: bool, max: usize) -> Result<RgbaImage, String> {
+    let client = guard::client(IMAGE_TIMEOUT, allow_private).map_err(|e| e.to_string())?;
+    if !allow_private {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        guard::check_url(&parsed).map_err(|e| e.to_string())?;
+    }
+    let response = client.get(url).send().await.map_err(request_error)?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let bytes = read_capped(response, max).await?;
+    tokio::task::spawn_blocking(move || {
+        image::load_from_memory(&bytes)
+            .map(|i| i.to_rgba8())
+            .map_err(|e| format!("not a picture: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// How long fetching a graphics picture may take.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One GET of `url` for JSON, revalidated with its `ETag`: `None` when unchanged.
 async fn fetch_json(
     client: &reqwest::Client,
