@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 
 use super::{
-    bar_height, fill, fit_name_with, parse_hex_color, text_in_box_with, Align, Bug, FONT,
-    TEXT_SHARE,
+    bar_height, fill, fit_name_with, parse_hex_color, text_in_box, Align, Bug, FONT, TEXT_SHARE,
 };
 use ab_glyph::{FontArc, FontRef, PxScale};
 
@@ -394,7 +393,7 @@ fn lower_third(title: &str, subtitle: Option<&str>, style: &Style, h: u32, room:
         fill(&mut img, 0, h, w, sub_h / 2, panel(style.panel, style));
     }
     fill(&mut img, r / 2, r / 2, strip, total_h - r, style.accent);
-    text_in_box_with(
+    text_in_box(
         &style.font,
         &mut img,
         &title,
@@ -407,7 +406,7 @@ fn lower_third(title: &str, subtitle: Option<&str>, style: &Style, h: u32, room:
     );
     if let Some(subtitle) = subtitle {
         let mut sub = RgbaImage::new(w, sub_h);
-        text_in_box_with(
+        text_in_box(
             &style.font,
             &mut sub,
             &subtitle,
@@ -452,7 +451,7 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
         panel(style.background, style),
     );
     if let Some(label) = label {
-        text_in_box_with(
+        text_in_box(
             &style.font,
             &mut img,
             label,
@@ -467,7 +466,7 @@ fn clock(label: Option<&str>, seconds: u64, style: &Style, h: u32) -> RgbaImage 
     let mut x = pad + label_w;
     for c in text.chars() {
         let box_w = if c == ':' { colon_w } else { digit_w };
-        text_in_box_with(
+        text_in_box(
             &style.font,
             &mut img,
             &c.to_string(),
@@ -499,7 +498,7 @@ fn text_bar(text: &str, style: &Style, h: u32, room: u32) -> RgbaImage {
         radius(style, h),
         panel(style.background, style),
     );
-    text_in_box_with(
+    text_in_box(
         &style.font,
         &mut img,
         &text,
@@ -546,7 +545,7 @@ fn series(
     );
     let home = fit_name_with(&style.font, home, s, name_w - pad);
     let away = fit_name_with(&style.font, away, s, name_w - pad);
-    text_in_box_with(
+    text_in_box(
         &style.font,
         &mut img,
         &home,
@@ -577,7 +576,7 @@ fn series(
     draw_pips(&mut img, home_pips, home_wins.min(needed), false);
     let label_x = home_pips + pips_w;
     fill(&mut img, label_x, 0, label_w, h, panel(style.panel, style));
-    text_in_box_with(
+    text_in_box(
         &style.font,
         &mut img,
         &label,
@@ -590,7 +589,7 @@ fn series(
     );
     let away_pips = label_x + label_w;
     draw_pips(&mut img, away_pips, away_wins.min(needed), true);
-    text_in_box_with(
+    text_in_box(
         &style.font,
         &mut img,
         &away,

@@ -140,6 +140,7 @@ pub fn render(
     x += strip;
     x += draw_logo(&mut img, logos.home, x, h);
     text_in_box(
+        &*FONT,
         &mut img,
         &fit_name(&board.home.name, scale, name_w - 2 * pad),
         scale,
@@ -152,11 +153,22 @@ pub fn render(
     x += name_w;
     fill(&mut img, x, 0, 2 * score_w, h, SCORE_BACKGROUND);
     for score in [&board.home.score, &board.away.score] {
-        text_in_box(&mut img, score, scale, x, h, TEXT, Align::Center, score_w);
+        text_in_box(
+            &*FONT,
+            &mut img,
+            score,
+            scale,
+            x,
+            h,
+            TEXT,
+            Align::Center,
+            score_w,
+        );
         x += score_w;
     }
     // Away, mirrored: name, logo, strip.
     text_in_box(
+        &*FONT,
         &mut img,
         &fit_name(&board.away.name, scale, name_w - 2 * pad),
         scale,
@@ -176,6 +188,7 @@ pub fn render(
         fill(&mut img, x, 0, info_w, h, INFO_BACKGROUND);
         let color = if stale { DIM_TEXT } else { TEXT };
         text_in_box(
+            &*FONT,
             &mut img,
             &info_text,
             small,
@@ -218,6 +231,7 @@ pub fn queue_line(text: &str, theme: &Theme, frame_width: u32, frame_height: u32
     let width = text_size(scale, &*FONT, &text).0 + 2 * pad;
     let mut img = RgbaImage::from_pixel(width, h, BACKGROUND);
     text_in_box(
+        &*FONT,
         &mut img,
         &text,
         scale,
@@ -315,24 +329,10 @@ pub fn slate(background: &RgbaImage, width: u32, height: u32, message: SlateMess
     img
 }
 
-/// Draws `text` vertically centred in a bar of height `h`, in a box `box_w` wide at `x`.
+/// Draws `text` in `font`, vertically centred in a bar of height `h`, in a box `box_w` wide at
+/// `x`.
 #[allow(clippy::too_many_arguments)]
 fn text_in_box(
-    img: &mut RgbaImage,
-    text: &str,
-    scale: PxScale,
-    x: u32,
-    h: u32,
-    color: Rgba<u8>,
-    align: Align,
-    box_w: u32,
-) {
-    text_in_box_with(&*FONT, img, text, scale, x, h, color, align, box_w);
-}
-
-/// [`text_in_box`] in `font`.
-#[allow(clippy::too_many_arguments)]
-fn text_in_box_with(
     font: &impl Font,
     img: &mut RgbaImage,
     text: &str,
