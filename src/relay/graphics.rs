@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::render::graphics::{
-    clock_text, font_from_bytes, Anchor, Graphic, Style, StyleOverride, FONTS, THEMES,
+    clock_text, font_from_bytes, plain_file_name, Anchor, Graphic, Style, StyleOverride, FONTS,
+    THEMES,
 };
 use crate::scores::Scoreboard;
 
@@ -227,16 +228,6 @@ pub fn check_data(kind: LayerKind, data: &Map<String, Value>) -> Result<(), (Str
 /// An `http://` or `https://` URL (a picture fetched rather than read from the data dir).
 fn is_url(text: &str) -> bool {
     text.starts_with("http://") || text.starts_with("https://")
-}
-
-/// A file name with no path in it.
-fn plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl GraphicsSpec {

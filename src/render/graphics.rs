@@ -221,13 +221,8 @@ impl StyleOverride {
         }
         if let Some(font) = &self.font {
             let file = font.ends_with(".ttf") || font.ends_with(".otf");
-            let plain = !font.starts_with('.')
-                && font.len() <= 128
-                && font
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             let bundled = FONTS.contains(&font.as_str());
-            if !(bundled || (file && plain)) {
+            if !(bundled || (file && plain_file_name(font))) {
                 return Err((
                     "font",
                     format!(
@@ -239,6 +234,17 @@ impl StyleOverride {
         }
         Ok(())
     }
+}
+
+/// A file name with no path in it, for a file in `<data_dir>/graphics/`: 1 to 128 ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `.`.
+pub fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// What one layer shows, ready to draw.

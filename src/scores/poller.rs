@@ -128,12 +128,7 @@ pub fn spawn_data(
                     return;
                 }
             }
-            let delay = if failures == 0 {
-                interval
-            } else {
-                (interval * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF.max(interval))
-            };
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(next_poll_in(interval, failures)).await;
         }
     })
 }
@@ -142,10 +137,7 @@ pub fn spawn_data(
 /// layer's), decoded off the runtime's threads.
 pub async fn fetch_image(url: &str, allow_private: bool, max: usize) -> Result<RgbaImage, String> {
     let client = guard::client(IMAGE_TIMEOUT, allow_private).map_err(|e| e.to_string())?;
-    if !allow_private {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-        guard::check_url(&parsed).map_err(|e| e.to_string())?;
-    }
+    check_address(url, allow_private)?;
     let response = client.get(url).send().await.map_err(request_error)?;
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
@@ -171,13 +163,8 @@ async fn fetch_json(
     etag: &mut Option<String>,
     interval: Duration,
 ) -> Option<DataUpdate> {
-    if !allow_private {
-        let checked = reqwest::Url::parse(url)
-            .map_err(|e| format!("not a URL: {e}"))
-            .and_then(|u| guard::check_url(&u).map_err(|e| e.to_string()));
-        if let Err(e) = checked {
-            return Some(Err(e));
-        }
+    if let Err(e) = check_address(url, allow_private) {
+        return Some(Err(e));
     }
     let mut request = client.get(url);
     if let Some(tag) = etag.as_deref() {
@@ -215,6 +202,25 @@ async fn fetch_json(
     }
 }
 
+/// Refuses a URL the guard does not let through (a literal private address) unless
+/// `allow_private`; names are checked when the client resolves them.
+fn check_address(url: &str, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    guard::check_url(&parsed).map_err(|e| e.to_string())
+}
+
+/// How long to wait before the next poll: `interval`, doubled for each failure in a row
+/// (`failures`), up to [`MAX_BACKOFF`] (or `interval`, if longer).
+fn next_poll_in(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return interval;
+    }
+    (interval * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF.max(interval))
+}
+
 /// The request timeout for an interval: shorter than it, with a floor.
 pub fn timeout_for(interval: Duration) -> Duration {
     (interval * 4 / 5).max(MIN_TIMEOUT)
@@ -248,13 +254,7 @@ async fn run(settings: PollerSettings, updates: mpsc::UnboundedSender<PollUpdate
         if updates.send(update).is_err() {
             return;
         }
-        let delay = if failures == 0 {
-            poller.settings.interval
-        } else {
-            (poller.settings.interval * 2u32.saturating_pow(failures.min(16)))
-                .min(MAX_BACKOFF.max(poller.settings.interval))
-        };
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(next_poll_in(poller.settings.interval, failures)).await;
     }
 }
 
@@ -354,14 +354,8 @@ impl Poller {
         }))
     }
 
-    /// Refuses a URL the guard does not let through (a literal private address); names are
-    /// checked when the client resolves them.
     fn check(&self, url: &str) -> Result<(), String> {
-        if self.settings.allow_private {
-            return Ok(());
-        }
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-        guard::check_url(&parsed).map_err(|e| e.to_string())
+        check_address(url, self.settings.allow_private)
     }
 
     /// The scaled logo at `url`, from the cache or fetched.
