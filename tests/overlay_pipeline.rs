@@ -180,6 +180,9 @@ fn scorebug_pixels_match_the_render_and_follow_changes() {
     );
     let vs_source = region_error(&frame, &one, &solid, &everywhere);
     let vs_bug = region_error(&frame, &one, &expected(&one), &everywhere);
+    eprintln!(
+        "bug region: mean error {vs_bug:.2} against the render, {vs_source:.1} against the source"
+    );
     assert!(
         vs_source > 30.0,
         "the bug region looks like the source (error {vs_source:.1})"

@@ -11,6 +11,7 @@
 //! Owns element creation, linking and bus-message interpretation. It must not keep state
 //! between calls or decide policy (retries, teardown): the relay actor does that.
 
+pub mod blend;
 pub mod bus;
 pub mod continuity;
 pub mod daterange;
@@ -93,7 +94,6 @@ pub const REQUIRED_ELEMENTS: &[&str] = &[
     "videoconvert",
     "videoscale",
     "videorate",
-    "overlaycomposition",
     "audioconvert",
     "audioresample",
     "audiorate",

@@ -87,7 +87,7 @@ pub enum Update {
 }
 
 /// A rendered picture as the overlay element takes it.
-type Rect = gst_video::VideoOverlayRectangle;
+type Rect = overlay_el::Rectangle;
 
 impl Scorebug {
     /// `graphics`: the relay's layers, if any (a relay without an overlay may have them).
