@@ -1,5 +1,5 @@
 //! The overlay in a real GStreamer pipeline: a solid test picture goes through the program's
-//! `overlaycomposition` element and is read back as RGBA. The scorebug region must differ from
+//! overlay element (its blend) and is read back as RGBA. The scorebug region must differ from
 //! the source and match the rendered bug; after the scoreboard changes, the new bug shows
 //! within the frames already past the overlay when it was swapped.
 
@@ -91,7 +91,7 @@ impl Harness {
             )
             .build()
             .expect("capsfilter");
-        let overlay = overlay::element(slot).expect("overlaycomposition is installed");
+        let overlay = overlay::element(slot).expect("the overlay element builds");
         let convert = gst::ElementFactory::make("videoconvert")
             .build()
             .expect("videoconvert");

@@ -8,7 +8,7 @@
 //!   videoconvert ─ capsfilter ─► "video"    audio: queue ─ audioconvert ─ audiorate ─    │   │
 //!   audioresample ─ capsfilter ─► "audio"                                                │   │
 //! fallbackswitch "video-switch" (publisher priority 0, slate 1) ─ livesync "video-sync" ◄┼───┘
-//!   ─ overlaycomposition "overlay" (identity without an overlay) ─ tee "program-tee"     │
+//!   ─ identity "overlay" (blends the overlay, see [`super::overlay`]) ─ tee "program-tee"  │
 //! program-tee ─ the thumbnail (a JPEG every 2 s, see [`super::thumbnail`])               │
 //! fallbackswitch "audio-switch" (publisher 0, silence 1) ─ livesync "audio-sync" ◄───────┘
 //!   ─ audioconvert ─ avenc_aac "aac" ─ aacparse ─ tee "audio-tee"
