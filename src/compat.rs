@@ -117,12 +117,11 @@ impl CompatSettings {
             Some(template) => IngestSpec {
                 stream_key: None,
                 url: Some(template.replace(PLACEHOLDER, name)),
-                auth_url: None,
+                ..IngestSpec::default()
             },
             None => IngestSpec {
                 stream_key: Some(name.to_owned()),
-                url: None,
-                auth_url: None,
+                ..IngestSpec::default()
             },
         }
     }

@@ -71,6 +71,11 @@ pub struct ServerSettings {
     pub api_listen: SocketAddr,
     /// Address of the RTMP ingest server.
     pub rtmp_listen: SocketAddr,
+    /// Address (UDP) of the SRT ingest listener; absent, no SRT ingest.
+    pub srt_listen: Option<SocketAddr>,
+    /// The receive latency the SRT listener offers, in milliseconds. The link uses the
+    /// larger of this and the publisher's own.
+    pub srt_latency_ms: u64,
     /// Where HLS segments and the relays made over the API (`relays.json`) are written.
     pub data_dir: PathBuf,
     /// How log lines are written: plain text, or one JSON object per line.
@@ -429,6 +434,8 @@ impl Default for ServerSettings {
         Self {
             api_listen: DEFAULT_API_LISTEN.parse().expect("valid default address"),
             rtmp_listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default address"),
+            srt_listen: None,
+            srt_latency_ms: crate::ingest::srt::DEFAULT_SRT_LATENCY_MS,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::default(),
             allowed_origins: Vec::new(),

@@ -58,6 +58,11 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("server.srt_listen: cannot listen on {addr}: {source}")]
+    SrtListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("relay from the config: {0}")]
     Relay(#[from] RegistryError),
     #[error("relay from the config: {0}")]
@@ -163,6 +168,17 @@ pub async fn run(
         None => None,
     };
     let compat_addr = compat_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let srt_listener = match config.server.srt_listen {
+        Some(addr) => {
+            let latency = std::time::Duration::from_millis(config.server.srt_latency_ms);
+            Some(
+                ingest::srt::bind(addr, latency)
+                    .await
+                    .map_err(|source| DaemonError::SrtListen { addr, source })?,
+            )
+        }
+        None => None,
+    };
 
     // A state file that cannot be read stops the start here, before any relay runs.
     let store = Store::new(&config.server.data_dir);
@@ -204,6 +220,19 @@ pub async fn run(
         config.ingest.clone(),
         stop_rx.clone(),
     ));
+    let srt_task = srt_listener.map(|(listener, incoming)| {
+        let serving = ingest::srt::serve(
+            incoming,
+            registry.clone(),
+            config.ingest.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            // The listener's socket lives as long as it serves.
+            let _listener = listener;
+            serving.await;
+        })
+    });
     let shared = api::Shared {
         registry: registry.clone(),
         hls_root,
@@ -234,7 +263,7 @@ pub async fn run(
         api::Which::All,
         stopped(stop_rx.clone()),
     ));
-    info!(api = ?api_addr, tls = tls.is_some(), rtmp = ?rtmp_addr, compat = ?compat_addr, "scorecast ready");
+    info!(api = ?api_addr, tls = tls.is_some(), rtmp = ?rtmp_addr, srt = ?config.server.srt_listen, compat = ?compat_addr, "scorecast ready");
     let notifier = match Notifier::from_env() {
         Ok(notifier) => notifier.map(Arc::new),
         Err(e) => {
@@ -298,6 +327,9 @@ pub async fn run(
     }
     if let Err(e) = api_task.await {
         error!(error = %e, "api server task failed");
+    }
+    if let Some(task) = srt_task {
+        let _ = task.await;
     }
     if let Some(task) = compat_task {
         if let Err(e) = task.await {

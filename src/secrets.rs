@@ -30,11 +30,20 @@ pub fn stream_key(_key: &str) -> String {
 
 /// An RTMP URL as a read-only caller sees it: scheme, host, port and app, with the key (what
 /// follows the app) and any user info or query masked: `rtmp://a.rtmp.youtube.com/live2/****`.
+/// An SRT URL keeps its host and port: `srt://ingest.example:9000?****`.
 pub fn rtmp_url(url: &str) -> String {
     let Ok(u) = Url::parse(url) else {
         return MASK.to_owned();
     };
     let mut out = origin(&u, true);
+    if u.scheme() == "srt" {
+        // Its options may hold the passphrase and a stream id naming a key.
+        if u.query().is_some() {
+            out.push('?');
+            out.push_str(MASK);
+        }
+        return out;
+    }
     let mut segments = u.path().trim_start_matches('/').splitn(2, '/');
     if let Some(app) = segments.next().filter(|a| !a.is_empty()) {
         out.push('/');
@@ -110,6 +119,7 @@ pub fn spec(spec: &RelaySpec) -> RelaySpec {
     spec.ingest.stream_key = spec.ingest.stream_key.as_deref().map(stream_key);
     spec.ingest.url = spec.ingest.url.as_deref().map(rtmp_url);
     spec.ingest.auth_url = spec.ingest.auth_url.as_deref().map(http_url);
+    spec.ingest.srt_passphrase = spec.ingest.srt_passphrase.as_deref().map(stream_key);
     for output in &mut spec.outputs {
         output.url = rtmp_url(&output.url);
     }
@@ -145,6 +155,7 @@ pub fn scores_url(url: &str, pulled: Option<&str>) -> String {
 pub fn scrub(text: &str, spec: &RelaySpec) -> String {
     let mut secrets: Vec<&str> = Vec::new();
     secrets.extend(spec.ingest.stream_key.as_deref());
+    secrets.extend(spec.ingest.srt_passphrase.as_deref());
     let urls = spec.outputs.iter().map(|o| o.url.as_str());
     for url in urls.chain(spec.ingest.url.as_deref()) {
         secrets.extend(rtmp_secrets(url));
@@ -163,12 +174,24 @@ pub fn scrub_rtmp_url(text: &str, url: &str) -> String {
     mask_all(text, rtmp_secrets(url))
 }
 
-/// An RTMP URL and its key: what follows `scheme://host/app/`.
+/// An RTMP URL and its key (what follows `scheme://host/app/`), or an SRT URL and its
+/// options (a passphrase, a stream id that names a key).
 fn rtmp_secrets(url: &str) -> Vec<&str> {
     let key = url
         .split_once("://")
         .and_then(|(_, rest)| rest.splitn(3, '/').nth(2));
-    [Some(url)].into_iter().chain([key]).flatten().collect()
+    let query = url.split_once('?').map(|(_, query)| query);
+    let values = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| matches!(*name, "passphrase" | "streamid"))
+        .map(|(_, value)| value);
+    [Some(url), key, query]
+        .into_iter()
+        .flatten()
+        .chain(values)
+        .collect()
 }
 
 /// An HTTP URL, its query and its password.
@@ -226,6 +249,18 @@ pub fn public_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srt_urls_keep_host_and_port_only() {
+        let url = "srt://ingest.example:9000?streamid=publish:k3y-abc&passphrase=very-secret-1";
+        assert_eq!(rtmp_url(url), "srt://ingest.example:9000?****");
+        let said = format!("could not connect to {url}; passphrase very-secret-1 was refused");
+        let scrubbed = scrub_rtmp_url(&said, url);
+        assert!(
+            !scrubbed.contains("very-secret-1") && !scrubbed.contains("k3y-abc"),
+            "{scrubbed}"
+        );
+    }
 
     #[test]
     fn rtmp_urls_keep_host_and_app_only() {

@@ -103,7 +103,8 @@ fn relay_status(e: &RelayError) -> (StatusCode, &'static str) {
         } => (StatusCode::BAD_REQUEST, "invalid_order"),
         RelayError::Blocked { .. }
         | RelayError::CasterConnected { .. }
-        | RelayError::QueueNeedsCaster { .. } => (StatusCode::CONFLICT, "relay_state"),
+        | RelayError::QueueNeedsCaster { .. }
+        | RelayError::QueueNeedsRtmp { .. } => (StatusCode::CONFLICT, "relay_state"),
     }
 }
 

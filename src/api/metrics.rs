@@ -144,6 +144,26 @@ pub fn render(relays: &[Scraped]) -> String {
         "The last encoded video timestamp minus the last encoded audio one: steady within a \
          frame or two; a trend is drift.",
     );
+    let mut srt_rtt = Family::new(
+        "scorecast_relay_srt_rtt_seconds",
+        "gauge",
+        "An SRT publisher's smoothed round-trip time.",
+    );
+    let mut srt_lost = Family::new(
+        "scorecast_relay_srt_packets_lost_total",
+        "counter",
+        "Packets an SRT publisher's link lost (each asked for again), since it connected.",
+    );
+    let mut srt_retransmitted = Family::new(
+        "scorecast_relay_srt_packets_retransmitted_total",
+        "counter",
+        "Packets that came again after being asked for, since the SRT publisher connected.",
+    );
+    let mut srt_dropped = Family::new(
+        "scorecast_relay_srt_packets_dropped_total",
+        "counter",
+        "Packets that came too late to play, since the SRT publisher connected.",
+    );
     let mut output_state = Family::new(
         "scorecast_output_state",
         "gauge",
@@ -181,6 +201,12 @@ pub fn render(relays: &[Scraped]) -> String {
             uptime.add(id(), seconds);
         }
         publisher.add(id(), flag(relay.publisher.is_some()));
+        if let Some(link) = relay.publisher.as_ref().and_then(|p| p.srt.as_ref()) {
+            srt_rtt.add(id(), link.rtt_ms / 1000.0);
+            srt_lost.add(id(), link.packets_lost as f64);
+            srt_retransmitted.add(id(), link.packets_retransmitted as f64);
+            srt_dropped.add(id(), link.packets_dropped as f64);
+        }
         let showing = relay.on_air.as_ref().map(|on_air| on_air.showing);
         slate.add(id(), flag(showing == Some("slate")));
         frames.add(id(), relay.frames_encoded as f64);
@@ -243,6 +269,10 @@ pub fn render(relays: &[Scraped]) -> String {
         dropped,
         duplicated,
         av_offset,
+        srt_rtt,
+        srt_lost,
+        srt_retransmitted,
+        srt_dropped,
         output_state,
         bytes,
         output_retry,

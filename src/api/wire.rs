@@ -78,6 +78,12 @@ pub struct PublisherView {
     pub peer: String,
     /// Seconds since the publisher connected.
     pub connected_for: f64,
+    /// `rtmp` or `srt`.
+    pub protocol: &'static str,
+    /// An SRT publisher's link: round trip, agreed latency, packets lost, retransmitted and
+    /// dropped since it connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srt: Option<crate::relay::SrtStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,6 +188,8 @@ impl From<RelayStatus> for RelayView {
             uptime: s.started_at.map(seconds_since),
             publisher: s.publisher.map(|p| PublisherView {
                 connected_for: seconds_since(p.since),
+                protocol: if p.srt.is_some() { "srt" } else { "rtmp" },
+                srt: p.srt.map(|link| link.get()),
                 peer: p.peer,
             }),
             on_air: s.on_air.map(|(showing, since)| OnAirView {

@@ -32,6 +32,7 @@ pub mod harness;
 pub mod hold;
 mod hook;
 pub mod protocol;
+pub mod srt;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +47,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::IngestSettings;
+use crate::pipeline::input::Container;
 use crate::relay::registry::Registry;
 use crate::relay::{FeedClosed, IngestFeed, Seat, SeatCall};
 use hold::Hold;
@@ -629,7 +631,7 @@ impl Connection {
         };
         let taken = async {
             let admitted = relay
-                .publish(self.peer.to_string(), caster)
+                .publish(self.peer.to_string(), caster, Container::Flv, None)
                 .await
                 .map_err(|e| ("NetStream.Publish.Denied", e.to_string()))?;
             if let Some(feed) = &admitted.feed {

@@ -57,15 +57,20 @@ pub struct FeedSlot {
 
 struct FeedTarget {
     appsrc: gst_app::AppSrc,
+    /// Whether the FLV headers go in the stream too (see [`FeedSlot::attach`]).
+    in_band_headers: bool,
     /// Set once the first keyframe has gone through; nothing before it is useful.
     started: AtomicBool,
 }
 
 impl FeedSlot {
-    /// Routes the feed into `appsrc` from the next keyframe on.
-    pub fn attach(&self, appsrc: gst_app::AppSrc) {
+    /// Routes the feed into `appsrc` from the next keyframe on. With `in_band_headers`, the
+    /// FLV header and codec data go first as buffers of their own (for a demuxer, which
+    /// reads no caps), not only in the caps (which rtmp2sink reads).
+    pub fn attach(&self, appsrc: gst_app::AppSrc, in_band_headers: bool) {
         let target = Arc::new(FeedTarget {
             appsrc,
+            in_band_headers,
             started: AtomicBool::new(false),
         });
         *self.target.lock().expect("feed lock poisoned") = Some(target);
@@ -92,12 +97,39 @@ impl FeedSlot {
             // The caps carry the FLV header and codec data (streamheader) for rtmp2sink.
             if let Some(caps) = sample.caps_owned() {
                 target.appsrc.set_caps(Some(&caps));
+                if target.in_band_headers {
+                    for header in stream_headers(&caps) {
+                        let _ = target.appsrc.push_buffer(header);
+                    }
+                }
             }
             target.started.store(true, Ordering::Release);
         }
         // A failed push means the destination pipeline is going away; its supervisor sees why.
         let _ = target.appsrc.push_buffer(buffer);
     }
+}
+
+/// The `streamheader` buffers of FLV caps, in order.
+fn stream_headers(caps: &gst::CapsRef) -> Vec<gst::Buffer> {
+    let Some(headers) = caps
+        .structure(0)
+        .and_then(|s| s.get::<gst::ArrayRef>("streamheader").ok())
+    else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter_map(|value| value.get::<gst::Buffer>().ok())
+        .map(|buffer| {
+            // Undated: the demuxer dates the stream by the first tag that is.
+            let mut buffer = buffer.copy();
+            let b = buffer.make_mut();
+            b.set_pts(gst::ClockTime::NONE);
+            b.set_dts(gst::ClockTime::NONE);
+            buffer
+        })
+        .collect()
 }
 
 /// An appsink that hands every sample to `fanout`.

@@ -35,10 +35,51 @@ const INGEST_BIN_PREFIX: &str = "ingest-";
 /// Where the program's input comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// An FLV byte stream pushed by our RTMP server into an appsrc.
-    Push,
-    /// An external RTMP server, pulled with `rtmp2src`.
+    /// A byte stream pushed into an appsrc: FLV from our RTMP server, MPEG-TS from our SRT
+    /// listener.
+    Push(Container),
+    /// An external server: `rtmp://` pulled with `rtmp2src`, `srt://` called with `srtsrc`.
     Pull(String),
+}
+
+/// What a source's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Container {
+    /// FLV, as RTMP carries it.
+    #[default]
+    Flv,
+    /// MPEG-TS, as SRT carries it.
+    MpegTs,
+}
+
+impl Source {
+    pub fn container(&self) -> Container {
+        match self {
+            Source::Push(container) => *container,
+            Source::Pull(url) if url.starts_with("srt://") => Container::MpegTs,
+            Source::Pull(_) => Container::Flv,
+        }
+    }
+}
+
+impl Container {
+    fn caps(self) -> gst::Caps {
+        match self {
+            Container::Flv => gst::Caps::builder("video/x-flv").build(),
+            Container::MpegTs => gst::Caps::builder("video/mpegts")
+                .field("systemstream", true)
+                .field("packetsize", 188i32)
+                .build(),
+        }
+    }
+
+    /// The demuxer of a passthrough relay.
+    fn demuxer(self) -> &'static str {
+        match self {
+            Container::Flv => "flvdemux",
+            Container::MpegTs => "tsdemux",
+        }
+    }
 }
 
 /// When the publisher's first frame reached our RTMP server, and its timestamp there: the
@@ -118,10 +159,10 @@ pub(super) fn source_element(
     name: &str,
 ) -> Result<(gst::Element, Option<gst_app::AppSrc>), PipelineError> {
     Ok(match source {
-        Source::Push => {
+        Source::Push(container) => {
             let appsrc = gst_app::AppSrc::builder()
                 .name(name)
-                .caps(&gst::Caps::builder("video/x-flv").build())
+                .caps(&container.caps())
                 .is_live(true)
                 .format(gst::Format::Bytes)
                 .stream_type(gst_app::AppStreamType::Stream)
@@ -129,6 +170,25 @@ pub(super) fn source_element(
                 .block(false)
                 .build();
             (appsrc.clone().upcast::<gst::Element>(), Some(appsrc))
+        }
+        Source::Pull(url) if url.starts_with("srt://") => {
+            let src = make("srtsrc", name)?;
+            src.set_property("uri", url);
+            // A lost link is the relay's to retry, with its backoff and the slate on air.
+            src.set_property("auto-reconnect", false);
+            // srtsrc dates its packets by the clock; the MPEG-TS inside carries the stream's
+            // own times, which the demuxer reads, as for a pushed stream.
+            if let Some(pad) = src.static_pad("src") {
+                pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+                    if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
+                        let buffer = buffer.make_mut();
+                        buffer.set_pts(gst::ClockTime::NONE);
+                        buffer.set_dts(gst::ClockTime::NONE);
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+            }
+            (src, None)
         }
         Source::Pull(url) => {
             let src = make("rtmp2src", name)?;
@@ -294,17 +354,18 @@ pub struct Remuxed {
     pub audio_tee: gst::Element,
 }
 
-/// Passthrough: demux and parse the publisher's H.264 and AAC from `ingest` (already in
-/// `pipeline`).
+/// Passthrough: demux (FLV or MPEG-TS, as `container` says) and parse the publisher's H.264
+/// and AAC from `ingest` (already in `pipeline`).
 pub(super) fn build_remux(
     pipeline: &gst::Pipeline,
     ingest: &gst::Element,
+    container: Container,
     arrival: &Arc<Arrival>,
 ) -> Result<Remuxed, PipelineError> {
     // No queue between the demuxer and the tees: every branch after a tee starts with a
     // queue of its own, so one more thread hand-over per buffer here would buy nothing (each
     // hand-over is a futex wake and a context switch, the bulk of a passthrough relay's CPU).
-    let demux = make("flvdemux", "demux")?;
+    let demux = make(container.demuxer(), "demux")?;
     let video_parse = make("h264parse", "video-parse")?;
     video_parse.set_property("config-interval", -1i32);
     let video_tee = make("tee", &format!("video-tee-{SOURCE_RENDITION}"))?;

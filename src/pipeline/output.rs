@@ -1,15 +1,23 @@
-//! One RTMP destination's own pipeline.
+//! One destination's own pipeline.
 //!
 //! ```text
-//! appsrc "feed" (FLV from one of the program's FLV muxes, via a FeedSlot) ─ rtmp2sink "out-<id>"
+//! RTMP(S): appsrc "feed" (FLV from one of the program's FLV muxes, via a FeedSlot)
+//!            ─ rtmp2sink "out-<id>"
+//! SRT:     appsrc "feed" ─ flvdemux ─ h264parse, aacparse ─ mpegtsmux ─ srtsink "out-<id>"
 //! ```
+//!
+//! An SRT destination takes MPEG-TS: the same FLV is demuxed and muxed again here, so the
+//! program and its fan-out stay one FLV per encode whatever the destinations speak. SRT
+//! runs as a caller, with the URL's own options (`passphrase`, `latency`, `streamid`, …);
+//! srtsink's own reconnecting is off, so a lost link is a failure that the relay's
+//! per-destination backoff retries like any other.
 //!
 //! Kept apart from the program so that its failure, or an `rtmp2sink` that hangs on a network
 //! timeout, touches nothing else: the relay actor can abandon it.
 
 use gst::prelude::*;
 
-use super::{link_chain, make, PipelineError};
+use super::{add_elements, link_chain, make, PipelineError};
 
 /// FLV the destination may queue before the oldest is dropped.
 const DEFAULT_FEED_MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -31,17 +39,49 @@ pub fn build(relay_id: &str, output_id: &str, url: &str) -> Result<OutputPipelin
         .block(false)
         .build();
     feed.set_property_from_str("leaky-type", "downstream");
-    let sink = make("rtmp2sink", &format!("out-{output_id}"))?;
-    sink.set_property("location", url);
-    sink.set_property("sync", false);
+    let name = format!("out-{output_id}");
     let feed_el = feed.clone().upcast::<gst::Element>();
-    pipeline
-        .add_many([&feed_el, &sink])
-        .map_err(|_| PipelineError::Link {
-            from: "pipeline".to_owned(),
-            to: sink.name().to_string(),
-        })?;
-    link_chain(&[&feed_el, &sink])?;
+    let sink = if url.starts_with("srt://") {
+        let sink = make("srtsink", &name)?;
+        sink.set_property("uri", url);
+        sink.set_property("auto-reconnect", false);
+        sink.set_property("wait-for-connection", false);
+        sink.set_property("sync", false);
+        let demux = make("flvdemux", "demux")?;
+        let mux = make("mpegtsmux", "mux")?;
+        // Seven TS packets per SRT message (1316 bytes), as every SRT receiver expects.
+        mux.set_property("alignment", 7i32);
+        let video = make("h264parse", "video-parse")?;
+        video.set_property("config-interval", -1i32);
+        let audio = make("aacparse", "audio-parse")?;
+        add_elements(&pipeline, &[&feed_el, &demux, &video, &audio, &mux, &sink])?;
+        link_chain(&[&feed_el, &demux])?;
+        link_chain(&[&mux, &sink])?;
+        for parse in [&video, &audio] {
+            parse.link(&mux).map_err(|_| PipelineError::Link {
+                from: parse.name().to_string(),
+                to: mux.name().to_string(),
+            })?;
+        }
+        demux.connect_pad_added(move |_, pad| {
+            let parse = if pad.name().starts_with("video") {
+                &video
+            } else {
+                &audio
+            };
+            if let Some(sink_pad) = parse.static_pad("sink") {
+                let _ = pad.link(&sink_pad);
+            }
+        });
+        sink
+    } else {
+        let sink = make("rtmp2sink", &name)?;
+        sink.set_property("location", url);
+        sink.set_property("sync", false);
+        add_elements(&pipeline, &[&feed_el, &sink])?;
+        link_chain(&[&feed_el, &sink])?;
+        sink
+    };
     Ok(OutputPipeline {
         pipeline,
         feed,
@@ -50,9 +90,25 @@ pub fn build(relay_id: &str, output_id: &str, url: &str) -> Result<OutputPipelin
 }
 
 impl OutputPipeline {
-    /// Bytes written to the destination so far, from `rtmp2sink`'s statistics.
+    /// Whether this destination demuxes the FLV it is fed (and so wants its headers in band).
+    pub fn demuxes(&self) -> bool {
+        self.sink.factory().is_some_and(|f| f.name() == "srtsink")
+    }
+
+    /// Bytes written to the destination so far, from the sink's statistics.
     pub fn bytes_sent(&self) -> u64 {
         let stats = self.sink.property::<gst::Structure>("stats");
-        stats.get::<u64>("out-bytes-total").unwrap_or(0)
+        // rtmp2sink counts `out-bytes-total` (a u64); srtsink `bytes-sent-total` (its
+        // integer type has varied between releases).
+        ["out-bytes-total", "bytes-sent-total", "bytes-sent"]
+            .iter()
+            .find_map(|field| {
+                let value = stats.value(*field).ok()?;
+                value
+                    .get::<u64>()
+                    .ok()
+                    .or_else(|| value.get::<i64>().ok().map(|v| v.max(0) as u64))
+            })
+            .unwrap_or(0)
     }
 }

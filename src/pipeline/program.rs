@@ -300,7 +300,7 @@ fn build_remuxed(
 ) -> Result<Core, PipelineError> {
     let (source_el, ingest) = input::source_element(source, "ingest")?;
     add_elements(pipeline, &[&source_el])?;
-    let remuxed = input::build_remux(pipeline, &source_el, &params.arrival)?;
+    let remuxed = input::build_remux(pipeline, &source_el, source.container(), &params.arrival)?;
     Ok(Core {
         rungs: vec![(params.renditions[0].clone(), remuxed.video_tee)],
         audio_tee: remuxed.audio_tee,

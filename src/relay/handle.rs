@@ -17,7 +17,7 @@ use super::graphics::{GraphicsError, LayerChange, LayerView};
 use super::queue::{QueueError, Saved as QueueSaved};
 use super::spec::{OutputSpec, RelaySpec};
 use super::state::OutputState;
-use crate::pipeline::input::Arrival;
+use crate::pipeline::input::{Arrival, Container};
 use crate::pipeline::thumbnail::Thumbnail;
 use crate::pipeline::PipelineError;
 use crate::scores::{Scoreboard, Source as ScoreSource};
@@ -58,6 +58,11 @@ pub enum RelayError {
     CasterConnected { id: String, name: String },
     #[error("relay {id} is a queue relay: publish with a caster's stream key")]
     QueueNeedsCaster { id: String },
+    #[error(
+        "relay {id} is a queue relay: its casters publish over RTMP (the queue holds their \
+         pictures as FLV)"
+    )]
+    QueueNeedsRtmp { id: String },
 }
 
 /// The relay's overall state, computed from what is.
@@ -124,6 +129,39 @@ pub struct RelayCounters {
 pub struct PublisherStatus {
     pub peer: String,
     pub since: SystemTime,
+    /// An SRT publisher's link, as its connection last read it (none over RTMP).
+    pub srt: Option<Arc<SrtLink>>,
+}
+
+/// An SRT publisher's link statistics, updated by its connection about once a second.
+#[derive(Debug, Default)]
+pub struct SrtLink(std::sync::Mutex<SrtStats>);
+
+/// What SRT says about a publisher's link: counts since it connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SrtStats {
+    /// Round-trip time, smoothed, in milliseconds.
+    pub rtt_ms: f64,
+    /// The latency both ends agreed on, in milliseconds.
+    pub latency_ms: u64,
+    pub packets_received: u64,
+    /// Packets found missing (each then asked for again).
+    pub packets_lost: u64,
+    /// Packets that came again after being asked for.
+    pub packets_retransmitted: u64,
+    /// Packets that came too late to play and were dropped.
+    pub packets_dropped: u64,
+    pub bytes_received: u64,
+}
+
+impl SrtLink {
+    pub fn set(&self, stats: SrtStats) {
+        *self.0.lock().expect("srt stats lock poisoned") = stats;
+    }
+
+    pub fn get(&self) -> SrtStats {
+        *self.0.lock().expect("srt stats lock poisoned")
+    }
 }
 
 /// What a decoded program is showing.
@@ -329,6 +367,10 @@ pub(super) enum Command {
         peer: String,
         /// The caster publishing, on a queue relay.
         caster: Option<String>,
+        /// What the publisher's bytes are.
+        container: Container,
+        /// An SRT publisher's link statistics.
+        srt: Option<Arc<SrtLink>>,
         reply: oneshot::Sender<Result<Admitted, RelayError>>,
     },
     Queue(oneshot::Sender<Result<QueueStatus, RelayError>>),
@@ -413,15 +455,20 @@ impl RelayHandle {
         self.ask(Command::Counters).await
     }
 
-    /// Asks the relay to take a publisher from `peer` (on a queue relay, caster `caster`).
+    /// Asks the relay to take a publisher from `peer` (on a queue relay, caster `caster`)
+    /// sending `container` (an SRT publisher also hands over its link's statistics).
     pub async fn publish(
         &self,
         peer: String,
         caster: Option<String>,
+        container: Container,
+        srt: Option<Arc<SrtLink>>,
     ) -> Result<Admitted, RelayError> {
         self.ask(|reply| Command::Publish {
             peer,
             caster,
+            container,
+            srt,
             reply,
         })
         .await?

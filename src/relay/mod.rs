@@ -41,6 +41,7 @@ pub use actor::spawn;
 pub use handle::{
     Admitted, FeedClosed, IngestFeed, OnAir, OutputStatus, PublisherStatus, QueueOp, QueueStatus,
     RelayCounters, RelayError, RelayHandle, RelayPhase, RelayStatus, ScoreStatus, Seat, SeatCall,
+    SrtLink, SrtStats,
 };
 
 /// The slate's background, drawn under its message at the program's size.

@@ -213,6 +213,10 @@ pub struct IngestSpec {
     /// admits it to this relay (see `docs/queue.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_url: Option<String>,
+    /// The passphrase (AES) an SRT publisher to this relay must use, 10 to 79 characters;
+    /// absent, SRT publishers send in the clear (`server.srt_listen`, `docs/srt.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srt_passphrase: Option<String>,
 }
 
 impl IngestSpec {
@@ -513,6 +517,20 @@ impl RelaySpec {
                 ));
             }
         }
+        if let Some(passphrase) = &self.ingest.srt_passphrase {
+            if self.ingest.stream_key.is_none() {
+                return Err(SpecError::new(
+                    "ingest.srt_passphrase",
+                    "SRT publishers push: give ingest.stream_key too (an ingest.url carries its own passphrase)",
+                ));
+            }
+            if !(10..=79).contains(&passphrase.chars().count()) {
+                return Err(SpecError::new(
+                    "ingest.srt_passphrase",
+                    "an SRT passphrase is 10 to 79 characters",
+                ));
+            }
+        }
         if let Some(url) = &self.ingest.auth_url {
             if self.ingest.stream_key.is_none() {
                 return Err(SpecError::new(
@@ -730,7 +748,12 @@ pub fn check_name(field: &str, value: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// An RTMP(S) URL with an app (`rtmp://host[:port]/app[/key]`), or an SRT URL with a host and
+/// a port (`srt://host:port[?options]`, the caller's options as ffmpeg and srtsink take them).
 fn check_rtmp_url(field: &str, url: &str) -> Result<(), SpecError> {
+    if let Some(rest) = url.strip_prefix("srt://") {
+        return check_srt_url(field, url, rest);
+    }
     let rest = url
         .strip_prefix("rtmp://")
         .or_else(|| url.strip_prefix("rtmps://"));
@@ -738,9 +761,50 @@ fn check_rtmp_url(field: &str, url: &str) -> Result<(), SpecError> {
         Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(()),
         _ => Err(SpecError::new(
             field,
-            format!("{url:?} is not an rtmp://host[:port]/app[/key] URL"),
+            format!("{url:?} is not an rtmp://host[:port]/app[/key] or srt://host:port URL"),
         )),
     }
+}
+
+fn check_srt_url(field: &str, url: &str, rest: &str) -> Result<(), SpecError> {
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = authority.trim_end_matches('/');
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|port| *port > 0);
+    if port.is_none() {
+        return Err(SpecError::new(
+            field,
+            format!("{url:?} is not an srt://host:port[?options] URL"),
+        ));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "mode" if value != "caller" => {
+                return Err(SpecError::new(
+                    field,
+                    format!("mode={value}: scorecast connects to SRT peers as a caller"),
+                ))
+            }
+            "passphrase" if !(10..=79).contains(&value.len()) => {
+                return Err(SpecError::new(
+                    field,
+                    "an SRT passphrase is 10 to 79 characters",
+                ))
+            }
+            "latency" if value.parse::<u32>().is_err() => {
+                return Err(SpecError::new(
+                    field,
+                    format!("latency={value:?} is not a whole number of milliseconds"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

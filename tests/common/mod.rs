@@ -783,6 +783,30 @@ pub fn ffmpeg_lavfi_publisher(
     seconds: u32,
     gop: u32,
 ) -> Process {
+    ffmpeg_encoding_publisher(url, "flv", video, audio, seconds, gop)
+}
+
+/// ffmpeg publishing [`ffmpeg_publisher`]'s test pattern and tone as MPEG-TS over SRT to
+/// `url` (`srt://…?streamid=…&passphrase=…`), a keyframe a second.
+pub fn ffmpeg_srt_publisher(url: &str, seconds: u32) -> Process {
+    ffmpeg_encoding_publisher(
+        url,
+        "mpegts",
+        "testsrc2=size=1280x720:rate=30",
+        "sine=frequency=440:sample_rate=48000",
+        seconds,
+        30,
+    )
+}
+
+fn ffmpeg_encoding_publisher(
+    url: &str,
+    format: &str,
+    video: &str,
+    audio: &str,
+    seconds: u32,
+    gop: u32,
+) -> Process {
     require_tool("ffmpeg");
     Process::spawn(
         "ffmpeg publisher",
@@ -801,7 +825,7 @@ pub fn ffmpeg_lavfi_publisher(
             ])
             .args(["-g", &gop.to_string(), "-pix_fmt", "yuv420p"])
             .args(["-c:a", "aac", "-b:a", "128k"])
-            .args(["-f", "flv", url])
+            .args(["-f", format, url])
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
     )

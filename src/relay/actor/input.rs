@@ -16,8 +16,8 @@ use tracing::{info, warn};
 use super::program::DEFAULT_DRAIN_TIMEOUT;
 use super::Actor;
 use crate::pipeline::bus::BusError;
-use crate::pipeline::input::{IngestBranch, Source};
-use crate::relay::handle::{unix_millis, IngestFeed, PublisherStatus, RelayError};
+use crate::pipeline::input::{Container, IngestBranch, Source};
+use crate::relay::handle::{unix_millis, IngestFeed, PublisherStatus, RelayError, SrtLink};
 use crate::relay::lifecycle::{LifeEvent, Retry};
 use crate::relay::state;
 use crate::relay::OnAir;
@@ -38,7 +38,12 @@ pub(super) struct Attached {
 }
 
 impl Actor {
-    pub(super) fn accept_publisher(&mut self, peer: String) -> Result<IngestFeed, RelayError> {
+    pub(super) fn accept_publisher(
+        &mut self,
+        peer: String,
+        container: Container,
+        srt: Option<Arc<SrtLink>>,
+    ) -> Result<IngestFeed, RelayError> {
         let id = self.spec.id.clone();
         if self.spec.ingest.stream_key.is_none() {
             return Err(RelayError::NotPush { id });
@@ -64,14 +69,14 @@ impl Actor {
             if self.program.is_none() {
                 return Err(RelayError::NotRunning { id });
             }
-            let attached = self.attach(&Source::Push)?;
+            let attached = self.attach(&Source::Push(container))?;
             let feed = self.feed_of(&attached);
             self.input = Some(attached);
             feed
         } else {
             // A previous program may still be draining: it gives way to the new publisher.
             self.teardown_program();
-            let (appsrc, arrival) = self.start_program(Some(Source::Push))?;
+            let (appsrc, arrival) = self.start_program(Some(Source::Push(container)))?;
             IngestFeed {
                 appsrc: appsrc.expect("push programs have an ingest appsrc"),
                 arrival,
@@ -85,6 +90,7 @@ impl Actor {
         self.publisher = Some(PublisherStatus {
             peer,
             since: SystemTime::now(),
+            srt,
         });
         Ok(feed)
     }

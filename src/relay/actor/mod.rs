@@ -45,6 +45,7 @@ use super::spec::RelaySpec;
 use super::state;
 use super::{OnAir, RelayContext};
 use crate::pipeline::bus::{self, ProgramEvent};
+use crate::pipeline::input::Container;
 use crate::pipeline::record::Recording;
 use crate::pipeline::thumbnail::ThumbnailSlot;
 use input::Attached;
@@ -236,17 +237,25 @@ impl Actor {
             Command::Publish {
                 peer,
                 caster,
+                container,
+                srt,
                 reply,
             } => {
                 let admitted = match (caster, self.queue.is_some()) {
+                    (_, true) if container != Container::Flv => Err(RelayError::QueueNeedsRtmp {
+                        id: self.spec.id.clone(),
+                    }),
                     (Some(name), true) => self.join_queue(name, peer),
                     (None, true) => Err(RelayError::QueueNeedsCaster {
                         id: self.spec.id.clone(),
                     }),
-                    (_, false) => self.accept_publisher(peer).map(|feed| Admitted {
-                        feed: Some(feed),
-                        seat: None,
-                    }),
+                    (_, false) => {
+                        self.accept_publisher(peer, container, srt)
+                            .map(|feed| Admitted {
+                                feed: Some(feed),
+                                seat: None,
+                            })
+                    }
                 };
                 let _ = reply.send(admitted);
             }

@@ -118,7 +118,7 @@ impl Actor {
         let now = Instant::now();
         match built {
             Ok((pipeline, bus_task)) => {
-                feed.attach(pipeline.feed.clone());
+                feed.attach(pipeline.feed.clone(), pipeline.demuxes());
                 self.pushes.insert(
                     output_id.to_owned(),
                     RunningOutput {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::input::Attached;
 use super::Actor;
-use crate::pipeline::input::Source;
+use crate::pipeline::input::{Container, Source};
 use crate::pipeline::switch::{HANDOVER_TIMEOUT, OUTGOING_PRIORITY};
 use crate::relay::casters::{Caster, Casters};
 use crate::relay::handle::{
@@ -235,7 +235,7 @@ impl Actor {
                 q.outgoing = Some((old, Instant::now()));
             }
         }
-        let attached = match self.attach(&Source::Push) {
+        let attached = match self.attach(&Source::Push(Container::Flv)) {
             Ok(attached) => attached,
             Err(e) => {
                 self.end_outgoing();
@@ -247,6 +247,7 @@ impl Actor {
         self.publisher = Some(PublisherStatus {
             peer: format!("{name} ({peer})"),
             since: SystemTime::now(),
+            srt: None,
         });
         Ok(feed)
     }
