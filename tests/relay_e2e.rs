@@ -49,19 +49,6 @@ async fn watch_hls(
     }
 }
 
-/// Fetches the newest segment over HTTP and asserts it decodes as H.264 1280x720 + AAC.
-async fn assert_segment_decodes(daemon: &Daemon, relay: &str, playlist: &MediaPlaylist) {
-    let (_, uri) = playlist.segments.last().expect("a segment");
-    let path = format!("/hls/{relay}/720p/{uri}");
-    let bytes = daemon.get_bytes(&path).await.expect("segment served");
-    let file = save(daemon.dir.path(), "segment.ts", &bytes);
-    assert_h264_aac(&probe(&file), 1280, 720, &path);
-    assert!(
-        decode_frames(&file, 30) >= 30,
-        "{path}: fewer than 30 frames decode"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ffmpeg_publish_reaches_hls_and_the_destination() {
     let nginx = Nginx::start().await;

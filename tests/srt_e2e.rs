@@ -41,17 +41,7 @@ async fn assert_hls_decodes(daemon: &Daemon, relay: &str) {
         },
     )
     .await;
-    let (_, uri) = playlist.segments.last().expect("a segment");
-    let bytes = daemon
-        .get_bytes(&format!("/hls/{relay}/720p/{uri}"))
-        .await
-        .expect("segment served");
-    let file = save(daemon.dir.path(), "segment.ts", &bytes);
-    assert_h264_aac(&probe(&file), 1280, 720, &path);
-    assert!(
-        decode_frames(&file, 30) >= 30,
-        "{path}: fewer than 30 frames decode"
-    );
+    assert_segment_decodes(daemon, relay, &playlist).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
