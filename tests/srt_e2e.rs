@@ -1,6 +1,8 @@
 //! SRT end to end on real peers: ffmpeg (Debian's build has libsrt) and gst-launch's srtsink
 //! publish MPEG-TS to the daemon's SRT listener with a stream id and a passphrase; the test
-//! reads HLS and decodes what reached nginx-rtmp.
+//! reads HLS and decodes what reached nginx-rtmp. A relay also pulls from an ffmpeg SRT
+//! listener and pushes to another, which decodes what it gets across the switch from the
+//! slate to the input.
 
 mod common;
 
@@ -173,4 +175,64 @@ async fn a_wrong_passphrase_or_key_is_refused_and_gst_launch_srtsink_is_taken() 
         .wait_on_air("cup", "input", Duration::from_secs(20))
         .await;
     assert_eq!(relay["publisher"]["protocol"], "srt", "{relay}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_pulls_srt_and_pushes_srt_across_the_switch_to_its_input() {
+    require_tool("ffmpeg");
+    let (source_port, sink_port) = (free_port(), free_port());
+    // The destination: an ffmpeg SRT listener that decodes 8 s of what comes, from the slate
+    // through the switch to the pulled input.
+    let mut reader = Process::spawn(
+        "ffmpeg srt listener",
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-i"])
+            .arg(format!(
+                "srt://127.0.0.1:{sink_port}?mode=listener&passphrase={PASSPHRASE}"
+            ))
+            .args(["-map", "0:v:0", "-frames:v", "240", "-f", "framemd5", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let config = relay_config(
+        "remote",
+        &format!(r#"url = "srt://127.0.0.1:{source_port}?latency=200""#),
+        &format!(
+            r#"outputs = [ {{ id = "venue", url = "srt://127.0.0.1:{sink_port}?passphrase={PASSPHRASE}&latency=200" }} ]"#
+        ),
+    );
+    let daemon = Daemon::spawn(&config).await;
+    daemon
+        .wait_output("remote", "venue", "live", Duration::from_secs(20))
+        .await;
+    // The source, an ffmpeg SRT listener that publishes, comes after the destination is live
+    // on the slate: the relay retries the pull until it answers.
+    let _source = ffmpeg_srt_publisher(&format!("srt://127.0.0.1:{source_port}?mode=listener"), 60);
+    daemon
+        .wait_on_air("remote", "input", Duration::from_secs(30))
+        .await;
+    assert_hls_decodes(&daemon, "remote").await;
+    let (_, stdout) = reader.take_stdio();
+    let status = reader
+        .wait_exit(
+            "the SRT destination to decode 240 frames",
+            Duration::from_secs(40),
+        )
+        .await;
+    let mut frames = String::new();
+    if let Some(mut out) = stdout {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut frames);
+    }
+    let decoded = frames.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(
+        status.success() && decoded >= 240,
+        "{decoded} frames decoded ({status})"
+    );
+    let relay = daemon.relay("remote").await;
+    assert_eq!(relay["on_air"]["showing"], "input", "{relay}");
+    assert!(
+        !daemon.log().contains(PASSPHRASE),
+        "the log holds the destination's passphrase"
+    );
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! RTMP(S): appsrc "feed" (FLV from one of the program's FLV muxes, via a FeedSlot)
 //!            ─ rtmp2sink "out-<id>"
-//! SRT:     appsrc "feed" ─ flvdemux ─ h264parse, aacparse ─ mpegtsmux ─ srtsink "out-<id>"
+//! SRT:     appsrc "feed" ─ flvdemux ─ queue + h264parse, queue + aacparse ─ mpegtsmux
+//!            ─ srtsink "out-<id>"
 //! ```
 //!
 //! An SRT destination takes MPEG-TS: the same FLV is demuxed and muxed again here, so the
@@ -54,8 +55,20 @@ pub fn build(relay_id: &str, output_id: &str, url: &str) -> Result<OutputPipelin
         let video = make("h264parse", "video-parse")?;
         video.set_property("config-interval", -1i32);
         let audio = make("aacparse", "audio-parse")?;
-        add_elements(&pipeline, &[&feed_el, &demux, &video, &audio, &mux, &sink])?;
+        // A queue per stream: the demuxer pushes both from one thread, and mpegtsmux holds
+        // one stream while it waits for the other, so without them the thread blocks on the
+        // stream that is ahead and never brings the one the muxer waits for.
+        let video_in = make("queue", "video-in")?;
+        let audio_in = make("queue", "audio-in")?;
+        add_elements(
+            &pipeline,
+            &[
+                &feed_el, &demux, &video_in, &video, &audio_in, &audio, &mux, &sink,
+            ],
+        )?;
         link_chain(&[&feed_el, &demux])?;
+        link_chain(&[&video_in, &video])?;
+        link_chain(&[&audio_in, &audio])?;
         link_chain(&[&mux, &sink])?;
         for parse in [&video, &audio] {
             parse.link(&mux).map_err(|_| PipelineError::Link {
@@ -64,12 +77,12 @@ pub fn build(relay_id: &str, output_id: &str, url: &str) -> Result<OutputPipelin
             })?;
         }
         demux.connect_pad_added(move |_, pad| {
-            let parse = if pad.name().starts_with("video") {
-                &video
+            let queue = if pad.name().starts_with("video") {
+                &video_in
             } else {
-                &audio
+                &audio_in
             };
-            if let Some(sink_pad) = parse.static_pad("sink") {
+            if let Some(sink_pad) = queue.static_pad("sink") {
                 let _ = pad.link(&sink_pad);
             }
         });
