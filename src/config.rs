@@ -97,6 +97,9 @@ pub struct ServerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that RTMPS destinations are verified against, besides the
+    /// system's (`/etc/ssl/certs`): for a destination behind a private CA.
+    pub destinations_ca_file: Option<PathBuf>,
 }
 
 impl ServerSettings {
@@ -435,6 +438,7 @@ impl Default for ServerSettings {
             api_listen: DEFAULT_API_LISTEN.parse().expect("valid default address"),
             rtmp_listen: DEFAULT_RTMP_LISTEN.parse().expect("valid default address"),
             srt_listen: None,
+            destinations_ca_file: None,
             srt_latency_ms: crate::ingest::srt::DEFAULT_SRT_LATENCY_MS,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::default(),

@@ -58,6 +58,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("server.destinations_ca_file {path}: {reason}")]
+    DestinationsCa { path: String, reason: String },
     #[error("server.srt_listen: cannot listen on {addr}: {source}")]
     SrtListen {
         addr: SocketAddr,
@@ -147,6 +149,15 @@ pub async fn run(
     let missing = pipeline::missing_elements();
     if !missing.is_empty() {
         return Err(DaemonError::MissingElements(missing));
+    }
+    if let Some(ca_file) = &config.server.destinations_ca_file {
+        let dir = config.server.data_dir.join("tls");
+        pipeline::output::trust_destination_cas(ca_file, &dir).map_err(|reason| {
+            DaemonError::DestinationsCa {
+                path: ca_file.display().to_string(),
+                reason,
+            }
+        })?;
     }
     let hls_root = config.server.data_dir.join("hls");
     std::fs::create_dir_all(&hls_root).map_err(|source| DaemonError::DataDir {

@@ -16,6 +16,9 @@
 //! Kept apart from the program so that its failure, or an `rtmp2sink` that hangs on a network
 //! timeout, touches nothing else: the relay actor can abandon it.
 
+use std::path::Path;
+
+use gio::prelude::*;
 use gst::prelude::*;
 
 use super::{add_elements, link_chain, make, PipelineError};
@@ -124,4 +127,26 @@ impl OutputPipeline {
             })
             .unwrap_or(0)
     }
+}
+
+/// The system's CA bundle on Debian, which GIO trusts by default.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Makes RTMPS destinations trust the CA certificates in `ca_file` (PEM) besides the
+/// system's. rtmp2sink has no setting of its own for this: its TLS connections use GIO's
+/// default database, which becomes the system bundle plus `ca_file`, written together to
+/// `dir/destinations-ca.pem`. Process-wide: called once, at start-up.
+pub fn trust_destination_cas(ca_file: &Path, dir: &Path) -> Result<(), String> {
+    let extra = std::fs::read_to_string(ca_file).map_err(|e| format!("cannot read it: {e}"))?;
+    if !extra.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("it holds no PEM certificate".to_owned());
+    }
+    let system = std::fs::read_to_string(SYSTEM_CA_BUNDLE).unwrap_or_default();
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let combined = dir.join("destinations-ca.pem");
+    std::fs::write(&combined, format!("{system}\n{extra}"))
+        .map_err(|e| format!("cannot write {}: {e}", combined.display()))?;
+    let database = gio::TlsFileDatabase::new(&combined).map_err(|e| e.to_string())?;
+    gio::TlsBackend::default().set_default_database(Some(&database));
+    Ok(())
 }

@@ -1280,3 +1280,33 @@ pub async fn assert_segment_decodes(daemon: &Daemon, relay: &str, playlist: &Med
         "{path}: fewer than 30 frames decode"
     );
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, and its key: (cert, key) paths.
+pub fn make_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    require_tool("openssl");
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
