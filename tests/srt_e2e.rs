@@ -85,7 +85,6 @@ async fn an_srt_publisher_with_a_passphrase_reaches_hls_and_the_destination() {
     .await;
     let link = &relay["publisher"]["srt"];
     eprintln!("srt link: {link}");
-    assert!(link["rtt_ms"].as_f64().is_some(), "{link}");
     assert!(link["latency_ms"].as_u64() >= Some(120), "{link}");
     let metrics = daemon
         .get_text("/metrics")
@@ -234,5 +233,141 @@ async fn a_relay_pulls_srt_and_pushes_srt_across_the_switch_to_its_input() {
     assert!(
         !daemon.log().contains(PASSPHRASE),
         "the log holds the destination's passphrase"
+    );
+}
+
+/// A UDP relay from `listen` to `target` that drops `loss` of the datagrams going to the
+/// target (the publisher's side of the path), as a lossy uplink does, and none coming back.
+/// Deterministic: a fixed-seed generator picks the losses. Returns the datagrams dropped.
+fn lossy_udp_relay(
+    listen: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    loss: f64,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dropped = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    let outside = std::net::UdpSocket::bind(listen).expect("bind the relay's port");
+    let inside = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the relay's inner port");
+    inside.connect(target).expect("connect to the listener");
+    let peer: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>> = Default::default();
+    let (out_rx, in_tx, peer_rx) = (
+        outside.try_clone().expect("clone"),
+        inside.try_clone().expect("clone"),
+        peer.clone(),
+    );
+    std::thread::spawn(move || {
+        let mut seed: u64 = 0x5eed_1e55;
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = out_rx.recv_from(&mut buf) {
+            *peer_rx.lock().expect("peer lock") = Some(from);
+            // xorshift64: enough to spread the losses evenly.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if (seed % 10_000) as f64 / 10_000.0 < loss {
+                counter.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let _ = in_tx.send(&buf[..n]);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = inside.recv(&mut buf) {
+            if let Some(to) = *peer.lock().expect("peer lock") {
+                let _ = outside.send_to(&buf[..n], to);
+            }
+        }
+    });
+    dropped
+}
+
+/// A counter or gauge of relay `relay` from `/metrics`.
+async fn metric(daemon: &Daemon, name: &str, relay: &str) -> f64 {
+    let (_, text) = daemon.get_text("/metrics").await.expect("GET /metrics");
+    let prefix = format!("{name}{{relay=\"{relay}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {prefix}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_2_percent_loss_the_program_holds_its_frame_rate() {
+    // tc netem needs the sch_netem kernel module, which containers often lack ("Specified
+    // qdisc kind is unknown" on this project's machines); a UDP relay in the test drops the
+    // publisher's datagrams instead, which SRT cannot tell apart.
+    let (srt_port, lossy_port) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nsrt_listen = \"127.0.0.1:{srt_port}\"\nsrt_latency_ms = 300\n{}",
+        relay_config("far", r#"stream_key = "far-key""#, "")
+    );
+    let daemon = Daemon::spawn(&config).await;
+    let dropped = lossy_udp_relay(
+        format!("127.0.0.1:{lossy_port}").parse().expect("address"),
+        format!("127.0.0.1:{srt_port}").parse().expect("address"),
+        0.02,
+    );
+    let _publisher = ffmpeg_srt_publisher(
+        &format!("srt://127.0.0.1:{lossy_port}?streamid=publish:far-key&latency=300000"),
+        40,
+    );
+    daemon
+        .wait_on_air("far", "input", Duration::from_secs(20))
+        .await;
+    // Settle, then measure 15 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let frames = |relay: &serde_json::Value| relay["frames_encoded"].as_u64().unwrap_or(0);
+    let start = daemon.relay("far").await;
+    let duplicated_before = metric(
+        &daemon,
+        "scorecast_relay_input_frames_duplicated_total",
+        "far",
+    )
+    .await;
+    let dropped_before = metric(&daemon, "scorecast_relay_input_frames_dropped_total", "far").await;
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_secs(15) {
+        let relay = daemon.relay("far").await;
+        assert_eq!(
+            relay["on_air"]["showing"], "input",
+            "the slate came up under loss: {relay}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let end = daemon.relay("far").await;
+    let seconds = began.elapsed().as_secs_f64();
+    let fps = (frames(&end) - frames(&start)) as f64 / seconds;
+    let duplicated = metric(
+        &daemon,
+        "scorecast_relay_input_frames_duplicated_total",
+        "far",
+    )
+    .await
+        - duplicated_before;
+    let input_dropped =
+        metric(&daemon, "scorecast_relay_input_frames_dropped_total", "far").await - dropped_before;
+    let link = &end["publisher"]["srt"];
+    eprintln!(
+        "2 % loss, latency 300 ms: {fps:.2} fps encoded over {seconds:.1} s; input frames \
+         duplicated {duplicated}, dropped {input_dropped}; datagrams dropped by the relay {}; \
+         link {link}",
+        dropped.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(fps >= 29.0, "the program fell to {fps:.2} fps");
+    assert!(
+        link["packets_lost"].as_u64() > Some(0),
+        "no loss was seen: {link}"
+    );
+    assert!(
+        link["packets_retransmitted"].as_u64() > Some(0),
+        "nothing was retransmitted: {link}"
+    );
+    assert_eq!(link["latency_ms"].as_u64(), Some(300), "{link}");
+    // Retransmission recovers the losses within the latency: the input keeps its frames.
+    assert!(
+        duplicated <= 0.02 * 30.0 * seconds,
+        "{duplicated} input frames were repeated in {seconds:.1} s"
     );
 }

@@ -147,12 +147,12 @@ pub fn render(relays: &[Scraped]) -> String {
     let mut srt_rtt = Family::new(
         "scorecast_relay_srt_rtt_seconds",
         "gauge",
-        "An SRT publisher's smoothed round-trip time.",
+        "An SRT publisher's smoothed round-trip time, when the SRT stack measures it.",
     );
     let mut srt_lost = Family::new(
         "scorecast_relay_srt_packets_lost_total",
         "counter",
-        "Packets an SRT publisher's link lost (each asked for again), since it connected.",
+        "Packets that went missing on an SRT publisher's link (recovered or dropped), since it connected.",
     );
     let mut srt_retransmitted = Family::new(
         "scorecast_relay_srt_packets_retransmitted_total",
@@ -202,7 +202,9 @@ pub fn render(relays: &[Scraped]) -> String {
         }
         publisher.add(id(), flag(relay.publisher.is_some()));
         if let Some(link) = relay.publisher.as_ref().and_then(|p| p.srt.as_ref()) {
-            srt_rtt.add(id(), link.rtt_ms / 1000.0);
+            if let Some(rtt) = link.rtt_ms {
+                srt_rtt.add(id(), rtt / 1000.0);
+            }
             srt_lost.add(id(), link.packets_lost as f64);
             srt_retransmitted.add(id(), link.packets_retransmitted as f64);
             srt_dropped.add(id(), link.packets_dropped as f64);

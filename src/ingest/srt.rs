@@ -230,11 +230,16 @@ async fn forward(
                 Err(_) => return "no data in time".to_owned(),
             },
             read = stats.next() => if let Some(s) = read {
+                // srt-tokio 0.4 leaves the receiver's loss count and round trip at zero:
+                // a missing packet is one that came again or never came in time.
+                let rtt = s.rx_average_rtt.as_secs_f64() * 1000.0;
                 link.set(SrtStats {
-                    rtt_ms: s.rx_average_rtt.as_secs_f64() * 1000.0,
+                    rtt_ms: (rtt > 0.0).then_some(rtt),
                     latency_ms: latency.as_millis() as u64,
                     packets_received: s.rx_data,
-                    packets_lost: s.rx_loss_data,
+                    packets_lost: s
+                        .rx_loss_data
+                        .max(s.rx_retransmit_data + s.rx_dropped_data),
                     packets_retransmitted: s.rx_retransmit_data,
                     packets_dropped: s.rx_dropped_data,
                     bytes_received: s.rx_bytes,

@@ -140,12 +140,14 @@ pub struct SrtLink(std::sync::Mutex<SrtStats>);
 /// What SRT says about a publisher's link: counts since it connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct SrtStats {
-    /// Round-trip time, smoothed, in milliseconds.
-    pub rtt_ms: f64,
+    /// Round-trip time, smoothed, in milliseconds, when the SRT stack measures it
+    /// (`srt-tokio` 0.4 does not on the receiving side: then absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
     /// The latency both ends agreed on, in milliseconds.
     pub latency_ms: u64,
     pub packets_received: u64,
-    /// Packets found missing (each then asked for again).
+    /// Packets that went missing on the way: recovered by retransmission, or dropped.
     pub packets_lost: u64,
     /// Packets that came again after being asked for.
     pub packets_retransmitted: u64,
