@@ -846,15 +846,16 @@ def ensure_clip(path, video, need, write=None, encode=CLIP_ENCODE, log=None, nic
     tmp.rename(path)
 
 
-def copy_publisher(clip, url, seconds, progress=None, progress_every=None):
-    """`ffmpeg -re -c copy` of a pre-encoded clip to an RTMP url: a publisher that costs
-    almost nothing. `progress`: ffmpeg's -progress target (a file, or pipe:1)."""
+def copy_publisher(clip, url, seconds, progress=None, progress_every=None, container="flv"):
+    """`ffmpeg -re -c copy` of a pre-encoded clip to an RTMP url (or, with container="mpegts",
+    an SRT one): a publisher that costs almost nothing. `progress`: ffmpeg's -progress target
+    (a file, or pipe:1)."""
     cmd = list(FFMPEG)
     if progress:
         cmd += ["-progress", str(progress)]
     if progress_every:
         cmd += ["-stats_period", f"{progress_every:g}"]
-    return cmd + ["-re", "-i", clip, "-t", f"{seconds:g}", "-c", "copy", "-f", "flv", url]
+    return cmd + ["-re", "-i", clip, "-t", f"{seconds:g}", "-c", "copy", "-f", container, url]
 
 
 def encode_publisher(inputs, url):
@@ -1043,3 +1044,85 @@ def probe_video(target):
         return int(s.get("nb_read_packets", 0)), s.get("width"), s.get("height")
     except (ValueError, KeyError, IndexError):
         return 0, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The flashing clip and the detectors that time it (bench/run, bench/srt-latency)
+
+CLIP = OUT / "run-clip-v1.flv"  # bump the version when the clip's recipe changes
+CLIP_SECONDS = 100
+AAC = ["-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2"]
+FPS = 30
+FLASH_EVERY = 4  # seconds; frame n is white when n % (FLASH_EVERY * FPS) == 0
+BUG = (24, 24)  # where scorecast draws the scorebug at 720p (top-left, margin 24)
+
+
+def write_flash_clip(log):
+    """CLIP: a 720p30 H.264 + AAC clip with moving content (testsrc2), a white frame every
+    FLASH_EVERY s, and a black box top-left where the scorebug goes, so that only the overlay
+    changes that corner (bench/run, bench/srt-latency)."""
+    video = (f"testsrc2=size=1280x720:rate={FPS},"
+             f"drawbox=x=0:y=0:w=iw:h=ih:color=white:t=fill:enable='eq(mod(n,{FLASH_EVERY * FPS}),0)',"
+             "drawbox=x=0:y=0:w=480:h=96:color=black:t=fill")
+    encode = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-b:v", "3000k",
+              "-maxrate", "3000k", "-bufsize", "3000k", "-g", "60", "-keyint_min", "60",
+              "-sc_threshold", "0", "-pix_fmt", "yuv420p", *AAC]
+    ensure_clip(CLIP, video, CLIP_SECONDS - 1, CLIP_SECONDS, encode, log)
+
+
+class Detector:
+    """Decodes an RTMP stream as it arrives (one decoder thread, no buffering) and timestamps
+    every frame: the top 96 rows at half size, grey. Flashes: the right half of that strip
+    turns white. Overlay changes: the scorebug's corner differs from the frame before."""
+
+    W, H = 640, 48
+
+    def __init__(self, procs, url):
+        self.frames = []  # (arrival, flash level, bug change)
+        cmd = live_reader(url, ["-vf", f"crop=1280:96:0:0,scale={self.W}:{self.H},format=gray",
+                                "-f", "rawvideo", "pipe:1"])
+        self.proc = procs.start(cmd, stdout=subprocess.PIPE)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        size = self.W * self.H
+        prev = None
+        # The home score's digits in the scorebug (scorecast render-overlay: x 149-173, y
+        # 12-29 of the 376x43 bug at 720p), with room for two digits.
+        x0, x1 = (BUG[0] + 141) // 2, (BUG[0] + 185) // 2
+        y0, y1 = (BUG[1] + 8) // 2, (BUG[1] + 34) // 2
+        while True:
+            frame = self.proc.stdout.read(size)
+            if len(frame) < size:
+                return
+            now = time.time()
+            flash = [frame[y * self.W + x] for y in range(0, self.H, 4)
+                     for x in range(self.W // 2 + 16, self.W, 8)]
+            flash = sum(flash) / len(flash)
+            bug = b"".join(frame[y * self.W + x0:y * self.W + x1] for y in range(y0, y1))
+            change = 0.0 if prev is None else sum(abs(p - q) for p, q in zip(bug, prev)) / len(bug)
+            prev = bug
+            self.frames.append((now, flash, change))
+
+    def flashes(self, level=200):
+        out, was = [], False
+        for t, flash, _ in self.frames:
+            if flash >= level and not was:
+                out.append(t)
+            was = flash >= level
+        return out
+
+    def changes(self, threshold=3.0):
+        return [t for t, _, change in self.frames if change >= threshold]
+
+
+def flash_sent(dated, start):
+    """When the publisher sent the flash seen or dated at `dated` (up to a few seconds later):
+    flash k left at start + k * FLASH_EVERY. None for flash 0, sent before anything was on air."""
+    k = round((dated - start - 1.0) / FLASH_EVERY)
+    return start + k * FLASH_EVERY if k >= 1 else None
+
+
+def latency_of(flashes, start):
+    """Each detected flash against the time the publisher sent it."""
+    return [t - sent for t in flashes if (sent := flash_sent(t, start)) is not None]

@@ -214,6 +214,9 @@ pub(super) fn attach(
     bin.set_property("async-handling", true);
     let (source_el, appsrc) = source_element(source, "source")?;
     let decode = make("decodebin", "decode")?;
+    if let Some(bin) = decode.downcast_ref::<gst::Bin>() {
+        bin.connect_element_added(|_, element| no_demuxer_latency(element));
+    }
     let video_in = make("queue", "video-in")?;
     let video_rate = make("videorate", "video-rate")?;
     let video_scale = make("videoscale", "video-scale")?;
@@ -366,6 +369,7 @@ pub(super) fn build_remux(
     // queue of its own, so one more thread hand-over per buffer here would buy nothing (each
     // hand-over is a futex wake and a context switch, the bulk of a passthrough relay's CPU).
     let demux = make(container.demuxer(), "demux")?;
+    no_demuxer_latency(&demux);
     let video_parse = make("h264parse", "video-parse")?;
     video_parse.set_property("config-interval", -1i32);
     let video_tee = make("tee", &format!("video-tee-{SOURCE_RENDITION}"))?;
@@ -383,6 +387,18 @@ pub(super) fn build_remux(
         video_tee,
         audio_tee,
     })
+}
+
+/// Takes tsdemux's own latency (700 ms by default, for PCR-paced playback) off: the program
+/// dates a stream by when it arrives and the SRT link has paced it already, so those 700 ms
+/// only delayed the program by as much (livesync adds the latency upstream reports).
+fn no_demuxer_latency(element: &gst::Element) {
+    let is_tsdemux = element
+        .factory()
+        .is_some_and(|factory| factory.name() == "tsdemux");
+    if is_tsdemux {
+        element.set_property("latency", 0i32);
+    }
 }
 
 /// Links a demuxer's (or decodebin's) pads as they appear: video to `video_sink`, audio to
