@@ -371,3 +371,68 @@ async fn under_2_percent_loss_the_program_holds_its_frame_rate() {
         "{duplicated} input frames were repeated in {seconds:.1} s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_srt_caster_waits_in_a_queue_and_takes_the_air_from_their_held_pictures() {
+    let srt_port = free_port();
+    let config = format!(
+        "[server]\nsrt_listen = \"127.0.0.1:{srt_port}\"\n{TEST_PROGRAM}\
+         [[relay]]\nid = \"q\"\ningest = {{ stream_key = \"house-key\" }}\n\
+         queue = {{ turn = \"60s\" }}\n"
+    );
+    let daemon = Daemon::spawn(&config).await;
+    daemon
+        .wait_on_air("q", "slate", Duration::from_secs(20))
+        .await;
+    let ann_key = daemon.add_caster("q", "ann").await;
+    let ben_key = daemon.add_caster("q", "ben").await;
+    let _ann = ffmpeg_publisher(&daemon.publish_url(&ann_key), 60);
+    daemon
+        .wait_on_air("q", "input", Duration::from_secs(20))
+        .await;
+    let _ben = ffmpeg_srt_publisher(&srt_url(srt_port, &format!("publish:{ben_key}"), None), 60);
+    wait_for("ben to wait in line", Duration::from_secs(20), || async {
+        (daemon.queue_names("q").await == ["ann", "ben"]).then_some(())
+    })
+    .await;
+    // Two keyframe intervals held, then ann's turn ends.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, q) = daemon.post("/api/v1/relays/q/queue/skip", "").await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["on_air"]["name"], "ben", "{q}");
+    // The hand-over comes from ben's held pictures: the slate never shows.
+    let began = std::time::Instant::now();
+    let mut on_input_at = None;
+    while began.elapsed() < Duration::from_secs(5) {
+        let relay = daemon.relay("q").await;
+        assert_ne!(
+            relay["on_air"]["showing"], "slate",
+            "the slate came up: {relay}"
+        );
+        if on_input_at.is_none()
+            && relay["publisher"]["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("ben"))
+        {
+            assert_eq!(relay["publisher"]["protocol"], "srt", "{relay}");
+            on_input_at = Some(began.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    on_input_at.expect("ben never went on air");
+    // The switch took ben's first picture: the hand-over is done, and how long it took.
+    let log = daemon.log();
+    let done = log
+        .lines()
+        .find(|l| l.contains("hand-over done") && l.contains("caster=\"ben\""))
+        .unwrap_or_else(|| panic!("no hand-over to ben in the log:\n{log}"));
+    let took_ms: u64 = done
+        .split("took_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .expect("took_ms in the hand-over line");
+    eprintln!("hand-over to ben (SRT) took {took_ms} ms");
+    assert!(took_ms < 1000, "the hand-over took {took_ms} ms");
+    assert_hls_decodes(&daemon, "q").await;
+}

@@ -103,8 +103,7 @@ fn relay_status(e: &RelayError) -> (StatusCode, &'static str) {
         } => (StatusCode::BAD_REQUEST, "invalid_order"),
         RelayError::Blocked { .. }
         | RelayError::CasterConnected { .. }
-        | RelayError::QueueNeedsCaster { .. }
-        | RelayError::QueueNeedsRtmp { .. } => (StatusCode::CONFLICT, "relay_state"),
+        | RelayError::QueueNeedsCaster { .. } => (StatusCode::CONFLICT, "relay_state"),
     }
 }
 

@@ -33,6 +33,7 @@ pub mod hold;
 mod hook;
 pub mod protocol;
 pub mod srt;
+pub mod ts;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

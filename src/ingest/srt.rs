@@ -10,8 +10,9 @@
 //! MPEG-TS; the link's statistics (round trip, loss, retransmits) go to the relay's
 //! `publisher` view and `/metrics`.
 //!
-//! A queue relay's casters publish over RTMP only: the queue holds a waiting caster's
-//! pictures as FLV tags. This module must not build pipelines.
+//! A queue relay's casters publish over SRT as over RTMP, with their own keys: a waiting
+//! caster's latest pictures are held as MPEG-TS ([`super::ts`]) for their turn. This module
+//! must not build pipelines.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,11 +29,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::ts::TsHold;
 use super::{Failures, DEFAULT_FAILURE_WINDOW, DEFAULT_REFUSAL_DELAY};
 use crate::config::IngestSettings;
 use crate::pipeline::input::Container;
 use crate::relay::registry::Registry;
-use crate::relay::{IngestFeed, SrtLink, SrtStats};
+use crate::relay::{IngestFeed, Seat, SeatCall, SrtLink, SrtStats};
 
 /// The latency the listener offers when `server.srt_latency_ms` is not set: libsrt's default.
 pub const DEFAULT_SRT_LATENCY_MS: u64 = 120;
@@ -151,7 +153,7 @@ async fn handle(
             return Err(why);
         }
     };
-    let Some((relay, _caster)) = registry.by_publish_key(&key) else {
+    let Some((relay, caster)) = registry.by_publish_key(&key) else {
         failures.record(peer.ip());
         tokio::time::sleep(DEFAULT_REFUSAL_DELAY).await;
         let _ = request
@@ -185,31 +187,56 @@ async fn handle(
     let admitted = relay
         .publish(
             peer.to_string(),
-            None,
+            caster,
             Container::MpegTs,
             Some(link.clone()),
         )
         .await;
-    let feed = match admitted.map(|a| a.feed) {
-        Ok(Some(feed)) => feed,
-        Ok(None) => return Err(format!("relay {} gave no feed", relay.id())),
+    let caster = match admitted {
+        Ok(admitted) => Caster {
+            feed: admitted.feed,
+            seat: admitted.seat,
+            hold: TsHold::default(),
+        },
         Err(e) => {
             failures.record(peer.ip());
             let _ = socket.close_and_finish().await;
             return Err(format!("relay {}: {e}", relay.id()));
         }
     };
-    info!(%peer, relay = %relay.id(), "srt publish accepted");
-    let ended = forward(socket, &feed, &link, &mut shutdown).await;
+    match caster.seat.as_ref().and_then(Seat::place) {
+        Some(place) => info!(%peer, relay = %relay.id(), place, "srt caster waits in the queue"),
+        None => info!(%peer, relay = %relay.id(), "srt publish accepted"),
+    }
+    let ended = forward(socket, caster, &link, &mut shutdown).await;
     info!(%peer, relay = %relay.id(), reason = %ended, "srt publisher left");
     Ok(())
 }
 
-/// Hands the socket's MPEG-TS to `feed` until the peer leaves, stops sending or the daemon
-/// stops; returns why it ended.
+/// An admitted SRT publisher: on air (a feed), or a queue relay's caster waiting in line
+/// (a seat, and their latest pictures held).
+struct Caster {
+    /// Into the program, while on air. Declared before `seat`, so it drops first: the relay
+    /// learns that the feed ended, then that the caster left.
+    feed: Option<IngestFeed>,
+    seat: Option<Seat>,
+    hold: TsHold,
+}
+
+/// The relay's next call to a queued caster; pending for ever without a seat.
+async fn next_call(seat: &mut Option<Seat>) -> Option<SeatCall> {
+    match seat {
+        Some(seat) => seat.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands the socket's MPEG-TS to the program (or, while the caster waits in line, to their
+/// hold) until the peer leaves, stops sending, their turn ends or the daemon stops; returns
+/// why it ended.
 async fn forward(
     mut socket: SrtSocket,
-    feed: &IngestFeed,
+    mut caster: Caster,
     link: &SrtLink,
     shutdown: &mut watch::Receiver<bool>,
 ) -> String {
@@ -220,8 +247,13 @@ async fn forward(
         tokio::select! {
             packet = tokio::time::timeout_at(deadline, socket.next()) => match packet {
                 Ok(Some(Ok((_, bytes)))) => {
-                    if let Err(e) = feed.push(bytes) {
-                        return e.to_string();
+                    match &caster.feed {
+                        Some(feed) => {
+                            if let Err(e) = feed.push(bytes) {
+                                return e.to_string();
+                            }
+                        }
+                        None => caster.hold.keep(&bytes),
                     }
                     deadline = Instant::now() + IDLE_TIMEOUT;
                 }
@@ -246,7 +278,25 @@ async fn forward(
                 });
                 debug!(?s, "srt link statistics");
             },
-            _ = shutdown.changed() => return "the daemon stops".to_owned(),
+            call = next_call(&mut caster.seat) => match call {
+                Some(SeatCall::OnAir(feed)) => {
+                    // Their turn: the held pictures first, from a keyframe.
+                    if let Some(held) = caster.hold.take() {
+                        if let Err(e) = feed.push(held) {
+                            return e.to_string();
+                        }
+                    }
+                    caster.feed = Some(feed);
+                }
+                _ => return "the caster's turn is over or they were kicked".to_owned(),
+            },
+            _ = shutdown.changed() => {
+                // Given up first, before the feed ends: a queued caster keeps their place.
+                if let Some(seat) = caster.seat.take() {
+                    seat.daemon_stopping();
+                }
+                return "the daemon stops".to_owned();
+            }
         }
     }
 }

@@ -58,11 +58,6 @@ pub enum RelayError {
     CasterConnected { id: String, name: String },
     #[error("relay {id} is a queue relay: publish with a caster's stream key")]
     QueueNeedsCaster { id: String },
-    #[error(
-        "relay {id} is a queue relay: its casters publish over RTMP (the queue holds their \
-         pictures as FLV)"
-    )]
-    QueueNeedsRtmp { id: String },
 }
 
 /// The relay's overall state, computed from what is.

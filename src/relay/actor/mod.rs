@@ -45,7 +45,6 @@ use super::spec::RelaySpec;
 use super::state;
 use super::{OnAir, RelayContext};
 use crate::pipeline::bus::{self, ProgramEvent};
-use crate::pipeline::input::Container;
 use crate::pipeline::record::Recording;
 use crate::pipeline::thumbnail::ThumbnailSlot;
 use input::Attached;
@@ -242,10 +241,7 @@ impl Actor {
                 reply,
             } => {
                 let admitted = match (caster, self.queue.is_some()) {
-                    (_, true) if container != Container::Flv => Err(RelayError::QueueNeedsRtmp {
-                        id: self.spec.id.clone(),
-                    }),
-                    (Some(name), true) => self.join_queue(name, peer),
+                    (Some(name), true) => self.join_queue(name, peer, container, srt),
                     (None, true) => Err(RelayError::QueueNeedsCaster {
                         id: self.spec.id.clone(),
                     }),

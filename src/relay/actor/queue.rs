@@ -28,6 +28,7 @@ use crate::pipeline::switch::{HANDOVER_TIMEOUT, OUTGOING_PRIORITY};
 use crate::relay::casters::{Caster, Casters};
 use crate::relay::handle::{
     Admitted, IngestFeed, PublisherStatus, QueueOp, QueueStatus, RelayError, Seat, SeatCall,
+    SrtLink,
 };
 use crate::relay::queue::{Change, Clocks, Joined, Queue, Saved};
 
@@ -54,6 +55,9 @@ struct SeatLink {
     id: u64,
     peer: String,
     calls: mpsc::UnboundedSender<SeatCall>,
+    /// What the caster sends: FLV over RTMP, MPEG-TS over SRT (with its link's statistics).
+    container: Container,
+    srt: Option<Arc<SrtLink>>,
 }
 
 /// `<queues_dir>/<id>.json`.
@@ -154,6 +158,8 @@ impl Actor {
         &mut self,
         name: String,
         peer: String,
+        container: Container,
+        srt: Option<Arc<SrtLink>>,
     ) -> Result<Admitted, RelayError> {
         let id = self.spec.id.clone();
         if !self.life.wanted() || self.program.is_none() {
@@ -192,6 +198,8 @@ impl Actor {
                 id: q.next_seat,
                 peer: peer.clone(),
                 calls: calls_tx,
+                container,
+                srt,
             },
         );
         let feed = match place {
@@ -235,7 +243,12 @@ impl Actor {
                 q.outgoing = Some((old, Instant::now()));
             }
         }
-        let attached = match self.attach(&Source::Push(Container::Flv)) {
+        let (container, srt) = self
+            .queue
+            .as_ref()
+            .and_then(|q| q.seats.get(name))
+            .map_or((Container::Flv, None), |s| (s.container, s.srt.clone()));
+        let attached = match self.attach(&Source::Push(container)) {
             Ok(attached) => attached,
             Err(e) => {
                 self.end_outgoing();
@@ -247,7 +260,7 @@ impl Actor {
         self.publisher = Some(PublisherStatus {
             peer: format!("{name} ({peer})"),
             since: SystemTime::now(),
-            srt: None,
+            srt,
         });
         Ok(feed)
     }
