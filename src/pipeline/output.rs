@@ -113,6 +113,11 @@ impl OutputPipeline {
 
     /// Bytes written to the destination so far, from the sink's statistics.
     pub fn bytes_sent(&self) -> u64 {
+        // srtsink warns in the log when asked before its socket is connected, which it is
+        // once the pipeline plays.
+        if self.demuxes() && self.pipeline.current_state() != gst::State::Playing {
+            return 0;
+        }
         let stats = self.sink.property::<gst::Structure>("stats");
         // rtmp2sink counts `out-bytes-total` (a u64); srtsink `bytes-sent-total` (its
         // integer type has varied between releases).
