@@ -816,6 +816,18 @@ mod tests {
     }
 
     #[test]
+    fn srt_urls_and_passphrases_are_taken() {
+        let s = spec(
+            r#"{ "id": "remote", "ingest": { "stream_key": "remote-key", "srt_passphrase": "long-enough-secret" },
+                 "outputs": [ { "id": "venue", "url": "srt://venue.example:9000?passphrase=long-enough-secret&latency=200&mode=caller" } ] }"#,
+        );
+        assert_eq!(s.validate(), Ok(()));
+        let pull =
+            spec(r#"{ "id": "far", "ingest": { "url": "srt://203.0.113.10:9000?latency=300" } }"#);
+        assert_eq!(pull.validate(), Ok(()));
+    }
+
+    #[test]
     fn contract_example_is_valid() {
         let s = spec(
             r#"{ "id": "final", "ingest": { "stream_key": "final-key" },
@@ -885,6 +897,27 @@ mod tests {
             (
                 r#"{"id":"a","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"youtube"}]}"#,
                 "outputs[0].url",
+            ),
+            (r#"{"id":"a","ingest":{"url":"srt://h"}}"#, "ingest.url"),
+            (
+                r#"{"id":"a","ingest":{"url":"srt://h:9000?mode=listener"}}"#,
+                "ingest.url",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"srt://h:9000?passphrase=short"}]}"#,
+                "outputs[0].url",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k"},"outputs":[{"id":"y","url":"srt://h:9000?latency=soon"}]}"#,
+                "outputs[0].url",
+            ),
+            (
+                r#"{"id":"a","ingest":{"stream_key":"k","srt_passphrase":"short"}}"#,
+                "ingest.srt_passphrase",
+            ),
+            (
+                r#"{"id":"a","ingest":{"url":"srt://h:9000","srt_passphrase":"long-enough-secret"}}"#,
+                "ingest.srt_passphrase",
             ),
         ];
         for (json, field) in cases {
