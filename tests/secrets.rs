@@ -2,7 +2,8 @@
 //! live (a publisher on its stream key, a destination taking its push, a scores API with
 //! credentials) and a relay made by `/start_stream`, every GET route, the live events, the
 //! metrics, the HLS tree on disk and the daemon's log are searched for the stream keys, the
-//! destination keys and the scores API's credentials. Only an admin token gets them.
+//! destination keys, the SRT passphrases and stream id, and the scores API's credentials. Only
+//! an admin token gets them.
 
 mod common;
 
@@ -23,8 +24,15 @@ const DEST_KEY: &str = "dest-D3v5k0p";
 const COMPAT_DEST_KEY: &str = "yt-Y2b6n4r";
 const PASSWORD: &str = "pass-P1u8e3";
 const QUERY_TOKEN: &str = "query-Q1t6a9";
+/// The relay's SRT passphrase, and an SRT destination's passphrase and stream id.
+const SRT_PASS: &str = "srt-pass-R5c2h8";
+const SRT_DEST_PASS: &str = "srt-dest-G9w3m6";
+const SRT_STREAM_ID: &str = "srt-id-T4j7x2";
 
-const SECRETS: [&str; 8] = [
+const SECRETS: [&str; 11] = [
+    SRT_PASS,
+    SRT_DEST_PASS,
+    SRT_STREAM_ID,
     KEY,
     NAME,
     DEST_KEY,
@@ -94,15 +102,18 @@ async fn read_only_and_anonymous_callers_never_see_a_secret() {
     let nginx = Nginx::start().await;
     let dest = nginx.url(DEST_KEY);
     let scores = format!("http://scorer:{PASSWORD}@127.0.0.1:1/match?token={QUERY_TOKEN}");
+    // An SRT destination nobody answers: it keeps failing, with GStreamer's reasons.
+    let srt_dest = format!("srt://127.0.0.1:1?passphrase={SRT_DEST_PASS}&streamid={SRT_STREAM_ID}");
     let config = format!(
         "[[auth.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
          [[auth.tokens]]\nname = \"site\"\ntoken = \"{READER}\"\nrole = \"read-only\"\n{}",
         relay_config(
             "final",
-            &format!(r#"stream_key = "{KEY}""#),
+            &format!(r#"stream_key = "{KEY}", srt_passphrase = "{SRT_PASS}""#),
             &format!(
-                "{}\noverlay = {{ scores_url = \"{scores}\", allow_private = true }}",
-                youtube_output(&dest)
+                "outputs = [ {{ id = \"youtube\", url = \"{dest}\" }}, \
+                 {{ id = \"venue\", url = \"{srt_dest}\" }} ]\n\
+                 overlay = {{ scores_url = \"{scores}\", allow_private = true }}"
             ),
         )
     );
@@ -148,6 +159,17 @@ async fn read_only_and_anonymous_callers_never_see_a_secret() {
         },
     )
     .await;
+    wait_for(
+        "the SRT destination to fail",
+        Duration::from_secs(20),
+        || async {
+            let relay = relay("final".into()).await;
+            output_of(&relay, "venue")["last_error"]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await;
     wait_for("a segment of final", Duration::from_secs(20), || async {
         let (status, _) = get(&daemon, "/hls/final/master.m3u8", None).await;
         (status == 200).then_some(())
@@ -157,6 +179,8 @@ async fn read_only_and_anonymous_callers_never_see_a_secret() {
     // An admin sees everything.
     let full = relay("final".into()).await;
     assert_eq!(full["ingest"]["stream_key"], KEY, "{full}");
+    assert_eq!(full["ingest"]["srt_passphrase"], SRT_PASS, "{full}");
+    assert_eq!(output_of(&full, "venue")["url"], srt_dest, "{full}");
     assert_eq!(output_of(&full, "youtube")["url"], dest, "{full}");
     let score = get_json(&daemon, "/api/v1/relays/final/score", admin).await;
     assert_eq!(score["scores_url"], scores, "{score}");
@@ -167,6 +191,12 @@ async fn read_only_and_anonymous_callers_never_see_a_secret() {
     // A read-only token sees the same shapes, masked.
     let seen = get_json(&daemon, "/api/v1/relays/final", Some(READER)).await;
     assert_eq!(seen["ingest"]["stream_key"], "****", "{seen}");
+    assert_eq!(seen["ingest"]["srt_passphrase"], "****", "{seen}");
+    assert_eq!(
+        output_of(&seen, "venue")["url"],
+        "srt://127.0.0.1:1?****",
+        "{seen}"
+    );
     assert_eq!(
         output_of(&seen, "youtube")["url"],
         format!("rtmp://127.0.0.1:{}/live/****", nginx.port),
