@@ -103,6 +103,12 @@ pub fn render(relays: &[Scraped]) -> String {
         "counter",
         "Frames the relay's program has encoded (since its program was last built).",
     );
+    let mut frames_dropped = Family::new(
+        "scorecast_relay_frames_dropped_total",
+        "counter",
+        "Program frames the encoder dropped because the CPU could not keep up (since the \
+         program was last built).",
+    );
     let mut relay_retry = Family::new(
         "scorecast_relay_retry_attempt",
         "gauge",
@@ -212,6 +218,7 @@ pub fn render(relays: &[Scraped]) -> String {
         let showing = relay.on_air.as_ref().map(|on_air| on_air.showing);
         slate.add(id(), flag(showing == Some("slate")));
         frames.add(id(), relay.frames_encoded as f64);
+        frames_dropped.add(id(), relay.frames_dropped as f64);
         relay_retry.add(id(), relay.retry.as_ref().map_or(0.0, |r| r.attempt.into()));
         if let Some(score) = score.as_ref().filter(|s| s.overlay) {
             if let Some(age) = score.age {
@@ -263,6 +270,7 @@ pub fn render(relays: &[Scraped]) -> String {
         publisher,
         slate,
         frames,
+        frames_dropped,
         relay_retry,
         overlay_age,
         overlay_stale,

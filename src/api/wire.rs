@@ -44,6 +44,9 @@ pub struct RelayView {
     /// program runs.
     pub on_air: Option<OnAirView>,
     pub frames_encoded: u64,
+    /// Program frames the encoder dropped because the CPU could not keep up; the program
+    /// itself keeps real time (and the caster on air).
+    pub frames_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -197,6 +200,7 @@ impl From<RelayStatus> for RelayView {
                 for_seconds: seconds_since(since),
             }),
             frames_encoded: s.frames_encoded,
+            frames_dropped: s.frames_dropped,
             id: s.spec.id,
             ingest: s.spec.ingest,
             transcode: s.spec.transcode,

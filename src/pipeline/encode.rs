@@ -35,6 +35,22 @@ const DEFAULT_FLV_LATENCY_NS: u64 = 500_000_000;
 /// Segments kept on disk beyond the playlist window, for players still fetching them.
 pub const DEFAULT_EXTRA_SEGMENT_FILES: u32 = 4;
 
+/// How far the encode may fall behind the program before its oldest frames are dropped.
+pub const DEFAULT_ENCODER_BACKLOG: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `enc-q-<name>`: leaky, so that an encoder the CPU cannot keep up with drops its oldest
+/// frames instead of holding the program back. Held back, the program's switch found the
+/// publisher's pictures late and put the slate on air over a live caster; now the program
+/// keeps real time and the encoder takes what it can (each drop an `overrun`).
+fn encoder_queue(name: &str) -> Result<gst::Element, PipelineError> {
+    let queue = make("queue", &format!("enc-q-{name}"))?;
+    queue.set_property("max-size-buffers", 0u32);
+    queue.set_property("max-size-bytes", 0u32);
+    queue.set_property("max-size-time", DEFAULT_ENCODER_BACKLOG.as_nanos() as u64);
+    queue.set_property_from_str("leaky", "downstream");
+    Ok(queue)
+}
+
 /// One x264 encode, from raw program video to a tee of H.264 access units.
 pub struct VideoEncoder {
     /// `enc-q-<name>`: a streaming thread of its own for the encode, when asked for.
@@ -61,9 +77,7 @@ impl VideoEncoder {
         p: &ProgramSettings,
         own_thread: bool,
     ) -> Result<Self, PipelineError> {
-        let queue = own_thread
-            .then(|| make("queue", &format!("enc-q-{name}")))
-            .transpose()?;
+        let queue = own_thread.then(|| encoder_queue(name)).transpose()?;
         let scale = if (encode.width, encode.height) != (p.width, p.height) {
             let scale = make("videoscale", &format!("scale-{name}"))?;
             let caps = capsfilter(

@@ -111,6 +111,8 @@ pub struct Program {
     ingests_built: u32,
     /// Encoded video frames so far (the top rendition's): the program's progress.
     pub frames: Arc<AtomicU64>,
+    /// Program frames the top encoder could not keep up with and dropped (decoded programs).
+    pub frames_dropped: Arc<AtomicU64>,
     /// The timestamps of the last encoded video and audio buffers, in ns (`u64::MAX` before
     /// the first): their difference is the program's A/V offset.
     pub last_pts: [Arc<AtomicU64>; 2],
@@ -211,6 +213,7 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
     link_tee(&core.audio_tee, &flv.audio_queue)?;
 
     let frames = count_buffers(top_tee);
+    let frames_dropped = count_overruns(&pipeline, &format!("enc-q-{}", top_rendition.name));
     let last_pts = [last_pts(top_tee), last_pts(&core.audio_tee)];
     let mut flv = HashMap::new();
     flv.insert(
@@ -226,6 +229,7 @@ pub fn build(params: &ProgramParams) -> Result<Program, PipelineError> {
         switch: core.switch,
         ingests_built: 0,
         frames,
+        frames_dropped,
         last_pts,
         program: params.program.clone(),
         top,
@@ -537,6 +541,19 @@ fn count_buffers(element: &gst::Element) -> Arc<AtomicU64> {
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             c.fetch_add(1, Ordering::Relaxed);
             gst::PadProbeReturn::Ok
+        });
+    }
+    counter
+}
+
+/// Counts the frames queue `name` of `pipeline` drops when full (it is leaky; none without it).
+fn count_overruns(pipeline: &gst::Pipeline, name: &str) -> Arc<AtomicU64> {
+    let counter = Arc::new(AtomicU64::new(0));
+    if let Some(queue) = pipeline.by_name(name) {
+        let c = counter.clone();
+        queue.connect("overrun", false, move |_| {
+            c.fetch_add(1, Ordering::Relaxed);
+            None
         });
     }
     counter

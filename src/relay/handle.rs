@@ -104,6 +104,8 @@ pub struct RelayStatus {
     /// What the program shows, and since when: the publisher's pictures or the slate.
     pub on_air: Option<(OnAir, SystemTime)>,
     pub frames_encoded: u64,
+    /// Program frames the encoder could not keep up with and dropped (an overloaded CPU).
+    pub frames_dropped: u64,
     pub outputs: Vec<OutputStatus>,
 }
 

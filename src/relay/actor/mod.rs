@@ -406,6 +406,13 @@ impl Actor {
         self.mark_score();
     }
 
+    /// Program frames the running program's encoder dropped, not keeping up (0 with none).
+    fn frames_dropped(&self) -> u64 {
+        self.program
+            .as_ref()
+            .map_or(0, |p| p.program.frames_dropped.load(Ordering::Relaxed))
+    }
+
     /// Frames the running program has encoded (0 with none).
     fn frames(&self) -> u64 {
         self.program
@@ -454,6 +461,7 @@ impl Actor {
             publisher: self.publisher.clone(),
             on_air: self.on_air,
             frames_encoded: self.frames(),
+            frames_dropped: self.frames_dropped(),
             // In the order the operator gave them.
             outputs: self
                 .spec

@@ -43,6 +43,8 @@ pub(super) struct RunningProgram {
     continuity: continuity::Continuity,
     /// The DVR window in force, if the relay has a DVR.
     dvr: Option<std::time::Duration>,
+    /// Whether the encoder's first dropped frame has been warned about (once a program).
+    overload_warned: bool,
     dvr_failing: bool,
 }
 
@@ -188,6 +190,7 @@ impl Actor {
             continuity,
             dvr,
             dvr_failing: false,
+            overload_warned: false,
         });
         self.life_event(LifeEvent::Built { generation });
         for id in self.outputs.ids() {
@@ -406,6 +409,13 @@ impl Actor {
     /// backoff once frames flow.
     pub(super) fn tick_program(&mut self, now: Instant) {
         self.write_master_when_ready();
+        if let Some(running) = self.program.as_mut().filter(|r| !r.overload_warned) {
+            let dropped = running.program.frames_dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
+                running.overload_warned = true;
+                warn!(relay = %self.spec.id, dropped, "the encoder cannot keep up: dropping frames to keep the program live (the CPU is overloaded; frames_dropped counts them)");
+            }
+        }
         if self.life.drain_overdue(now) {
             warn!(relay = %self.spec.id, generation = ?self.life.generation(), "program did not drain in time");
             self.teardown_program();
