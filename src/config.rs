@@ -679,6 +679,15 @@ impl Config {
                 ),
             ));
         }
+        if !(20..=8000).contains(&srv.srt_latency_ms) {
+            return Err((
+                "server.srt_latency_ms".to_owned(),
+                format!(
+                    "{} is out of range: 20 to 8000 ms (SRT's default is 120)",
+                    srv.srt_latency_ms
+                ),
+            ));
+        }
         if i.max_bytes_before_publish_total < i.max_bytes_before_publish {
             return Err((
                 "ingest.max_bytes_before_publish_total".to_owned(),
@@ -909,6 +918,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.max_event_streams"), "{err}");
+        let err = parse("[server]\nsrt_latency_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.srt_latency_ms"), "{err}");
         let err = parse("[server]\nheader_timeout_seconds = 0\n")
             .unwrap_err()
             .to_string();
