@@ -468,7 +468,7 @@ async fn handle(
                     _ => return Err(IngestError::Timeout("waiting for data")),
                 },
             },
-            call = next_call(&mut conn.publish) => {
+            call = next_call(conn.publish.as_mut().and_then(|p| p.seat.as_mut())) => {
                 conn.on_call(call)?;
                 continue;
             }
@@ -518,9 +518,10 @@ struct Publishing {
     picture_seen: bool,
 }
 
-/// The relay's next call to a queued caster's connection; pending for ever without a seat.
-async fn next_call(publish: &mut Option<Publishing>) -> Option<SeatCall> {
-    match publish.as_mut().and_then(|p| p.seat.as_mut()) {
+/// The relay's next call to a queued caster's connection (RTMP or SRT); pending for ever
+/// without a seat.
+async fn next_call(seat: Option<&mut Seat>) -> Option<SeatCall> {
+    match seat {
         Some(seat) => seat.next().await,
         None => std::future::pending().await,
     }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::ts::TsHold;
-use super::{Failures, DEFAULT_FAILURE_WINDOW, DEFAULT_REFUSAL_DELAY};
+use super::{next_call, Failures, DEFAULT_FAILURE_WINDOW, DEFAULT_REFUSAL_DELAY};
 use crate::config::IngestSettings;
 use crate::pipeline::input::Container;
 use crate::relay::registry::Registry;
@@ -223,14 +223,6 @@ struct Caster {
     hold: TsHold,
 }
 
-/// The relay's next call to a queued caster; pending for ever without a seat.
-async fn next_call(seat: &mut Option<Seat>) -> Option<SeatCall> {
-    match seat {
-        Some(seat) => seat.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Hands the socket's MPEG-TS to the program (or, while the caster waits in line, to their
 /// hold) until the peer leaves, stops sending, their turn ends or the daemon stops; returns
 /// why it ended.
@@ -278,7 +270,7 @@ async fn forward(
                 });
                 debug!(?s, "srt link statistics");
             },
-            call = next_call(&mut caster.seat) => match call {
+            call = next_call(caster.seat.as_mut()) => match call {
                 Some(SeatCall::OnAir(feed)) => {
                     // Their turn: the held pictures first, from a keyframe.
                     if let Some(held) = caster.hold.take() {
