@@ -43,10 +43,9 @@ pub enum Source {
 }
 
 /// What a source's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
     /// FLV, as RTMP carries it.
-    #[default]
     Flv,
     /// MPEG-TS, as SRT carries it.
     MpegTs,
@@ -171,7 +170,7 @@ pub(super) fn source_element(
                 .build();
             (appsrc.clone().upcast::<gst::Element>(), Some(appsrc))
         }
-        Source::Pull(url) if url.starts_with("srt://") => {
+        Source::Pull(url) if source.container() == Container::MpegTs => {
             let src = make("srtsrc", name)?;
             src.set_property("uri", url);
             // A lost link is the relay's to retry, with its backoff and the slate on air.
